@@ -1,0 +1,29 @@
+//! Generates `rcluster.h` from the C ABI in `src/ffi/` with cbindgen.
+//!
+//! The header is always written to `$OUT_DIR/rcluster.h`; `tests/header.rs` fails when the
+//! checked-in `include/rcluster.h` differs from it. Set `RCLUSTER_UPDATE_HEADER=1` to rewrite the
+//! checked-in copy (`make header`).
+
+use std::env;
+use std::path::PathBuf;
+
+fn main() {
+    let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    println!("cargo:rerun-if-changed=src/ffi");
+    println!("cargo:rerun-if-changed=cbindgen.toml");
+    println!("cargo:rerun-if-env-changed=RCLUSTER_UPDATE_HEADER");
+
+    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
+        .expect("cbindgen.toml is readable and valid");
+    // Only the C ABI layer is parsed (cbindgen follows its `mod` declarations): the core's
+    // own `pub` items are not part of the header.
+    let builder = cbindgen::Builder::new().with_config(config).with_src(crate_dir.join("src/ffi/mod.rs"));
+    let bindings = builder.generate().expect("cbindgen generates the header");
+    let generated = out_dir.join("rcluster.h");
+    bindings.write_to_file(&generated);
+
+    if env::var_os("RCLUSTER_UPDATE_HEADER").is_some_and(|v| v == "1") {
+        bindings.write_to_file(crate_dir.join("include/rcluster.h"));
+    }
+}

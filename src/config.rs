@@ -1,0 +1,132 @@
+//! The primary's configuration, built before `primary::start`.
+
+use std::ffi::CString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::error::{fail, Code, Result};
+use crate::ipc::outbox::Limits;
+
+/// How workers are started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// fork(2); the child runs the configured worker main. Single-threaded primaries only.
+    Fork,
+    /// fork+exec of a program (default: this one, same argv); safe in multi-threaded hosts.
+    Exec,
+}
+
+/// How connections reach workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// The primary accepts and hands connections out in turn.
+    RoundRobin,
+    /// The primary accepts and picks the worker with the fewest open connections.
+    LeastConnections,
+    /// The primary accepts and keeps each client address on one worker slot.
+    Sticky,
+    /// Workers accept on the primary's socket themselves.
+    Shared,
+    /// Each worker binds its own SO_REUSEPORT socket.
+    ReusePort,
+}
+
+/// Something to listen on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenSpec {
+    /// A TCP address, resolved when it was added (`host` as given, for messages).
+    Tcp {
+        /// The host as the user wrote it.
+        host: String,
+        /// The resolved address.
+        addr: SocketAddr,
+    },
+    /// A Unix stream socket path.
+    Unix(PathBuf),
+}
+
+/// The worker entry point in FORK mode; its return is the worker's exit code.
+pub type WorkerMain = std::sync::Arc<dyn Fn() -> i32 + Send + Sync>;
+
+/// Everything `primary::start` needs.
+#[derive(Clone)]
+pub struct Config {
+    /// Workers to start (0 = one per CPU).
+    pub workers: u32,
+    /// FORK or EXEC.
+    pub mode: Mode,
+    /// FORK mode's worker entry point.
+    pub worker_main: Option<WorkerMain>,
+    /// EXEC mode's program and argv (None: this program, same argv).
+    pub exec: Option<(CString, Vec<CString>)>,
+    /// The balancing policy.
+    pub policy: Policy,
+    /// The listeners, by index.
+    pub listeners: Vec<ListenSpec>,
+    /// Largest message carried (default 64 MiB).
+    pub max_message: u64,
+    /// Take over SIGTERM/SIGINT/SIGHUP/SIGTTIN/SIGTTOU/SIGQUIT (default on; the bindings turn it off).
+    pub signals: bool,
+    /// Grace period of a signal-initiated shutdown, in ms (default 30 s).
+    pub grace_ms: u32,
+    /// Bounds of each send queue.
+    pub send_limits: Limits,
+    /// Connections handed to one worker and not yet acknowledged, at most.
+    pub window: u32,
+    /// Connections accepted and waiting for a worker, at most, before accepting pauses.
+    pub max_pending: usize,
+    /// Workers call `ready()` themselves instead of READY following `worker_start`.
+    pub manual_ready: bool,
+    /// listen(2) backlog.
+    pub backlog: i32,
+}
+
+/// The default largest message: 64 MiB.
+pub const DEFAULT_MAX_MESSAGE: u64 = 64 << 20;
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            workers: 0,
+            mode: Mode::Fork,
+            worker_main: None,
+            exec: None,
+            policy: Policy::RoundRobin,
+            listeners: Vec::new(),
+            max_message: DEFAULT_MAX_MESSAGE,
+            signals: true,
+            grace_ms: 30_000,
+            send_limits: Limits::default(),
+            window: 64,
+            max_pending: 4096,
+            manual_ready: false,
+            backlog: libc::SOMAXCONN,
+        }
+    }
+}
+
+impl Config {
+    /// Adds a TCP listener on `host:port` (IPv4, IPv6 or a name resolved now); returns its index.
+    pub fn listen_tcp(&mut self, host: &str, port: u16) -> Result<u32> {
+        let addr = crate::net::listener::resolve(host, port)?;
+        self.listeners.push(ListenSpec::Tcp { host: host.to_string(), addr });
+        Ok(self.listeners.len() as u32 - 1)
+    }
+
+    /// Sets the largest message (at least 1 byte, at most 1 GiB).
+    pub fn set_max_message(&mut self, bytes: u64) -> Result<()> {
+        if bytes == 0 || bytes > 1 << 30 {
+            return fail(Code::Inval, format!("max message of {bytes} bytes is outside 1..=1 GiB"));
+        }
+        self.max_message = bytes;
+        Ok(())
+    }
+
+    /// The worker count to start: `workers`, or the number of CPUs we may run on.
+    pub fn effective_workers(&self) -> u32 {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+    }
+}

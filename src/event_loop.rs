@@ -1,0 +1,270 @@
+//! The loop shape (libuv's): one epoll fd that is the whole loop's pollable fd, a timerfd for
+//! timers so that fd also wakes for them, and an eventfd that other threads use to wake it.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::sys::{self, cvt, owned};
+
+/// Where a readiness event comes from. Encoded into epoll's u64 so a stale event (for a source
+/// that went away while the loop was blocked) decodes to an id that is simply not found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The cross-thread waker.
+    Waker,
+    /// The timerfd.
+    Timer,
+    /// The signal self-pipe.
+    Signals,
+    /// A channel to a worker (by worker id) or, in a worker, to the primary (id 0).
+    Channel(u32),
+    /// A worker's pidfd (by worker id).
+    Child(u32),
+    /// A listening socket (by listener index).
+    Listener(u32),
+}
+
+impl Source {
+    fn token(self) -> u64 {
+        let (tag, id) = match self {
+            Source::Waker => (1u64, 0),
+            Source::Timer => (2, 0),
+            Source::Signals => (3, 0),
+            Source::Channel(id) => (4, id),
+            Source::Child(id) => (5, id),
+            Source::Listener(id) => (6, id),
+        };
+        tag << 32 | u64::from(id)
+    }
+
+    fn from_token(token: u64) -> Option<Source> {
+        let id = token as u32;
+        Some(match token >> 32 {
+            1 => Source::Waker,
+            2 => Source::Timer,
+            3 => Source::Signals,
+            4 => Source::Channel(id),
+            5 => Source::Child(id),
+            6 => Source::Listener(id),
+            _ => return None,
+        })
+    }
+}
+
+/// One readiness report.
+#[derive(Clone, Copy, Debug)]
+pub struct Ready {
+    /// What became ready.
+    pub source: Source,
+    /// Readable (or hung up, or in error: reading tells which).
+    pub readable: bool,
+    /// Writable.
+    pub writable: bool,
+}
+
+/// Wakes the loop from any thread.
+#[derive(Debug)]
+pub struct Waker {
+    fd: OwnedFd,
+}
+
+impl Waker {
+    /// Makes the loop's next (or current) wait return.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a live u64 to an eventfd; EAGAIN (counter full) is fine,
+        // the loop is already due to wake.
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// An identifier for a timer, to cancel it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimerId(u64, u64);
+
+/// The epoll set, its timers and its waker. `T` is what a timer carries back when it fires.
+pub struct Reactor<T> {
+    epfd: OwnedFd,
+    timerfd: OwnedFd,
+    waker: std::sync::Arc<Waker>,
+    timers: BTreeMap<TimerId, T>,
+    next_timer: u64,
+}
+
+impl<T> Reactor<T> {
+    /// A new reactor with its timerfd and waker registered.
+    pub fn new() -> Result<Reactor<T>> {
+        // SAFETY: epoll_create1 takes a flag.
+        let epfd = owned(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }).map_err(|e| Error::sys("epoll_create1", e))?;
+        let timerfd = sys::timerfd().map_err(|e| Error::sys("timerfd_create", e))?;
+        let wake = sys::eventfd().map_err(|e| Error::sys("eventfd", e))?;
+        let r = Reactor {
+            epfd,
+            timerfd,
+            waker: std::sync::Arc::new(Waker { fd: wake }),
+            timers: BTreeMap::new(),
+            next_timer: 0,
+        };
+        r.add(r.timerfd.as_raw_fd(), Source::Timer, true, false)?;
+        r.add(r.waker.fd.as_raw_fd(), Source::Waker, true, false)?;
+        Ok(r)
+    }
+
+    /// The pollable fd: readable whenever `wait` has something to report (`cluster_fd`).
+    pub fn fd(&self) -> RawFd {
+        self.epfd.as_raw_fd()
+    }
+
+    /// The cross-thread waker.
+    pub fn waker(&self) -> std::sync::Arc<Waker> {
+        self.waker.clone()
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, source: Source, readable: bool, writable: bool) -> io::Result<()> {
+        let mut events = 0u32;
+        if readable {
+            events |= libc::EPOLLIN as u32;
+        }
+        if writable {
+            events |= libc::EPOLLOUT as u32;
+        }
+        let mut ev = libc::epoll_event { events, u64: source.token() };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+        cvt(unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), op, fd, &mut ev) }).map(drop)
+    }
+
+    /// Watches `fd` (level-triggered).
+    pub fn add(&self, fd: RawFd, source: Source, readable: bool, writable: bool) -> Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, source, readable, writable)
+            .map_err(|e| Error::sys(format!("epoll_ctl(ADD, {source:?})"), e))
+    }
+
+    /// Changes what `fd` is watched for.
+    pub fn modify(&self, fd: RawFd, source: Source, readable: bool, writable: bool) -> Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, source, readable, writable)
+            .map_err(|e| Error::sys(format!("epoll_ctl(MOD, {source:?})"), e))
+    }
+
+    /// Stops watching `fd` (before it is closed, or to pause a listener).
+    pub fn remove(&self, fd: RawFd) {
+        // SAFETY: EPOLL_CTL_DEL ignores the event pointer on modern kernels; we pass a valid one.
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: as above.
+        unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut ev) };
+    }
+
+    /// Fires `value` once at `at_ms` on the monotonic clock.
+    pub fn add_timer(&mut self, at_ms: u64, value: T) -> TimerId {
+        self.next_timer += 1;
+        let id = TimerId(at_ms, self.next_timer);
+        self.timers.insert(id, value);
+        self.rearm();
+        id
+    }
+
+    /// Cancels a timer (no-op when it already fired).
+    pub fn cancel_timer(&mut self, id: TimerId) {
+        if self.timers.remove(&id).is_some() {
+            self.rearm();
+        }
+    }
+
+    /// Takes every timer due at `now_ms`, in deadline order, and re-arms the timerfd.
+    pub fn expired(&mut self, now_ms: u64) -> Vec<T> {
+        sys::drain_fd(self.timerfd.as_raw_fd());
+        let later = self.timers.split_off(&TimerId(now_ms + 1, 0));
+        let due = std::mem::replace(&mut self.timers, later);
+        self.rearm();
+        due.into_values().collect()
+    }
+
+    fn rearm(&self) {
+        let after = self.timers.keys().next().map(|t| Duration::from_millis(t.0.saturating_sub(sys::monotonic_ms())));
+        if let Err(e) = sys::timerfd_arm(self.timerfd.as_raw_fd(), after) {
+            log::error!("timerfd_settime: {e}");
+        }
+    }
+
+    /// Ends the reactor but keeps its epoll fd, emptied: a host may still be polling that
+    /// number, and must never see it reused by an unrelated descriptor.
+    pub fn into_silent_fd(self) -> OwnedFd {
+        let Reactor { epfd, .. } = self;
+        // SAFETY: epoll_create1 takes a flag; dup3 replaces `epfd`'s number atomically with a
+        // new, empty epoll instance, and the old instance goes away with its registrations.
+        unsafe {
+            let empty = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+            if empty >= 0 {
+                libc::dup3(empty, epfd.as_raw_fd(), libc::O_CLOEXEC);
+                libc::close(empty);
+            }
+        }
+        epfd
+    }
+
+    /// Consumes the waker's counter (after it fired).
+    pub fn clear_wake(&self) {
+        sys::drain_fd(self.waker.fd.as_raw_fd());
+    }
+}
+
+/// Waits on an epoll fd without needing the reactor (the caller may not hold the runtime lock
+/// while it blocks). `timeout_ms` < 0 waits forever.
+pub fn wait(epfd: RawFd, timeout_ms: i32, out: &mut Vec<Ready>) -> io::Result<()> {
+    out.clear();
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 256];
+    // SAFETY: `events` is a writable array of 256 epoll_event.
+    let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), events.len() as i32, timeout_ms) };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(err) };
+    }
+    for ev in &events[..n as usize] {
+        let bits = ev.events;
+        let token = ev.u64;
+        if let Some(source) = Source::from_token(token) {
+            let hup = bits & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
+            out.push(Ready {
+                source,
+                readable: hup || bits & libc::EPOLLIN as u32 != 0,
+                writable: bits & libc::EPOLLOUT as u32 != 0,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for s in [Source::Waker, Source::Timer, Source::Signals, Source::Channel(7), Source::Child(u32::MAX), Source::Listener(0)] {
+            assert_eq!(Source::from_token(s.token()), Some(s));
+        }
+        assert_eq!(Source::from_token(99 << 32), None);
+    }
+
+    #[test]
+    fn the_waker_and_timers_make_the_fd_ready() {
+        let mut r: Reactor<&'static str> = Reactor::new().unwrap();
+        let mut out = Vec::new();
+        wait(r.fd(), 0, &mut out).unwrap();
+        assert!(out.is_empty());
+        r.waker().wake();
+        wait(r.fd(), 1000, &mut out).unwrap();
+        assert!(matches!(out[..], [Ready { source: Source::Waker, .. }]));
+        r.clear_wake();
+        let now = sys::monotonic_ms();
+        let late = r.add_timer(now + 60_000, "late");
+        r.add_timer(now + 20, "soon");
+        wait(r.fd(), 5000, &mut out).unwrap();
+        assert!(matches!(out[..], [Ready { source: Source::Timer, .. }]));
+        assert_eq!(r.expired(sys::monotonic_ms()), vec!["soon"]);
+        r.cancel_timer(late);
+        assert!(r.expired(now + 120_000).is_empty());
+    }
+}

@@ -1,0 +1,217 @@
+//! `cluster_config`: the primary's configuration builder.
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::sync::Arc;
+
+use super::boundary::{guard, non_null, str_arg};
+use super::types::{cluster_mode, cluster_policy, cluster_worker_main, mode_from, policy_from};
+use crate::config::Config;
+use crate::error::{fail, Code, Error, Result};
+
+/// The primary's configuration (opaque). Create with `cluster_config_new`, release with
+/// `cluster_config_free`; `cluster_primary_start` copies what it needs, so free it after.
+pub struct cluster_config {
+    pub(crate) inner: Config,
+}
+
+/// A C worker main and its userdata.
+struct CWorkerMain {
+    f: unsafe extern "C" fn(*mut c_void) -> libc::c_int,
+    userdata: *mut c_void,
+}
+
+// SAFETY: the worker main runs once, in the forked child, on the thread that forked; the
+// pointer is only carried, never dereferenced by Rust.
+unsafe impl Send for CWorkerMain {}
+// SAFETY: as above: shared references never touch `userdata`.
+unsafe impl Sync for CWorkerMain {}
+
+impl CWorkerMain {
+    fn call(&self) -> i32 {
+        // SAFETY: a C function pointer the host gave us, called with its own userdata.
+        unsafe { (self.f)(self.userdata) }
+    }
+}
+
+fn cfg_mut<'a>(cfg: *mut cluster_config) -> Result<&'a mut Config> {
+    non_null(cfg, "cfg")?;
+    // SAFETY: non-NULL; the caller passes a pointer from cluster_config_new, not yet freed, and
+    // does not use it from two threads at once (the documented contract of the builder).
+    Ok(unsafe { &mut (*cfg).inner })
+}
+
+/// A new configuration with the defaults: one worker per CPU, FORK mode, round-robin, 64 MiB
+/// messages, signals taken over, 30 s shutdown grace. NULL only when out of memory.
+#[no_mangle]
+pub extern "C" fn cluster_config_new() -> *mut cluster_config {
+    super::boundary::guard_or(std::ptr::null_mut(), || Box::into_raw(Box::new(cluster_config { inner: Config::default() })))
+}
+
+/// Releases a configuration. NULL is fine.
+#[no_mangle]
+pub extern "C" fn cluster_config_free(cfg: *mut cluster_config) {
+    super::boundary::guard_or((), || {
+        if !cfg.is_null() {
+            // SAFETY: non-NULL, from cluster_config_new (Box::into_raw), freed once.
+            drop(unsafe { Box::from_raw(cfg) });
+        }
+    })
+}
+
+/// Workers to start (0 = one per CPU, the default).
+#[no_mangle]
+pub extern "C" fn cluster_config_set_workers(cfg: *mut cluster_config, n: u32) -> i32 {
+    guard(|| {
+        if n > 4096 {
+            return fail(Code::Inval, format!("{n} workers is more than the 4096 allowed"));
+        }
+        cfg_mut(cfg)?.workers = n;
+        Ok(0)
+    })
+}
+
+/// CLUSTER_MODE_FORK (default) or CLUSTER_MODE_EXEC.
+#[no_mangle]
+pub extern "C" fn cluster_config_set_mode(cfg: *mut cluster_config, mode: cluster_mode) -> i32 {
+    guard(|| {
+        let mode = mode_from(mode)?;
+        cfg_mut(cfg)?.mode = mode;
+        Ok(0)
+    })
+}
+
+/// The FORK-mode worker entry point; its return value is the worker's exit code.
+#[no_mangle]
+pub extern "C" fn cluster_config_set_worker_main(cfg: *mut cluster_config, main: cluster_worker_main, userdata: *mut c_void) -> i32 {
+    guard(|| {
+        let cfg = cfg_mut(cfg)?;
+        let f = main.ok_or_else(|| Error::new(Code::Inval, "worker main is NULL"))?;
+        let m = CWorkerMain { f, userdata };
+        cfg.worker_main = Some(Arc::new(move || m.call()));
+        Ok(0)
+    })
+}
+
+/// The program EXEC-mode workers run and its NULL-terminated argv (argv may be NULL: then
+/// `{path, NULL}`). Default: this program with this process's argv.
+///
+/// # Safety
+/// `path` is a NUL-terminated string; `argv` is NULL or a NULL-terminated array of them.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_config_set_exec(cfg: *mut cluster_config, path: *const c_char, argv: *const *const c_char) -> i32 {
+    guard(|| {
+        let cfg = cfg_mut(cfg)?;
+        // SAFETY: the caller's contract above.
+        let path = unsafe { str_arg(path, "path") }?;
+        if path.is_empty() {
+            return fail(Code::Inval, "exec path is empty");
+        }
+        let mut args = Vec::new();
+        if !argv.is_null() {
+            for i in 0..4096 {
+                // SAFETY: argv is a NULL-terminated array; we stop at its NULL.
+                let p = unsafe { *argv.add(i) };
+                if p.is_null() {
+                    break;
+                }
+                // SAFETY: each element is a NUL-terminated string.
+                args.push(unsafe { CStr::from_ptr(p) }.to_owned());
+            }
+        }
+        cfg.exec = Some((CString::new(path).expect("from a C string"), args));
+        Ok(0)
+    })
+}
+
+/// The balancing policy (CLUSTER_POLICY_*).
+#[no_mangle]
+pub extern "C" fn cluster_config_set_policy(cfg: *mut cluster_config, policy: cluster_policy) -> i32 {
+    guard(|| {
+        let policy = policy_from(policy)?;
+        cfg_mut(cfg)?.policy = policy;
+        Ok(0)
+    })
+}
+
+/// Adds a TCP listener: an IPv4 or IPv6 literal or a host name (resolved now, once); port 0
+/// picks a free port, shared by all workers (read it with `cluster_local_port`). Returns the
+/// listener's index.
+///
+/// # Safety
+/// `host` is a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_config_listen_tcp(cfg: *mut cluster_config, host: *const c_char, port: u16) -> i32 {
+    guard(|| {
+        let cfg = cfg_mut(cfg)?;
+        // SAFETY: the caller's contract above.
+        let host = unsafe { str_arg(host, "host") }?;
+        cfg.listen_tcp(host, port).map(|i| i as i32)
+    })
+}
+
+/// Adds a Unix stream socket listener at `path`. Returns the listener's index.
+///
+/// # Safety
+/// `path` is a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_config_listen_unix(cfg: *mut cluster_config, path: *const c_char) -> i32 {
+    guard(|| {
+        cfg_mut(cfg)?;
+        // SAFETY: the caller's contract above.
+        let path = unsafe { str_arg(path, "path") }?;
+        fail(Code::Inval, format!("listen {path}: unix listeners are not supported yet"))
+    })
+}
+
+/// Largest message carried, in bytes (default 64 MiB, at most 1 GiB). Larger sends fail with
+/// CLUSTER_E_TOOBIG.
+#[no_mangle]
+pub extern "C" fn cluster_config_set_max_message(cfg: *mut cluster_config, bytes: u64) -> i32 {
+    guard(|| cfg_mut(cfg)?.set_max_message(bytes).map(|()| 0))
+}
+
+/// Whether the runtime takes over SIGTERM, SIGINT, SIGHUP, SIGTTIN, SIGTTOU and SIGQUIT in the
+/// primary (and SIGTERM/SIGINT in workers). On by default; hosts with their own signal
+/// handling (the Python and Node bindings) turn it off and call `cluster_shutdown`.
+#[no_mangle]
+pub extern "C" fn cluster_config_set_signals(cfg: *mut cluster_config, on: bool) -> i32 {
+    guard(|| {
+        cfg_mut(cfg)?.signals = on;
+        Ok(0)
+    })
+}
+
+/// Grace period of a signal-initiated graceful shutdown, in ms (default 30000).
+#[no_mangle]
+pub extern "C" fn cluster_config_set_grace(cfg: *mut cluster_config, grace_ms: u32) -> i32 {
+    guard(|| {
+        cfg_mut(cfg)?.grace_ms = grace_ms;
+        Ok(0)
+    })
+}
+
+/// Bounds of each send queue: at most `max_bytes` of payload and `max_messages` messages
+/// queued (a single larger message is still taken when the queue is empty). Defaults: 8 MiB,
+/// 4096.
+#[no_mangle]
+pub extern "C" fn cluster_config_set_send_queue(cfg: *mut cluster_config, max_bytes: usize, max_messages: usize) -> i32 {
+    guard(|| {
+        if max_bytes == 0 || max_messages == 0 {
+            return fail(Code::Inval, "send queue bounds must be at least 1");
+        }
+        let cfg = cfg_mut(cfg)?;
+        cfg.send_limits.max_bytes = max_bytes;
+        cfg.send_limits.max_frames = max_messages;
+        Ok(0)
+    })
+}
+
+/// When on, a worker is READY only once it calls `cluster_ready()` (default: READY follows
+/// `cluster_worker_start`).
+#[no_mangle]
+pub extern "C" fn cluster_config_set_manual_ready(cfg: *mut cluster_config, on: bool) -> i32 {
+    guard(|| {
+        cfg_mut(cfg)?.manual_ready = on;
+        Ok(0)
+    })
+}

@@ -1,0 +1,291 @@
+//! The runtime calls of the C ABI: roles, start, the loop, messaging, worker control.
+
+use std::ffi::{c_void, CStr};
+use std::os::fd::IntoRawFd;
+
+use super::boundary::{bytes_arg, guard, guard_or, last_error_ptr, non_null};
+use super::config::cluster_config;
+use super::types::*;
+use crate::error::{fail, Code, Error};
+use crate::event::{Event, Handler};
+use crate::runtime;
+
+/// A C event callback and its userdata.
+struct CCallback {
+    cb: unsafe extern "C" fn(*mut c_void, *const cluster_event),
+    userdata: *mut c_void,
+}
+
+// SAFETY: the callback is only ever called on the loop thread (the one calling cluster_run or
+// cluster_dispatch), as the C contract states; Rust only carries the pointer.
+unsafe impl Send for CCallback {}
+
+fn c_handler(cb: cluster_event_cb, userdata: *mut c_void) -> crate::Result<Handler> {
+    let cb = cb.ok_or_else(|| Error::new(Code::Inval, "event callback is NULL"))?;
+    let c = CCallback { cb, userdata };
+    Ok(Box::new(move |ev: Event| c.call(ev)))
+}
+
+impl CCallback {
+    fn call(&self, ev: Event) {
+        let fd = ev.fd.map_or(-1, IntoRawFd::into_raw_fd);
+        let raw = cluster_event {
+            kind: ev.kind as cluster_event_kind,
+            worker_id: ev.worker_id,
+            pid: ev.pid,
+            fd,
+            data: if ev.data.is_empty() { std::ptr::null() } else { ev.data.as_ptr() },
+            len: ev.data.len(),
+            exit_code: ev.exit_code,
+            signal: ev.signal,
+            exited_after_disconnect: ev.exited_after_disconnect,
+            listener: ev.listener,
+            peer: if ev.peer.is_empty() { std::ptr::null() } else { ev.peer.as_ptr().cast() },
+            peer_len: ev.peer.len() as u32,
+        };
+        // SAFETY: the host's callback with its own userdata; `raw` and what it points to live
+        // until the call returns. The fd now belongs to the callee.
+        unsafe { (self.cb)(self.userdata, &raw) };
+    }
+}
+
+/// True in the primary (any process that is not a worker).
+#[no_mangle]
+pub extern "C" fn cluster_is_primary() -> bool {
+    guard_or(true, runtime::is_primary)
+}
+
+/// True in a worker (set at load in EXEC mode, by the fork in FORK mode).
+#[no_mangle]
+pub extern "C" fn cluster_is_worker() -> bool {
+    guard_or(false, runtime::is_worker)
+}
+
+/// This worker's id (ids start at 1 and are never reused); 0 in the primary.
+#[no_mangle]
+pub extern "C" fn cluster_worker_id() -> u32 {
+    guard_or(0, runtime::worker_id)
+}
+
+/// Starts the primary: binds the listeners and starts the configured workers, then returns.
+/// Events go to `cb` on the thread that calls `cluster_run`/`cluster_dispatch`. The config is
+/// copied: free it afterwards. In FORK mode the workers' children run the worker main from
+/// here and never return.
+#[no_mangle]
+pub extern "C" fn cluster_primary_start(cfg: *mut cluster_config, cb: cluster_event_cb, userdata: *mut c_void) -> i32 {
+    guard(|| {
+        non_null(cfg, "cfg")?;
+        // SAFETY: non-NULL, from cluster_config_new and not freed (the caller's contract).
+        let config = unsafe { (*cfg).inner.clone() };
+        runtime::primary_start(config, c_handler(cb, userdata)?).map(|()| 0)
+    })
+}
+
+/// Starts one more worker; returns its id. In FORK mode the child runs the worker main and
+/// exits: it never returns from this call.
+#[no_mangle]
+pub extern "C" fn cluster_fork() -> i32 {
+    guard(|| runtime::fork().map(|id| id as i32))
+}
+
+/// The port listener `listener` is bound to (the real one when 0 was asked).
+#[no_mangle]
+pub extern "C" fn cluster_local_port(listener: u32) -> i32 {
+    guard(|| runtime::local_port(listener).map(i32::from))
+}
+
+/// Writes up to `cap` live worker ids (ascending) to `ids`; returns how many workers there are
+/// (which may exceed `cap`). `ids` may be NULL when `cap` is 0.
+#[no_mangle]
+pub extern "C" fn cluster_workers(ids: *mut u32, cap: usize) -> i32 {
+    guard(|| {
+        if cap > 0 {
+            non_null(ids, "ids")?;
+        }
+        let all = runtime::workers()?;
+        for (i, id) in all.iter().take(cap).enumerate() {
+            // SAFETY: non-NULL and the caller promises room for `cap` ids.
+            unsafe { *ids.add(i) = *id };
+        }
+        Ok(all.len() as i32)
+    })
+}
+
+/// Fills `out` with a snapshot of worker `id`.
+#[no_mangle]
+pub extern "C" fn cluster_worker_info(id: u32, out: *mut cluster_worker_info) -> i32 {
+    guard(|| {
+        non_null(out, "out")?;
+        let i = runtime::worker_info(id)?;
+        let info = cluster_worker_info {
+            id: i.id,
+            pid: i.pid,
+            state: i.state as cluster_worker_state,
+            connections: i.connections,
+            messages_in: i.messages_in,
+            messages_out: i.messages_out,
+            restarts: i.restarts,
+            started_at_ms: i.started_at_ms,
+        };
+        // SAFETY: non-NULL, and the caller gives a writable cluster_worker_info.
+        unsafe { out.write(info) };
+        Ok(0)
+    })
+}
+
+/// Sends `signal` to worker `id` (0 checks that it exists). Like Node's `worker.kill()`, its
+/// EXIT then says `exited_after_disconnect`.
+#[no_mangle]
+pub extern "C" fn cluster_worker_kill(id: u32, signal: i32) -> i32 {
+    guard(|| runtime::worker_kill(id, signal).map(|()| 0))
+}
+
+/// Stops worker `id` gracefully: it finishes the connections it was handed and exits.
+#[no_mangle]
+pub extern "C" fn cluster_worker_disconnect(id: u32) -> i32 {
+    guard(|| runtime::worker_disconnect(id).map(|()| 0))
+}
+
+/// Rolling restart of every worker, never with fewer ready workers. Not available yet:
+/// returns CLUSTER_E_STATE.
+#[no_mangle]
+pub extern "C" fn cluster_reload() -> i32 {
+    guard(|| {
+        runtime::workers()?;
+        fail(Code::State, "rolling reload is not available in this version")
+    })
+}
+
+/// Sets the number of workers: starts new ones or stops the newest gracefully.
+#[no_mangle]
+pub extern "C" fn cluster_scale(n: u32) -> i32 {
+    guard(|| runtime::scale(n).map(|()| 0))
+}
+
+/// Worker: starts the worker runtime (connects to the primary, reports ONLINE, and READY
+/// unless the config asks for manual readiness). Events go to `cb` on the loop thread.
+#[no_mangle]
+pub extern "C" fn cluster_worker_start(cb: cluster_event_cb, userdata: *mut c_void) -> i32 {
+    guard(|| runtime::worker_start(c_handler(cb, userdata)?).map(|()| 0))
+}
+
+/// Worker: reports READY (only needed with `cluster_config_set_manual_ready`).
+#[no_mangle]
+pub extern "C" fn cluster_ready() -> i32 {
+    guard(|| runtime::ready().map(|()| 0))
+}
+
+/// Runs the loop until the cluster (primary) or this worker is done; 0 after a graceful end.
+/// In the primary, SIGTERM/SIGINT end it gracefully (when signals are taken over).
+#[no_mangle]
+pub extern "C" fn cluster_run() -> i32 {
+    guard(|| runtime::run().map(|()| 0))
+}
+
+/// One loop turn: waits up to `timeout_ms` (-1 forever, 0 not at all), handles what is ready
+/// and calls the callback. Returns the number of events delivered, CLUSTER_E_CLOSED once the
+/// runtime has finished.
+#[no_mangle]
+pub extern "C" fn cluster_dispatch(timeout_ms: i32) -> i32 {
+    guard(|| runtime::dispatch(timeout_ms).map(|n| n.min(i32::MAX as usize) as i32))
+}
+
+/// A file descriptor that is readable when `cluster_dispatch` has work, for hosts with their
+/// own loop. It stays valid (and silent) after the runtime finishes.
+#[no_mangle]
+pub extern "C" fn cluster_fd() -> i32 {
+    guard(runtime::fd)
+}
+
+/// Sends a message. Primary: to worker `to`. Worker: to the primary (0) or to worker `to`,
+/// relayed by the primary, which stamps the true sender. Any thread. CLUSTER_E_AGAIN when the
+/// queue is full (a DRAIN event follows), CLUSTER_E_TOOBIG over the maximum.
+///
+/// # Safety
+/// `data` is valid for reads of `len` bytes (NULL is fine when `len` is 0).
+#[no_mangle]
+pub unsafe extern "C" fn cluster_send(to: u32, data: *const u8, len: usize) -> i32 {
+    guard(|| {
+        // SAFETY: the caller's contract above.
+        let bytes = unsafe { bytes_arg(data, len) }?;
+        runtime::send(to, bytes, None).map(|()| 0)
+    })
+}
+
+/// Like `cluster_send`, and passes a duplicate of `fd` (the caller keeps its own).
+///
+/// # Safety
+/// `data` is valid for reads of `len` bytes (NULL is fine when `len` is 0).
+#[no_mangle]
+pub unsafe extern "C" fn cluster_send_fd(to: u32, data: *const u8, len: usize, fd: i32) -> i32 {
+    guard(|| {
+        // SAFETY: the caller's contract above.
+        let bytes = unsafe { bytes_arg(data, len) }?;
+        runtime::send(to, bytes, Some(fd)).map(|()| 0)
+    })
+}
+
+/// Primary: sends to every worker (returns how many). Worker: to every other worker through
+/// the primary (returns 0).
+///
+/// # Safety
+/// `data` is valid for reads of `len` bytes (NULL is fine when `len` is 0).
+#[no_mangle]
+pub unsafe extern "C" fn cluster_broadcast(data: *const u8, len: usize) -> i32 {
+    guard(|| {
+        // SAFETY: the caller's contract above.
+        let bytes = unsafe { bytes_arg(data, len) }?;
+        runtime::broadcast(bytes).map(|n| n as i32)
+    })
+}
+
+/// Graceful stop. Primary: stop accepting, let workers finish what they were handed, kill
+/// those left after `grace_ms` (0: now); `cluster_run` then returns 0. Worker: tell the
+/// primary this worker leaves; the loop ends after the SHUTDOWN event.
+#[no_mangle]
+pub extern "C" fn cluster_shutdown(grace_ms: u32) -> i32 {
+    guard(|| runtime::shutdown(grace_ms).map(|()| 0))
+}
+
+/// A fixed description of a result code ("invalid argument", ...). Never NULL.
+#[no_mangle]
+pub extern "C" fn cluster_strerror(code: i32) -> *const libc::c_char {
+    let s: &'static CStr = match Code::from_raw(code) {
+        _ if code >= 0 => c"success",
+        Some(Code::Inval) => c"invalid argument",
+        Some(Code::Role) => c"wrong role for this call (primary-only in a worker, or the reverse)",
+        Some(Code::NoWorker) => c"no such worker",
+        Some(Code::Again) => c"queue full, try again after the DRAIN event",
+        Some(Code::TooBig) => c"message larger than the configured maximum",
+        Some(Code::Closed) => c"channel or runtime closed",
+        Some(Code::Threads) => c"FORK mode refused: the process has more than one thread",
+        Some(Code::State) => c"call not valid in the runtime's current state",
+        Some(Code::Sys) => c"system call failed",
+        Some(Code::Panic) => c"internal panic caught at the C boundary",
+        Some(Code::Timeout) => c"timed out",
+        None => c"unknown error code",
+    };
+    s.as_ptr()
+}
+
+/// A sentence about the last failure on this thread, e.g. "bind 127.0.0.1:80: Permission
+/// denied (os error 13)". Never NULL; valid until the next failing call on this thread.
+#[no_mangle]
+pub extern "C" fn cluster_last_error() -> *const libc::c_char {
+    last_error_ptr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strerror_matches_the_core_descriptions() {
+        for raw in -11..=-1 {
+            let code = Code::from_raw(raw).unwrap();
+            // SAFETY: cluster_strerror returns a static NUL-terminated string.
+            let s = unsafe { CStr::from_ptr(cluster_strerror(raw)) }.to_str().unwrap();
+            assert_eq!(s, code.describe());
+        }
+    }
+}

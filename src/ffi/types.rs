@@ -1,0 +1,169 @@
+//! Types and constants of the C ABI.
+
+use std::ffi::c_void;
+
+use crate::config::{Mode, Policy};
+use crate::error::{fail, Code, Result};
+
+/// Success.
+pub const CLUSTER_OK: i32 = 0;
+/// A bad argument: NULL, out of range, malformed.
+pub const CLUSTER_E_INVAL: i32 = -1;
+/// A primary-only call in a worker, or the reverse.
+pub const CLUSTER_E_ROLE: i32 = -2;
+/// No worker has that id.
+pub const CLUSTER_E_NOWORKER: i32 = -3;
+/// A bounded queue is full: try again after the DRAIN event.
+pub const CLUSTER_E_AGAIN: i32 = -4;
+/// The message is larger than the configured maximum.
+pub const CLUSTER_E_TOOBIG: i32 = -5;
+/// The channel or the runtime is closed.
+pub const CLUSTER_E_CLOSED: i32 = -6;
+/// FORK mode in a process with more than one thread.
+pub const CLUSTER_E_THREADS: i32 = -7;
+/// The call does not fit the runtime's state (not started, already started...).
+pub const CLUSTER_E_STATE: i32 = -8;
+/// A system call failed; `cluster_last_error()` names it.
+pub const CLUSTER_E_SYS: i32 = -9;
+/// A panic was caught at the C boundary (a bug in rcluster).
+pub const CLUSTER_E_PANIC: i32 = -10;
+/// A wait ran out of time.
+pub const CLUSTER_E_TIMEOUT: i32 = -11;
+
+/// How workers are started: `CLUSTER_MODE_*`.
+pub type cluster_mode = u32;
+/// fork(2); the child runs the worker main. Refused (CLUSTER_E_THREADS) in a multi-threaded process.
+pub const CLUSTER_MODE_FORK: cluster_mode = 0;
+/// fork+exec of the configured program (default: this one, same argv). Safe with threads.
+pub const CLUSTER_MODE_EXEC: cluster_mode = 1;
+
+/// How connections reach workers: `CLUSTER_POLICY_*`.
+pub type cluster_policy = u32;
+/// The primary accepts and hands connections out in turn (default).
+pub const CLUSTER_POLICY_ROUND_ROBIN: cluster_policy = 0;
+/// The primary accepts and picks the worker with the fewest open connections.
+pub const CLUSTER_POLICY_LEAST_CONNECTIONS: cluster_policy = 1;
+/// The primary accepts and keeps each client address on one worker slot.
+pub const CLUSTER_POLICY_STICKY: cluster_policy = 2;
+/// Workers accept on the primary's socket themselves.
+pub const CLUSTER_POLICY_SHARED: cluster_policy = 3;
+/// Each worker binds its own SO_REUSEPORT socket.
+pub const CLUSTER_POLICY_REUSEPORT: cluster_policy = 4;
+
+/// What an event is: `CLUSTER_EVENT_*`. More kinds may be appended; handle unknown ones by
+/// ignoring them.
+pub type cluster_event_kind = u32;
+/// primary: a worker process was started.
+pub const CLUSTER_EVENT_FORK: cluster_event_kind = 0;
+/// primary: a worker's runtime is up.
+pub const CLUSTER_EVENT_ONLINE: cluster_event_kind = 1;
+/// primary: a worker is ready for connections.
+pub const CLUSTER_EVENT_READY: cluster_event_kind = 2;
+/// both: a message arrived (`data`, `len`, maybe `fd`); `worker_id` is the sender (0 = primary).
+pub const CLUSTER_EVENT_MESSAGE: cluster_event_kind = 3;
+/// both: a channel closed (primary: to `worker_id`; worker: to the primary).
+pub const CLUSTER_EVENT_DISCONNECT: cluster_event_kind = 4;
+/// primary: a worker process ended (`exit_code`, `signal`, `exited_after_disconnect`).
+pub const CLUSTER_EVENT_EXIT: cluster_event_kind = 5;
+/// worker: a connection to serve (`fd`, `listener`, `peer`).
+pub const CLUSTER_EVENT_CONNECTION: cluster_event_kind = 6;
+/// both: a graceful stop began. In a worker, the loop ends once this is handled.
+pub const CLUSTER_EVENT_SHUTDOWN: cluster_event_kind = 7;
+/// both: a send queue that refused a message with CLUSTER_E_AGAIN has emptied (`worker_id`: whose).
+pub const CLUSTER_EVENT_DRAIN: cluster_event_kind = 8;
+/// both: a failure no call returned (`data`/`len`: the sentence; `worker_id`: who).
+pub const CLUSTER_EVENT_ERROR: cluster_event_kind = 9;
+
+/// A worker's state: `CLUSTER_WORKER_*`.
+pub type cluster_worker_state = u32;
+/// Started, its runtime not up yet.
+pub const CLUSTER_WORKER_STARTING: cluster_worker_state = 0;
+/// Its runtime is up.
+pub const CLUSTER_WORKER_ONLINE: cluster_worker_state = 1;
+/// Ready for connections.
+pub const CLUSTER_WORKER_READY: cluster_worker_state = 2;
+/// Asked to stop, finishing what it holds.
+pub const CLUSTER_WORKER_DISCONNECTING: cluster_worker_state = 3;
+/// Exited.
+pub const CLUSTER_WORKER_DEAD: cluster_worker_state = 4;
+
+/// One event. Pointers inside are valid only during the callback. Fields are only ever
+/// appended.
+#[repr(C)]
+pub struct cluster_event {
+    /// What happened (`CLUSTER_EVENT_*`).
+    pub kind: cluster_event_kind,
+    /// primary: the worker concerned; worker MESSAGE: the sender (0 = the primary).
+    pub worker_id: u32,
+    /// primary: the worker's pid.
+    pub pid: i32,
+    /// CONNECTION: the connection, owned by the callee, blocking, FD_CLOEXEC, as accept(2)
+    /// gives it. MESSAGE: a passed fd, owned by the callee, or -1.
+    pub fd: i32,
+    /// MESSAGE: the payload; ERROR: the sentence (not NUL-terminated).
+    pub data: *const u8,
+    /// Bytes at `data`.
+    pub len: usize,
+    /// EXIT: the exit code, -1 when killed by a signal.
+    pub exit_code: i32,
+    /// EXIT: the signal that killed the worker, 0 when it exited.
+    pub signal: i32,
+    /// EXIT: the worker was asked to stop (disconnect, kill, shutdown) rather than dying.
+    pub exited_after_disconnect: bool,
+    /// CONNECTION: the index of the listener that accepted it.
+    pub listener: u32,
+    /// CONNECTION: the peer address.
+    pub peer: *const libc::sockaddr,
+    /// Bytes at `peer`.
+    pub peer_len: u32,
+}
+
+/// A snapshot of one worker.
+#[repr(C)]
+pub struct cluster_worker_info {
+    /// Worker id (>= 1, never reused).
+    pub id: u32,
+    /// Process id.
+    pub pid: i32,
+    /// `CLUSTER_WORKER_*`.
+    pub state: cluster_worker_state,
+    /// Connections handed to it and acknowledged.
+    pub connections: u64,
+    /// Messages received from it.
+    pub messages_in: u64,
+    /// Messages sent to it (by the primary or relayed from other workers).
+    pub messages_out: u64,
+    /// Restarts of its slot.
+    pub restarts: u32,
+    /// When it started, in ms since the Unix epoch.
+    pub started_at_ms: u64,
+}
+
+/// The event callback: `userdata` as given, and the event (valid during the call only).
+pub type cluster_event_cb = Option<unsafe extern "C" fn(userdata: *mut c_void, event: *const cluster_event)>;
+
+/// A FORK-mode worker's entry point; its return value is the worker's exit code.
+pub type cluster_worker_main = Option<unsafe extern "C" fn(userdata: *mut c_void) -> libc::c_int>;
+
+/// A log sink: level (1 error, 2 warn, 3 info, 4 debug, 5 trace), the module, the message.
+pub type cluster_log_cb =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, level: i32, target: *const libc::c_char, message: *const libc::c_char)>;
+
+pub(crate) fn mode_from(raw: cluster_mode) -> Result<Mode> {
+    match raw {
+        CLUSTER_MODE_FORK => Ok(Mode::Fork),
+        CLUSTER_MODE_EXEC => Ok(Mode::Exec),
+        other => fail(Code::Inval, format!("mode {other} is not a CLUSTER_MODE_* value")),
+    }
+}
+
+pub(crate) fn policy_from(raw: cluster_policy) -> Result<Policy> {
+    match raw {
+        CLUSTER_POLICY_ROUND_ROBIN => Ok(Policy::RoundRobin),
+        CLUSTER_POLICY_LEAST_CONNECTIONS => Ok(Policy::LeastConnections),
+        CLUSTER_POLICY_STICKY => Ok(Policy::Sticky),
+        CLUSTER_POLICY_SHARED => Ok(Policy::Shared),
+        CLUSTER_POLICY_REUSEPORT => Ok(Policy::ReusePort),
+        other => fail(Code::Inval, format!("policy {other} is not a CLUSTER_POLICY_* value")),
+    }
+}

@@ -1,0 +1,336 @@
+//! The bounded, thread-safe send side of a channel.
+//!
+//! Any thread may push; the loop thread flushes when the socket turns writable. A push writes
+//! straight to the socket when nothing is queued (the common case costs one `sendmsg`), and
+//! queues otherwise, so frames always leave in push order. User messages count against the
+//! bounds; control frames (ACK, SHUTDOWN, ...) never do, so protocol progress never waits on a
+//! user's backlog. Over the bound a push fails with `Again` and a DRAIN is owed once the queue
+//! empties.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use super::channel::{self, INLINE_MAX};
+use super::frame::{Header, Kind, FLAG_BIG, FLAG_FD};
+use super::payload;
+use crate::error::{fail, Code, Error, Result};
+
+/// One frame ready to go: header, inline payload and the fds it carries (closed once sent).
+#[derive(Debug)]
+pub struct Frame {
+    /// The header (its `nfds` and `len` match `fds` and `payload`).
+    pub header: Header,
+    /// Inline payload bytes.
+    pub payload: Vec<u8>,
+    /// The fds to pass; owned, closed after sending.
+    pub fds: Vec<OwnedFd>,
+    /// Payload size for the queue bounds when this is a user message; 0 for control frames.
+    pub user_bytes: usize,
+}
+
+impl Frame {
+    /// A control frame of `kind` with an inline payload.
+    pub fn control(kind: Kind, payload: Vec<u8>) -> Frame {
+        let mut header = Header::new(kind);
+        header.len = payload.len() as u64;
+        Frame { header, payload, fds: Vec::new(), user_bytes: 0 }
+    }
+
+    /// A control frame carrying fds (a batch of connections).
+    pub fn with_fds(kind: Kind, payload: Vec<u8>, fds: Vec<OwnedFd>) -> Frame {
+        let mut f = Frame::control(kind, payload);
+        f.header.nfds = fds.len() as u8;
+        f.fds = fds;
+        f
+    }
+
+    /// A user message from `from` to `to`, with an optional fd. Payloads over the inline limit
+    /// go into a sealed memfd; over `max` they are refused with `TooBig`.
+    pub fn message(from: u32, to: u32, data: &[u8], fd: Option<OwnedFd>, max: u64) -> Result<Frame> {
+        if data.len() as u64 > max {
+            return fail(Code::TooBig, format!("message of {} bytes exceeds the maximum of {max} bytes", data.len()));
+        }
+        let mut header = Header::new(Kind::Message);
+        header.from = from;
+        header.to = to;
+        header.len = data.len() as u64;
+        let mut fds = Vec::with_capacity(2);
+        let payload = if data.len() > INLINE_MAX {
+            header.flags |= FLAG_BIG;
+            fds.push(payload::seal(data).map_err(|e| Error::sys("memfd for a large message", e))?);
+            Vec::new()
+        } else {
+            data.to_vec()
+        };
+        if let Some(fd) = fd {
+            header.flags |= FLAG_FD;
+            fds.push(fd);
+        }
+        header.nfds = fds.len() as u8;
+        Ok(Frame { header, payload, fds, user_bytes: data.len().max(1) })
+    }
+
+    /// A copy with its own duplicates of the fds (for relaying one message to several workers).
+    pub fn try_clone(&self) -> io::Result<Frame> {
+        let fds = self.fds.iter().map(|f| crate::sys::dup_cloexec(f.as_raw_fd())).collect::<io::Result<Vec<_>>>()?;
+        Ok(Frame { header: self.header, payload: self.payload.clone(), fds, user_bytes: self.user_bytes })
+    }
+
+    fn send(&self, fd: RawFd) -> io::Result<()> {
+        let raw = channel::raw_fds(&self.fds);
+        channel::send(fd, &self.header.encode(), &self.payload, &raw)
+    }
+}
+
+/// Bounds of one outbox.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most user-payload bytes queued (a single message larger than this is still taken
+    /// when the queue is empty, up to the maximum message size).
+    pub max_bytes: usize,
+    /// Most user messages queued.
+    pub max_frames: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_bytes: 8 << 20, max_frames: 4096 }
+    }
+}
+
+/// What a push did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// Written to the socket.
+    Sent,
+    /// Queued; `arm` is true when the loop must start watching for writability.
+    Queued {
+        /// The queue was idle: ask the loop to arm EPOLLOUT.
+        arm: bool,
+    },
+}
+
+/// What a flush did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Flushed {
+    /// Nothing is left queued (the loop can stop watching for writability).
+    pub empty: bool,
+    /// A push was refused with `Again` earlier and the queue is now empty: emit DRAIN.
+    pub drained: bool,
+}
+
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Frame>,
+    user_bytes: usize,
+    user_frames: usize,
+    want_drain: bool,
+    closed: bool,
+    armed: bool,
+}
+
+/// The send side of one channel.
+pub struct Outbox {
+    fd: OwnedFd,
+    limits: Limits,
+    queue: Mutex<Queue>,
+    messages: AtomicU64,
+}
+
+impl Outbox {
+    /// An outbox writing to `fd` (a non-blocking channel socket it now owns).
+    pub fn new(fd: OwnedFd, limits: Limits) -> Outbox {
+        Outbox { fd, limits, queue: Mutex::new(Queue::default()), messages: AtomicU64::new(0) }
+    }
+
+    /// The channel socket.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        crate::sync::lock(&self.queue)
+    }
+
+    /// Sends or queues a frame. `Again` when a user message does not fit the bounds (a DRAIN
+    /// is then owed), `Closed` when the peer is gone.
+    pub fn push(&self, frame: Frame) -> Result<Pushed> {
+        self.push_inner(frame, true)
+    }
+
+    /// Like `push`, but a refusal owes no DRAIN: for the primary's relays, which retry by
+    /// themselves when the queue empties.
+    pub fn try_push(&self, frame: Frame) -> Result<Pushed> {
+        self.push_inner(frame, false)
+    }
+
+    /// User messages accepted so far (sent or queued).
+    pub fn messages_sent(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
+
+    fn push_inner(&self, frame: Frame, owe_drain: bool) -> Result<Pushed> {
+        let mut q = self.lock();
+        if q.closed {
+            return fail(Code::Closed, "the channel is closed");
+        }
+        if frame.user_bytes > 0
+            && q.user_frames > 0
+            && (q.user_bytes + frame.user_bytes > self.limits.max_bytes || q.user_frames >= self.limits.max_frames)
+        {
+            q.want_drain |= owe_drain;
+            return fail(
+                Code::Again,
+                format!("send queue full ({} messages, {} bytes queued): wait for DRAIN", q.user_frames, q.user_bytes),
+            );
+        }
+        if frame.user_bytes > 0 {
+            self.messages.fetch_add(1, Ordering::Relaxed);
+        }
+        if q.frames.is_empty() {
+            match frame.send(self.fd()) {
+                Ok(()) => return Ok(Pushed::Sent),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    q.closed = true;
+                    self.messages.fetch_sub(u64::from(frame.user_bytes > 0), Ordering::Relaxed);
+                    return Err(Error::new(Code::Closed, format!("channel send failed: {e}")));
+                }
+            }
+        }
+        q.user_bytes += frame.user_bytes;
+        q.user_frames += usize::from(frame.user_bytes > 0);
+        q.frames.push_back(frame);
+        let arm = !q.armed;
+        q.armed = true;
+        Ok(Pushed::Queued { arm })
+    }
+
+    /// Writes queued frames until the socket is full or the queue empty (loop thread).
+    pub fn flush(&self) -> io::Result<Flushed> {
+        let mut q = self.lock();
+        while let Some(frame) = q.frames.pop_front() {
+            match frame.send(self.fd()) {
+                Ok(()) => {
+                    q.user_bytes -= frame.user_bytes;
+                    q.user_frames -= usize::from(frame.user_bytes > 0);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    q.frames.push_front(frame);
+                    return Ok(Flushed { empty: false, drained: false });
+                }
+                Err(e) => {
+                    q.closed = true;
+                    q.frames.clear();
+                    return Err(e);
+                }
+            }
+        }
+        q.armed = false;
+        let drained = std::mem::take(&mut q.want_drain);
+        Ok(Flushed { empty: true, drained })
+    }
+
+    /// Marks the channel closed: later pushes fail with `Closed`; queued frames are dropped.
+    pub fn close(&self) {
+        let mut q = self.lock();
+        q.closed = true;
+        q.frames.clear();
+    }
+
+    /// True once the peer is gone or `close` was called.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Frames waiting to be written.
+    pub fn queued(&self) -> usize {
+        self.lock().frames.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::channel::{recv, Recv, RECV_BUF};
+    use crate::sys;
+
+    fn msg(n: usize) -> Frame {
+        Frame::message(0, 1, &vec![7u8; n], None, 64 << 20).unwrap()
+    }
+
+    #[test]
+    fn fills_the_socket_then_queues_then_refuses_then_drains() {
+        let (a, b) = sys::seqpacket_pair().unwrap();
+        let limits = Limits { max_bytes: 64 * 1024, max_frames: 16 };
+        let out = Outbox::new(a, limits);
+        let mut sent = 0;
+        let mut queued = 0;
+        let mut arms = 0;
+        let refused = loop {
+            match out.push(msg(1000)) {
+                Ok(Pushed::Sent) => sent += 1,
+                Ok(Pushed::Queued { arm }) => {
+                    queued += 1;
+                    arms += usize::from(arm);
+                }
+                Err(e) => break e,
+            }
+            assert!(sent + queued < 100_000, "the bound never hit");
+        };
+        assert_eq!(refused.code, Code::Again);
+        assert!(sent > 0, "the socket took some directly");
+        assert_eq!(queued, 16, "exactly max_frames queued");
+        assert_eq!(arms, 1, "EPOLLOUT requested once");
+        // Control frames are never refused.
+        assert!(out.push(Frame::control(Kind::Ack, vec![0; 8])).is_ok());
+        // Read everything on the other side, flushing as room appears: DRAIN is owed once.
+        let mut buf = Vec::with_capacity(RECV_BUF);
+        let mut fds = Vec::new();
+        let mut received = 0;
+        let mut drained = 0;
+        for _ in 0..100_000 {
+            match recv(b.as_raw_fd(), &mut buf, &mut fds).unwrap() {
+                Recv::Datagram { .. } => received += 1,
+                Recv::WouldBlock => {
+                    let f = out.flush().unwrap();
+                    drained += usize::from(f.drained);
+                    if f.empty && out.queued() == 0 {
+                        break;
+                    }
+                }
+                Recv::Closed => panic!("closed"),
+            }
+        }
+        while let Recv::Datagram { .. } = recv(b.as_raw_fd(), &mut buf, &mut fds).unwrap() {
+            received += 1;
+        }
+        assert_eq!(received, sent + queued + 1, "nothing lost, nothing duplicated");
+        assert_eq!(drained, 1);
+    }
+
+    #[test]
+    fn a_single_large_message_fits_an_empty_queue() {
+        let (a, _b) = sys::seqpacket_pair().unwrap();
+        let out = Outbox::new(a, Limits { max_bytes: 10, max_frames: 1 });
+        assert!(out.push(msg(5_000_000)).is_ok());
+    }
+
+    #[test]
+    fn oversized_messages_are_too_big() {
+        let err = Frame::message(0, 1, &[0u8; 100], None, 99).unwrap_err();
+        assert_eq!(err.code, Code::TooBig);
+    }
+
+    #[test]
+    fn a_closed_peer_gives_closed() {
+        let (a, b) = sys::seqpacket_pair().unwrap();
+        drop(b);
+        let out = Outbox::new(a, Limits::default());
+        assert_eq!(out.push(msg(10)).unwrap_err().code, Code::Closed);
+        assert!(out.is_closed());
+    }
+}

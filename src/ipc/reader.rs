@@ -1,0 +1,121 @@
+//! The receive side of a channel: one datagram in, one checked frame out.
+
+use std::io;
+use std::os::fd::{OwnedFd, RawFd};
+
+use super::channel::{self, Recv, RECV_BUF};
+use super::frame::{FrameError, Header, Kind, FLAG_BIG, HEADER_LEN, MAX_FDS};
+use super::payload;
+
+/// A frame that passed every check.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The header.
+    pub header: Header,
+    /// The payload (inline, or read out of the sealed memfd).
+    pub payload: Vec<u8>,
+    /// The fds the frame carried for its user (the memfd of a large payload removed).
+    pub fds: Vec<OwnedFd>,
+}
+
+/// What one read produced.
+#[derive(Debug)]
+pub enum Read {
+    /// A valid frame.
+    Frame(Incoming),
+    /// The kernel dropped some of the frame's fds (MSG_CTRUNC, usually RLIMIT_NOFILE): the
+    /// header is given so a NewConn can be refused (NACK) rather than lost.
+    FdsLost(Header, Vec<u8>),
+    /// Nothing to read now.
+    WouldBlock,
+    /// The peer closed the channel.
+    Closed,
+    /// The peer sent something that is not a valid frame.
+    Bad(FrameError),
+}
+
+/// Reads frames from one channel, reusing its buffers.
+pub struct Reader {
+    buf: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    max_message: u64,
+}
+
+impl Reader {
+    /// A reader accepting payloads up to `max_message` bytes.
+    pub fn new(max_message: u64) -> Reader {
+        Reader { buf: Vec::with_capacity(RECV_BUF), fds: Vec::with_capacity(MAX_FDS), max_message }
+    }
+
+    /// Reads and checks one frame from `fd`.
+    pub fn read(&mut self, fd: RawFd) -> io::Result<Read> {
+        self.fds.clear();
+        let (truncated, fds_truncated) = match channel::recv(fd, &mut self.buf, &mut self.fds)? {
+            Recv::WouldBlock => return Ok(Read::WouldBlock),
+            Recv::Closed => return Ok(Read::Closed),
+            Recv::Datagram { truncated, fds_truncated, .. } => (truncated, fds_truncated),
+        };
+        if truncated {
+            return Ok(Read::Bad(FrameError::Length { announced: 0, inline: self.buf.len() }));
+        }
+        let fds = std::mem::take(&mut self.fds);
+        if fds_truncated {
+            if self.buf.len() >= HEADER_LEN {
+                let nfds = self.buf[5] as usize;
+                // Decode as if the announced fds had arrived: every other check still applies.
+                if let Ok((h, p)) = Header::decode(&self.buf, nfds, self.max_message) {
+                    return Ok(Read::FdsLost(h, p.to_vec()));
+                }
+            }
+            return Ok(Read::Bad(FrameError::FdCount { announced: 0, received: fds.len() }));
+        }
+        let (header, inline) = match Header::decode(&self.buf, fds.len(), self.max_message) {
+            Ok(v) => v,
+            Err(e) => return Ok(Read::Bad(e)),
+        };
+        let mut fds = fds;
+        let payload = if header.flags & FLAG_BIG != 0 && header.kind == Kind::Message {
+            let memfd = fds.remove(0);
+            match payload::unseal(&memfd, header.len) {
+                Ok(p) => p,
+                Err(_) => return Ok(Read::Bad(FrameError::Payload("large-message memfd is not sealed or has the wrong size"))),
+            }
+        } else {
+            inline.to_vec()
+        };
+        Ok(Read::Frame(Incoming { header, payload, fds }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::outbox::{Frame, Limits, Outbox};
+    use crate::sys;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn large_messages_arrive_whole_through_a_memfd() {
+        let (a, b) = sys::seqpacket_pair().unwrap();
+        let out = Outbox::new(a, Limits::default());
+        let data: Vec<u8> = (0..(16u32 << 20)).map(|i| (i % 251) as u8).collect();
+        out.push(Frame::message(3, 0, &data, None, 64 << 20).unwrap()).unwrap();
+        let mut r = Reader::new(64 << 20);
+        match r.read(b.as_raw_fd()).unwrap() {
+            Read::Frame(f) => {
+                assert_eq!(f.header.from, 3);
+                assert!(f.payload == data, "16 MiB payload intact");
+                assert!(f.fds.is_empty(), "the memfd is not handed to the user");
+            }
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn garbage_datagrams_are_bad_not_fatal() {
+        let (a, b) = sys::seqpacket_pair().unwrap();
+        crate::ipc::channel::send(a.as_raw_fd(), b"not a frame at all, just bytes!!", &[], &[]).unwrap();
+        let mut r = Reader::new(1024);
+        assert!(matches!(r.read(b.as_raw_fd()).unwrap(), Read::Bad(FrameError::Magic(_))));
+    }
+}

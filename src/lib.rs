@@ -1,0 +1,35 @@
+//! rcluster: a process cluster in a library, with a C ABI.
+//!
+//! A primary process starts and supervises worker processes (fork, or fork+exec), carries
+//! messages and file descriptors between them over Unix sockets, and accepts connections to
+//! hand them to workers. The same runtime serves C (`include/rcluster.h`), Python and Node.js.
+//!
+//! Module map:
+//! - [`runtime`]: the process-global runtime and the Rust API (`primary_start`, `dispatch`, `send`...).
+//! - [`primary`]: supervisor, spawning, balancing, connection handoff, relaying.
+//! - [`worker`]: the worker runtime.
+//! - [`ipc`]: frames, channels (SOCK_SEQPACKET + SCM_RIGHTS), bounded send queues.
+//! - [`net`]: listeners.
+//! - [`event_loop`]: epoll, timers, cross-thread wakeups. [`signals`]: the signal self-pipe.
+//! - [`ffi`]: the C ABI, a thin layer over the above.
+
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod event_loop;
+pub mod ffi;
+pub mod ipc;
+pub mod logging;
+pub mod net;
+pub mod primary;
+pub mod runtime;
+pub mod shared;
+pub mod signals;
+mod sync;
+pub mod sys;
+pub mod worker;
+
+pub use config::{Config, ListenSpec, Mode, Policy};
+pub use error::{Code, Error, Result};
+pub use event::{Event, EventKind, Handler};
+pub use primary::workers::{WorkerInfo, WorkerState};

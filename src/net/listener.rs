@@ -1,0 +1,192 @@
+//! Listening sockets owned by the primary, and accepting on them.
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::config::ListenSpec;
+use crate::error::{fail, Code, Error, Result};
+use crate::sys::{self, cvt, owned};
+
+/// A bound, listening, non-blocking socket.
+#[derive(Debug)]
+pub struct Listener {
+    /// The socket.
+    pub fd: OwnedFd,
+    /// What it was asked to listen on.
+    pub spec: ListenSpec,
+    /// The bound port (the real one when 0 was asked), 0 for Unix sockets.
+    pub port: u16,
+}
+
+/// Resolves `host` (an IP literal or a name, looked up once, now) with `port`.
+pub fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
+    let bracketless = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bracketless.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    if host.is_empty() {
+        return fail(Code::Inval, "listen address: empty host");
+    }
+    match (host, port).to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| Error::new(Code::Sys, format!("resolve {host}: no address"))),
+        Err(e) => Err(Error::sys(format!("resolve {host}"), e)),
+    }
+}
+
+/// A `sockaddr` for `addr`, and its length.
+pub fn to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.
+            let sin = unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_flowinfo = a.flowinfo();
+            sin6.sin6_scope_id = a.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+/// The port a socket is bound to.
+pub fn bound_port(fd: RawFd) -> io::Result<u16> {
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `ss` is writable for `len` bytes.
+    cvt(unsafe { libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) })?;
+    Ok(match ss.ss_family as libc::c_int {
+        // SAFETY: the family says which sockaddr the kernel wrote.
+        libc::AF_INET => u16::from_be(unsafe { (*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()).sin_port }),
+        // SAFETY: as above.
+        libc::AF_INET6 => u16::from_be(unsafe { (*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()).sin6_port }),
+        _ => 0,
+    })
+}
+
+/// Binds and listens on `spec`. Errors name the address: "bind 127.0.0.1:80: Permission denied".
+pub fn bind(spec: &ListenSpec, backlog: i32) -> Result<Listener> {
+    match spec {
+        ListenSpec::Tcp { addr, .. } => {
+            let fd = bind_tcp(addr, backlog).map_err(|(what, e)| Error::sys(format!("{what} {addr}"), e))?;
+            let port = bound_port(fd.as_raw_fd()).map_err(|e| Error::sys(format!("getsockname {addr}"), e))?;
+            Ok(Listener { fd, spec: spec.clone(), port })
+        }
+        ListenSpec::Unix(path) => fail(Code::Inval, format!("listen {}: unix listeners are not supported yet", path.display())),
+    }
+}
+
+fn bind_tcp(addr: &SocketAddr, backlog: i32) -> std::result::Result<OwnedFd, (&'static str, io::Error)> {
+    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let ty = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: socket(2) takes integers.
+    let fd = owned(unsafe { libc::socket(family, ty, 0) }).map_err(|e| ("socket", e))?;
+    let raw = fd.as_raw_fd();
+    sys::set_int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).map_err(|e| ("setsockopt(SO_REUSEADDR)", e))?;
+    if addr.is_ipv6() {
+        // One family per socket: "::" means IPv6 only, so an IPv4 listener on the same port works.
+        sys::set_int_opt(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1).map_err(|e| ("setsockopt(IPV6_V6ONLY)", e))?;
+    }
+    let (ss, len) = to_sockaddr(addr);
+    // SAFETY: `ss` holds a valid sockaddr of `len` bytes.
+    cvt(unsafe { libc::bind(raw, (&ss as *const libc::sockaddr_storage).cast(), len) }).map_err(|e| ("bind", e))?;
+    // SAFETY: listen(2) takes integers.
+    cvt(unsafe { libc::listen(raw, backlog) }).map_err(|e| ("listen", e))?;
+    Ok(fd)
+}
+
+/// One accepted connection: blocking and CLOEXEC, as accept(2) gives it, with its peer address.
+pub struct Accepted {
+    /// The connection.
+    pub fd: OwnedFd,
+    /// The peer `sockaddr` bytes.
+    pub peer: Vec<u8>,
+}
+
+/// Accepts one connection if one is waiting. Errors that concern only that connection
+/// (ECONNABORTED, EPERM from a firewall) are skipped; EMFILE/ENFILE come back as errors so the
+/// caller can pause accepting.
+pub fn accept(listener: RawFd) -> io::Result<Option<Accepted>> {
+    loop {
+        // SAFETY: an all-zero sockaddr_storage is valid.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: `ss` is writable for `len` bytes. The accepted socket is blocking (workers get
+        // it as accept(2) would give it) and CLOEXEC.
+        let ret = unsafe { libc::accept4(listener, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len, libc::SOCK_CLOEXEC) };
+        match owned(ret) {
+            Ok(fd) => {
+                // SAFETY: the kernel wrote `len` <= sizeof(ss) bytes of address.
+                let bytes = unsafe { std::slice::from_raw_parts((&ss as *const libc::sockaddr_storage).cast::<u8>(), len as usize) };
+                return Ok(Some(Accepted { fd, peer: bytes.to_vec() }));
+            }
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EAGAIN) => return Ok(None),
+                Some(libc::EINTR) | Some(libc::ECONNABORTED) | Some(libc::EPERM) | Some(libc::EPROTO) => continue,
+                _ => return Err(e),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_literals_and_names() {
+        assert_eq!(resolve("127.0.0.1", 80).unwrap(), "127.0.0.1:80".parse().unwrap());
+        assert_eq!(resolve("::1", 80).unwrap(), "[::1]:80".parse().unwrap());
+        assert_eq!(resolve("[::1]", 81).unwrap(), "[::1]:81".parse().unwrap());
+        assert!(resolve("localhost", 80).is_ok());
+        assert!(resolve("", 80).is_err());
+        let e = resolve("no-such-host.invalid", 80).unwrap_err();
+        assert!(e.message.contains("no-such-host.invalid"), "{}", e.message);
+    }
+
+    #[test]
+    fn port_zero_gets_a_real_port_and_reuse_is_refused_with_the_address() {
+        let spec = ListenSpec::Tcp { host: "127.0.0.1".into(), addr: "127.0.0.1:0".parse().unwrap() };
+        let l = bind(&spec, 16).unwrap();
+        assert_ne!(l.port, 0);
+        let taken = ListenSpec::Tcp { host: "127.0.0.1".into(), addr: SocketAddr::new("127.0.0.1".parse().unwrap(), l.port) };
+        let e = bind(&taken, 16).unwrap_err();
+        assert_eq!(e.code, Code::Sys);
+        assert!(e.message.starts_with(&format!("bind 127.0.0.1:{}", l.port)), "{}", e.message);
+    }
+
+    #[test]
+    fn accept_gives_blocking_cloexec_sockets() {
+        let spec = ListenSpec::Tcp { host: "::1".into(), addr: "[::1]:0".parse().unwrap() };
+        let Ok(l) = bind(&spec, 16) else { return }; // no IPv6 on this host
+        assert!(accept(l.fd.as_raw_fd()).unwrap().is_none());
+        let _c = std::net::TcpStream::connect(("::1", l.port)).unwrap();
+        let mut got = None;
+        for _ in 0..1000 {
+            got = accept(l.fd.as_raw_fd()).unwrap();
+            if got.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let a = got.expect("the connection was accepted");
+        // SAFETY: fcntl on a valid fd.
+        let (fl, fd_fl) = unsafe { (libc::fcntl(a.fd.as_raw_fd(), libc::F_GETFL), libc::fcntl(a.fd.as_raw_fd(), libc::F_GETFD)) };
+        assert_eq!(fl & libc::O_NONBLOCK, 0);
+        assert_ne!(fd_fl & libc::FD_CLOEXEC, 0);
+        assert_eq!(a.peer.len(), std::mem::size_of::<libc::sockaddr_in6>());
+    }
+}

@@ -1,0 +1,3 @@
+//! Networking: the primary's listening sockets.
+
+pub mod listener;

@@ -1,0 +1,166 @@
+//! Accepting connections and handing them to workers.
+//!
+//! The primary accepts only as many connections as workers can take right now (the free
+//! slots of their ACK windows); past that it stops polling the listeners and lets the kernel
+//! backlog hold the rest. Connections for one worker leave in batches: one NEWCONN frame
+//! carries up to `MAX_FDS` of them.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+
+use crate::error::Code;
+use crate::event_loop::Source;
+use crate::ipc::frame::{encode_conns, ConnEntry, Kind, MAX_FDS};
+use crate::ipc::outbox::{Frame, Pushed};
+use crate::net::listener;
+use crate::sys;
+
+use super::balance::Candidate;
+use super::handoff::Conn;
+use super::{Phase, Primary, Timer};
+
+/// Most connections accepted from one listener in one turn.
+const ACCEPT_BATCH: usize = 256;
+
+impl Primary {
+    /// Free window slots across the workers that take connections, minus what already waits.
+    fn capacity(&self) -> usize {
+        let window = self.cfg.window;
+        let free: usize = self
+            .slots
+            .values()
+            .filter(|s| s.accepts_connections())
+            .map(|s| window.saturating_sub(s.unacked) as usize)
+            .sum();
+        free.saturating_sub(self.handoff.waiting.len())
+    }
+
+    /// Accepts from listener `index`, at most what the workers can take now.
+    pub(super) fn accept_from(&mut self, index: u32) {
+        let Some(l) = self.listeners.get(index as usize) else { return };
+        let fd = l.fd.as_raw_fd();
+        let budget = self.capacity().min(ACCEPT_BATCH);
+        for _ in 0..budget {
+            match listener::accept(fd) {
+                Ok(Some(a)) => self.handoff.accepted(a.fd, index, a.peer),
+                Ok(None) => break,
+                Err(e) => {
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)) {
+                        log::error!("accept on listener {index}: {e}; pausing accepts for 100 ms");
+                        self.accept_paused = true;
+                        self.reactor.add_timer(sys::monotonic_ms() + 100, Timer::ResumeAccept);
+                    } else {
+                        log::error!("accept on listener {index}: {e}");
+                    }
+                    break;
+                }
+            }
+        }
+        self.pump();
+    }
+
+    /// At the start of a shutdown: takes what is already in the kernel backlogs (those clients
+    /// connected before we stopped; they get answered), then closes the listeners.
+    pub(super) fn accept_remaining(&mut self) {
+        for (index, l) in self.listeners.iter().enumerate() {
+            for _ in 0..65_536 {
+                match listener::accept(l.fd.as_raw_fd()) {
+                    Ok(Some(a)) => self.handoff.accepted(a.fd, index as u32, a.peer),
+                    _ => break,
+                }
+            }
+        }
+        for l in &self.listeners {
+            self.reactor.remove(l.fd.as_raw_fd());
+        }
+        self.listeners.clear();
+        self.accepting = false;
+    }
+
+    /// Hands waiting connections to workers with room in their window.
+    pub(super) fn pump(&mut self) {
+        if self.handoff.waiting.is_empty() {
+            return;
+        }
+        let window = self.cfg.window;
+        let mut candidates: Vec<Candidate> = self
+            .slots
+            .values()
+            .filter(|s| s.accepts_connections() && s.unacked < window)
+            .map(|s| Candidate { id: s.id, load: s.connections + u64::from(s.unacked) })
+            .collect();
+        let mut batches: BTreeMap<u32, Vec<Conn>> = BTreeMap::new();
+        while !candidates.is_empty() {
+            let Some(conn) = self.handoff.waiting.pop_front() else { break };
+            let id = self.balance.pick(&candidates, &conn.peer);
+            let slot = self.slots.get_mut(&id).expect("candidates are live slots");
+            slot.unacked += 1;
+            if slot.unacked >= window {
+                candidates.retain(|c| c.id != id);
+            } else if let Some(c) = candidates.iter_mut().find(|c| c.id == id) {
+                c.load += 1;
+            }
+            batches.entry(id).or_default().push(conn);
+        }
+        for (id, conns) in batches {
+            self.send_conns(id, conns);
+        }
+    }
+
+    fn send_conns(&mut self, id: u32, conns: Vec<Conn>) {
+        let mut conns = conns.into_iter().peekable();
+        while conns.peek().is_some() {
+            let chunk: Vec<Conn> = conns.by_ref().take(MAX_FDS).collect();
+            let entries: Vec<ConnEntry> =
+                chunk.iter().map(|c| ConnEntry { id: c.id, listener: c.listener, peer: c.peer.clone() }).collect();
+            // The worker gets duplicates; the primary keeps its copies until the ACK.
+            let fds = match chunk.iter().map(|c| sys::dup_cloexec(c.fd.as_raw_fd())).collect::<std::io::Result<Vec<_>>>() {
+                Ok(fds) => fds,
+                Err(e) => {
+                    log::error!("dup of accepted connections failed: {e}; they wait for the next turn");
+                    if let Some(s) = self.slots.get_mut(&id) {
+                        s.unacked = s.unacked.saturating_sub(chunk.len() as u32);
+                    }
+                    for c in chunk.into_iter().rev() {
+                        self.handoff.waiting.push_front(c);
+                    }
+                    continue;
+                }
+            };
+            for c in chunk {
+                self.handoff.sent(id, c);
+            }
+            let frame = Frame::with_fds(Kind::NewConn, encode_conns(&entries), fds);
+            let Some(slot) = self.slots.get(&id) else { return };
+            match slot.outbox.push(frame) {
+                Ok(Pushed::Queued { arm: true }) => self.arm_if_queued(id),
+                Ok(_) => {}
+                Err(e) => {
+                    // Closed: the connections come back through channel_lost.
+                    let reason = if e.code == Code::Closed { None } else { Some(e.message) };
+                    self.channel_lost(id, reason);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Polls the listeners only while workers can take connections.
+    pub(super) fn update_accepting(&mut self) {
+        let want = self.phase == Phase::Running && !self.accept_paused && !self.listeners.is_empty() && self.capacity() > 0;
+        if want == self.accepting {
+            return;
+        }
+        for (index, l) in self.listeners.iter().enumerate() {
+            let fd = l.fd.as_raw_fd();
+            if want {
+                if let Err(e) = self.reactor.add(fd, Source::Listener(index as u32), true, false) {
+                    log::error!("listener {index}: {e}");
+                }
+            } else {
+                self.reactor.remove(fd);
+            }
+        }
+        self.accepting = want;
+    }
+}

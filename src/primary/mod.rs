@@ -1,0 +1,336 @@
+//! The primary: binds the listeners, starts and supervises workers, carries their messages,
+//! and hands them connections.
+//!
+//! `Primary` is loop-thread state. Its turn (`process`) is split by concern: `supervise`
+//! (signals, frames from workers, exits), `relay` (messages between workers, with
+//! backpressure) and `accept` (accept and hand off connections).
+
+mod accept;
+pub mod balance;
+pub mod handoff;
+mod relay;
+pub mod spawn;
+mod supervise;
+pub mod workers;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use crate::config::{Config, Mode};
+use crate::error::{fail, Code, Error, Result};
+use crate::event::{Event, EventKind};
+use crate::event_loop::{Reactor, Source, TimerId};
+use crate::ipc::frame::Kind;
+use crate::ipc::outbox::{Frame, Outbox};
+use crate::ipc::reader::Reader;
+use crate::net::listener::{self, Listener};
+use crate::shared::Shared;
+use crate::signals::{SignalPipe, PRIMARY_SIGNALS};
+use crate::sys;
+use crate::worker::env::WorkerEnv;
+
+use balance::Balance;
+use handoff::Handoff;
+use spawn::{ExecPlan, Spawned};
+use workers::{Slot, WorkerInfo, WorkerState};
+
+/// What a primary timer means when it fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// The shutdown grace period is over: kill what is left.
+    Grace,
+    /// Poll our children with waitpid (kernels without pidfd).
+    ReapPoll,
+    /// Resume accepting after running out of fds.
+    ResumeAccept,
+}
+
+/// Where the primary is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// Shutting down: no accepting; SHUTDOWN goes to workers once nothing waits for a handoff.
+    Draining { shutdown_sent: bool },
+    Finished,
+}
+
+/// The primary runtime.
+pub struct Primary {
+    cfg: Config,
+    reactor: Reactor<Timer>,
+    shared: Arc<Shared>,
+    signals: Option<SignalPipe>,
+    listeners: Vec<Listener>,
+    ports: Vec<u16>,
+    accepting: bool,
+    accept_paused: bool,
+    slots: BTreeMap<u32, Slot>,
+    next_id: u32,
+    spawn_queue: VecDeque<u32>,
+    events: Vec<Event>,
+    handoff: Handoff,
+    balance: Box<dyn Balance>,
+    phase: Phase,
+    grace_timer: Option<TimerId>,
+    reap_poll: bool,
+    exec_plan: Option<ExecPlan>,
+    reader: Reader,
+}
+
+impl Primary {
+    /// Binds the listeners and queues the configured workers (started by the runtime, on the
+    /// loop thread, right after).
+    pub fn start(cfg: Config) -> Result<Primary> {
+        if cfg.mode == Mode::Fork && cfg.worker_main.is_none() {
+            return fail(Code::Inval, "FORK mode needs a worker main (cluster_config_set_worker_main)");
+        }
+        let balance = balance::for_policy(cfg.policy)?;
+        let exec_plan = match cfg.mode {
+            Mode::Exec => Some(ExecPlan::new(cfg.exec.as_ref())?),
+            Mode::Fork => None,
+        };
+        let reactor = Reactor::new()?;
+        let listeners = cfg.listeners.iter().map(|spec| listener::bind(spec, cfg.backlog)).collect::<Result<Vec<_>>>()?;
+        let ports = listeners.iter().map(|l| l.port).collect();
+        let signals = if cfg.signals { Some(SignalPipe::install(&PRIMARY_SIGNALS)?) } else { None };
+        if let Some(s) = &signals {
+            reactor.add(s.fd(), Source::Signals, true, false)?;
+        }
+        let shared = Arc::new(Shared::new(0, cfg.max_message, reactor.waker()));
+        let mut p = Primary {
+            reader: Reader::new(cfg.max_message),
+            cfg,
+            reactor,
+            shared,
+            signals,
+            listeners,
+            ports,
+            accepting: false,
+            accept_paused: false,
+            slots: BTreeMap::new(),
+            next_id: 0,
+            spawn_queue: VecDeque::new(),
+            events: Vec::new(),
+            handoff: Handoff::default(),
+            balance,
+            phase: Phase::Running,
+            grace_timer: None,
+            reap_poll: false,
+            exec_plan,
+        };
+        for _ in 0..p.cfg.effective_workers() {
+            p.request_spawn()?;
+        }
+        log::info!("primary {} started: {} listener(s), {} worker(s)", sys::getpid(), p.listeners.len(), p.spawn_queue.len());
+        Ok(p)
+    }
+
+    /// State other threads use (sending).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The pollable fd of the loop.
+    pub fn poll_fd(&self) -> i32 {
+        self.reactor.fd()
+    }
+
+    /// True when events are waiting to be delivered.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// Takes the events produced so far.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Ends the primary, keeping only its (now silent) loop fd.
+    pub fn into_poll_fd(self) -> std::os::fd::OwnedFd {
+        self.reactor.into_silent_fd()
+    }
+
+    /// True once a shutdown has completed: every worker is reaped.
+    pub fn finished(&self) -> bool {
+        self.phase == Phase::Finished
+    }
+
+    /// Allocates an id for one more worker and queues its start; returns the id.
+    pub fn request_spawn(&mut self) -> Result<u32> {
+        if self.phase != Phase::Running {
+            return fail(Code::State, "the cluster is shutting down: no new workers");
+        }
+        self.next_id = self.next_id.checked_add(1).ok_or_else(|| Error::new(Code::State, "worker ids exhausted"))?;
+        self.spawn_queue.push_back(self.next_id);
+        Ok(self.next_id)
+    }
+
+    /// Takes a queued worker start.
+    pub fn next_spawn(&mut self) -> Option<u32> {
+        self.spawn_queue.pop_front()
+    }
+
+    /// Drops a queued start (it is being reported as failed).
+    pub fn unqueue_spawn(&mut self, id: u32) {
+        self.spawn_queue.retain(|&q| q != id);
+    }
+
+    /// Starts worker `id`. In FORK mode's child this returns the worker's settings; the caller
+    /// must then tear the primary down and run the worker main (`take_worker_main`).
+    pub fn spawn(&mut self, id: u32) -> Result<Option<WorkerEnv>> {
+        let template = WorkerEnv {
+            id,
+            channel: -1,
+            max_message: self.cfg.max_message,
+            signals: self.cfg.signals,
+            manual_ready: self.cfg.manual_ready,
+        };
+        let spawned = match &self.exec_plan {
+            Some(plan) => spawn::exec_worker(plan, template)?,
+            None => spawn::fork_worker(template)?,
+        };
+        let (pid, channel) = match spawned {
+            Spawned::Child(env) => return Ok(Some(env)),
+            Spawned::Parent { pid, channel } => (pid, channel),
+        };
+        let fd = channel.as_raw_fd();
+        let outbox = Arc::new(Outbox::new(channel, self.cfg.send_limits));
+        let pidfd = sys::pidfd_open(pid);
+        let registered = self.reactor.add(fd, Source::Channel(id), true, false).and_then(|()| match &pidfd {
+            Some(p) => self.reactor.add(p.as_raw_fd(), Source::Child(id), true, false),
+            None => Ok(()),
+        });
+        if pidfd.is_none() {
+            self.start_reap_poll();
+        }
+        self.shared.insert(id, outbox.clone());
+        self.slots.insert(id, Slot::new(id, pid, outbox, pidfd));
+        log::info!("worker {id} started, pid {pid}");
+        let ev = self.event(EventKind::Fork, id);
+        self.events.push(ev);
+        if let Err(e) = registered {
+            self.drop_worker(id, &format!("cannot watch its channel: {e}"));
+        }
+        Ok(None)
+    }
+
+    /// The FORK-mode worker main (taken in the child, which never returns to the primary).
+    pub fn take_worker_main(&mut self) -> Option<crate::config::WorkerMain> {
+        self.cfg.worker_main.take()
+    }
+
+    /// Reports a failed start as an ERROR event (starts queued by the primary itself).
+    pub fn spawn_failed(&mut self, id: u32, err: &Error) {
+        log::error!("worker {id} failed to start: {err}");
+        self.events.push(Event::error(id, format!("worker {id} failed to start: {err}")));
+    }
+
+    /// An event about worker `id`, with its pid.
+    fn event(&self, kind: EventKind, id: u32) -> Event {
+        Event { pid: self.slots.get(&id).map_or(0, |s| s.pid), ..Event::new(kind, id) }
+    }
+
+    fn start_reap_poll(&mut self) {
+        if !self.reap_poll {
+            self.reap_poll = true;
+            self.reactor.add_timer(sys::monotonic_ms() + 100, Timer::ReapPoll);
+        }
+    }
+
+    /// The bound port of listener `index`.
+    pub fn local_port(&self, index: u32) -> Result<u16> {
+        self.ports
+            .get(index as usize)
+            .copied()
+            .ok_or_else(|| Error::new(Code::Inval, format!("no listener with index {index} ({} configured)", self.ports.len())))
+    }
+
+    /// Ids of the live workers, ascending.
+    pub fn worker_ids(&self) -> Vec<u32> {
+        self.slots.keys().copied().collect()
+    }
+
+    /// A snapshot of worker `id`.
+    pub fn worker_info(&self, id: u32) -> Result<WorkerInfo> {
+        self.slot(id).map(Slot::info)
+    }
+
+    fn slot(&self, id: u32) -> Result<&Slot> {
+        self.slots.get(&id).ok_or_else(|| Error::new(Code::NoWorker, format!("no worker with id {id}")))
+    }
+
+    /// Sends `signal` to worker `id` (0 only checks it exists). Like Node's `worker.kill()`,
+    /// a worker killed through this call counts as stopped on purpose.
+    pub fn kill(&mut self, id: u32, signal: i32) -> Result<()> {
+        if !(0..=64).contains(&signal) {
+            return fail(Code::Inval, format!("signal {signal} is out of range"));
+        }
+        let slot = self.slots.get_mut(&id).ok_or_else(|| Error::new(Code::NoWorker, format!("no worker with id {id}")))?;
+        if signal != 0 {
+            slot.disconnect_requested = true;
+        }
+        sys::kill(slot.pid, signal).map_err(|e| Error::sys(format!("kill worker {id} (pid {}) with signal {signal}", slot.pid), e))
+    }
+
+    /// Asks worker `id` to stop gracefully: it gets SHUTDOWN after the connections already
+    /// handed to it, takes no new ones, and exits when done.
+    pub fn disconnect(&mut self, id: u32) -> Result<()> {
+        let slot = self.slots.get_mut(&id).ok_or_else(|| Error::new(Code::NoWorker, format!("no worker with id {id}")))?;
+        if slot.disconnect_requested && slot.state == WorkerState::Disconnecting {
+            return Ok(());
+        }
+        slot.disconnect_requested = true;
+        slot.state = WorkerState::Disconnecting;
+        slot.outbox.push(Frame::control(Kind::Shutdown, Vec::new())).map(drop).or_else(|e| match e.code {
+            Code::Closed => Ok(()),
+            _ => Err(e),
+        })?;
+        self.arm_if_queued(id);
+        Ok(())
+    }
+
+    /// Sets the number of workers: queues starts, or disconnects the newest workers.
+    pub fn scale(&mut self, n: u32) -> Result<()> {
+        if n > 4096 {
+            return fail(Code::Inval, format!("{n} workers is more than the 4096 allowed"));
+        }
+        let active: Vec<u32> = self.slots.values().filter(|s| !s.disconnect_requested).map(|s| s.id).collect();
+        let have = active.len() + self.spawn_queue.len();
+        let want = n as usize;
+        if want > have {
+            for _ in have..want {
+                self.request_spawn()?;
+            }
+        } else {
+            let mut surplus = have - want;
+            while surplus > 0 && self.spawn_queue.pop_back().is_some() {
+                surplus -= 1;
+            }
+            for id in active.iter().rev().take(surplus) {
+                self.disconnect(*id)?;
+            }
+        }
+        log::info!("scaling to {n} worker(s)");
+        Ok(())
+    }
+
+    /// Stops the cluster: no more accepting, workers finish what they were handed and exit,
+    /// and those still alive after `grace_ms` are killed (0: kill now).
+    pub fn shutdown(&mut self, grace_ms: u32) {
+        self.begin_shutdown(grace_ms);
+        self.after_turn();
+    }
+
+    /// Makes the loop watch worker `id`'s channel for writability if frames are queued.
+    fn arm_if_queued(&mut self, id: u32) {
+        if let Some(slot) = self.slots.get(&id) {
+            if slot.channel_open && slot.outbox.queued() > 0 {
+                let readable = slot.stalled.is_none();
+                if let Err(e) = self.reactor.modify(slot.outbox.fd(), Source::Channel(id), readable, true) {
+                    log::error!("worker {id}: {e}");
+                }
+            }
+        }
+    }
+}

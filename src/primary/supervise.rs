@@ -1,0 +1,355 @@
+//! The primary's loop turn: one small handler per signal, per frame kind and per child event.
+
+use crate::error::Code;
+use crate::event::{Event, EventKind};
+use crate::event_loop::{Ready, Source};
+use crate::ipc::frame::{decode_ids, Kind};
+use crate::ipc::outbox::Frame;
+use crate::ipc::reader::{Incoming, Read};
+use crate::sys::{self, ExitStatus};
+
+use super::workers::WorkerState;
+use super::{Phase, Primary, Timer};
+
+/// Frames read from one channel per turn, so one chatty worker cannot starve the others.
+const FRAMES_PER_TURN: usize = 64;
+
+impl Primary {
+    /// Handles everything the loop reported, then settles the turn (handoffs, shutdown
+    /// progress, accepting on or off). Events for the host accumulate in `take_events`.
+    pub fn process(&mut self, ready: &[Ready]) {
+        for r in ready {
+            match r.source {
+                Source::Waker => self.on_wake(),
+                Source::Timer => {
+                    for t in self.reactor.expired(sys::monotonic_ms()) {
+                        self.on_timer(t);
+                    }
+                }
+                Source::Signals => {
+                    let sigs = self.signals.as_ref().map(|s| s.take()).unwrap_or_default();
+                    for sig in sigs {
+                        self.on_signal(sig);
+                    }
+                }
+                Source::Channel(id) => {
+                    if r.writable {
+                        self.on_writable(id);
+                    }
+                    if r.readable {
+                        self.on_readable(id);
+                    }
+                }
+                Source::Child(id) => self.reap(id),
+                Source::Listener(index) => self.accept_from(index),
+            }
+        }
+        self.after_turn();
+    }
+
+    fn on_wake(&mut self) {
+        self.reactor.clear_wake();
+        while let Some(id) = self.shared.to_arm.pop() {
+            self.arm_if_queued(id);
+        }
+    }
+
+    fn on_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::Grace => {
+                if !self.slots.is_empty() {
+                    log::warn!("shutdown grace period over: killing {} worker(s)", self.slots.len());
+                }
+                self.kill_all();
+            }
+            Timer::ReapPoll => {
+                self.reap_poll = false;
+                let polled: Vec<u32> = self.slots.values().filter(|s| s.pidfd.is_none()).map(|s| s.id).collect();
+                for id in &polled {
+                    self.reap(*id);
+                }
+                if self.slots.values().any(|s| s.pidfd.is_none()) {
+                    self.start_reap_poll();
+                }
+            }
+            Timer::ResumeAccept => self.accept_paused = false,
+        }
+    }
+
+    fn on_signal(&mut self, sig: libc::c_int) {
+        match sig {
+            libc::SIGTERM | libc::SIGINT => {
+                if matches!(self.phase, Phase::Draining { .. }) {
+                    log::warn!("second SIGTERM/SIGINT: stopping now");
+                    self.begin_shutdown(0);
+                } else {
+                    log::info!("signal {sig}: graceful shutdown ({} ms grace)", self.cfg.grace_ms);
+                    self.begin_shutdown(self.cfg.grace_ms);
+                }
+            }
+            libc::SIGQUIT => {
+                log::info!("SIGQUIT: stopping now");
+                self.begin_shutdown(0);
+            }
+            libc::SIGTTIN => match self.request_spawn() {
+                Ok(id) => log::info!("SIGTTIN: starting worker {id}"),
+                Err(e) => log::warn!("SIGTTIN ignored: {e}"),
+            },
+            libc::SIGTTOU => {
+                let newest = self.slots.values().rev().find(|s| !s.disconnect_requested).map(|s| s.id);
+                if let Some(id) = newest {
+                    log::info!("SIGTTOU: stopping worker {id}");
+                    self.disconnect(id).ok();
+                }
+            }
+            libc::SIGHUP => log::warn!("SIGHUP: rolling reload is not available yet; ignored"),
+            _ => {}
+        }
+    }
+
+    fn on_writable(&mut self, id: u32) {
+        let Some(slot) = self.slots.get(&id) else { return };
+        match slot.outbox.flush() {
+            Ok(f) => {
+                if f.empty {
+                    let readable = slot.stalled.is_none() && slot.channel_open;
+                    let fd = slot.outbox.fd();
+                    if slot.channel_open {
+                        self.reactor.modify(fd, Source::Channel(id), readable, false).ok();
+                    }
+                    if f.drained {
+                        let ev = self.event(EventKind::Drain, id);
+                        self.events.push(ev);
+                    }
+                    self.retry_stalled();
+                }
+            }
+            Err(e) => self.channel_lost(id, Some(format!("send failed: {e}"))),
+        }
+    }
+
+    fn on_readable(&mut self, id: u32) {
+        for _ in 0..FRAMES_PER_TURN {
+            let Some(slot) = self.slots.get(&id) else { return };
+            if !slot.channel_open || slot.stalled.is_some() {
+                return;
+            }
+            let fd = slot.outbox.fd();
+            match self.reader.read(fd) {
+                Ok(Read::Frame(frame)) => self.on_frame(id, frame),
+                Ok(Read::WouldBlock) => return,
+                Ok(Read::Closed) => return self.channel_lost(id, None),
+                Ok(Read::Bad(e)) => return self.drop_worker(id, &format!("malformed frame: {e}")),
+                Ok(Read::FdsLost(h, _)) => {
+                    log::error!("worker {id}: the fds of a {:?} frame were lost (out of fds?); frame dropped", h.kind);
+                }
+                Err(e) => return self.channel_lost(id, Some(format!("receive failed: {e}"))),
+            }
+        }
+    }
+
+    fn on_frame(&mut self, id: u32, frame: Incoming) {
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        match frame.header.kind {
+            Kind::Hello => {
+                if slot.state == WorkerState::Starting {
+                    slot.state = WorkerState::Online;
+                    log::debug!("worker {id} online");
+                    let ev = self.event(EventKind::Online, id);
+                    self.events.push(ev);
+                }
+            }
+            Kind::Ready => {
+                if matches!(slot.state, WorkerState::Starting | WorkerState::Online) {
+                    slot.state = WorkerState::Ready;
+                    log::debug!("worker {id} ready");
+                    let ev = self.event(EventKind::Ready, id);
+                    self.events.push(ev);
+                }
+            }
+            Kind::Message => {
+                slot.messages_in += 1;
+                self.route(id, frame);
+            }
+            Kind::Ack | Kind::Nack => match decode_ids(&frame.payload) {
+                Ok(ids) => self.on_ack(id, frame.header.kind == Kind::Ack, &ids),
+                Err(e) => self.drop_worker(id, &format!("malformed {:?}: {e}", frame.header.kind)),
+            },
+            Kind::Bye => {
+                slot.disconnect_requested = true;
+                slot.state = WorkerState::Disconnecting;
+                log::info!("worker {id} is leaving");
+            }
+            Kind::Heartbeat | Kind::ConnDone => {}
+            Kind::NewConn | Kind::Shutdown | Kind::Undeliverable => {
+                let kind = frame.header.kind;
+                self.drop_worker(id, &format!("sent a {kind:?} frame, which only the primary sends"));
+            }
+        }
+    }
+
+    fn on_ack(&mut self, id: u32, ack: bool, ids: &[u64]) {
+        for &conn in ids {
+            let known = if ack { self.handoff.ack(id, conn) } else { self.handoff.nack(id, conn) };
+            let Some(slot) = self.slots.get_mut(&id) else { return };
+            if known {
+                slot.unacked = slot.unacked.saturating_sub(1);
+                if ack {
+                    slot.connections += 1;
+                }
+            } else {
+                log::warn!("worker {id}: {} for unknown connection {conn} ignored", if ack { "ACK" } else { "NACK" });
+            }
+        }
+    }
+
+    fn reap(&mut self, id: u32) {
+        let Some(slot) = self.slots.get(&id) else { return };
+        match sys::try_reap(slot.pid) {
+            Ok(Some(status)) => self.on_exit(id, status),
+            Ok(None) => {}
+            Err(e) => {
+                // ECHILD: someone else (a host's waitpid(-1)) reaped our child.
+                log::warn!("worker {id} (pid {}): waitpid: {e}; its exit status is lost", slot.pid);
+                self.on_exit(id, ExitStatus { code: -1, signal: 0 });
+            }
+        }
+    }
+
+    fn on_exit(&mut self, id: u32, status: ExitStatus) {
+        self.channel_lost(id, None);
+        let Some(slot) = self.slots.remove(&id) else { return };
+        if let Some(pidfd) = &slot.pidfd {
+            self.reactor.remove(std::os::fd::AsRawFd::as_raw_fd(pidfd));
+        }
+        self.shared.remove(id);
+        let how = if status.signal != 0 { format!("killed by signal {}", status.signal) } else { format!("exited with code {}", status.code) };
+        if slot.disconnect_requested || (status.code == 0 && status.signal == 0) {
+            log::info!("worker {id} (pid {}) {how}", slot.pid);
+        } else {
+            log::warn!("worker {id} (pid {}) {how}", slot.pid);
+        }
+        self.events.push(Event {
+            pid: slot.pid,
+            exit_code: status.code,
+            signal: status.signal,
+            exited_after_disconnect: slot.disconnect_requested,
+            ..Event::new(EventKind::Exit, id)
+        });
+        self.retry_stalled();
+    }
+
+    /// The channel to `id` is gone (EOF, error, or we dropped it): no more sends, its
+    /// in-flight connections go to other workers.
+    pub(super) fn channel_lost(&mut self, id: u32, reason: Option<String>) {
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        if !slot.channel_open {
+            return;
+        }
+        slot.channel_open = false;
+        slot.stalled = None;
+        slot.unacked = 0;
+        slot.outbox.close();
+        let fd = slot.outbox.fd();
+        self.reactor.remove(fd);
+        if let Some(r) = reason {
+            log::warn!("worker {id}: {r}");
+        }
+        let requeued = self.handoff.worker_gone(id);
+        if requeued > 0 {
+            log::info!("worker {id} gone with {requeued} connection(s) in flight: handing them to others");
+        }
+        let ev = self.event(EventKind::Disconnect, id);
+        self.events.push(ev);
+        self.retry_stalled();
+    }
+
+    /// A worker broke the protocol: log it, tell the host, kill it. The primary carries on.
+    pub(super) fn drop_worker(&mut self, id: u32, reason: &str) {
+        let Some(slot) = self.slots.get(&id) else { return };
+        let pid = slot.pid;
+        log::error!("worker {id} (pid {pid}): {reason}; dropping it");
+        self.events.push(Event { pid, ..Event::error(id, format!("worker {id} dropped: {reason}")) });
+        sys::kill(pid, libc::SIGKILL).ok();
+        self.channel_lost(id, None);
+    }
+
+    pub(super) fn begin_shutdown(&mut self, grace_ms: u32) {
+        match self.phase {
+            Phase::Finished => return,
+            Phase::Draining { .. } => {
+                if grace_ms == 0 {
+                    self.kill_all();
+                }
+                return;
+            }
+            Phase::Running => {}
+        }
+        log::info!("shutting down: {} worker(s), {} ms grace", self.slots.len(), grace_ms);
+        self.events.push(Event::new(EventKind::Shutdown, 0));
+        self.spawn_queue.clear();
+        self.accept_remaining();
+        self.phase = Phase::Draining { shutdown_sent: false };
+        if grace_ms == 0 {
+            self.kill_all();
+        } else {
+            self.grace_timer = Some(self.reactor.add_timer(sys::monotonic_ms() + u64::from(grace_ms), Timer::Grace));
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for slot in self.slots.values_mut() {
+            slot.disconnect_requested = true;
+            sys::kill(slot.pid, libc::SIGKILL).ok();
+        }
+    }
+
+    fn send_shutdown_to_all(&mut self) {
+        let ids: Vec<u32> = self.slots.keys().copied().collect();
+        for id in ids {
+            self.disconnect(id).ok();
+        }
+    }
+
+    /// Settles a turn: hand off what waits, move a shutdown along, switch accepting on or off.
+    pub(super) fn after_turn(&mut self) {
+        self.pump();
+        if let Phase::Draining { shutdown_sent } = self.phase {
+            if !self.handoff.waiting.is_empty() && !self.slots.values().any(|s| s.channel_open && !s.disconnect_requested) {
+                let n = self.handoff.drop_waiting();
+                log::error!("shutdown: no worker left to take {n} accepted connection(s): closed unanswered");
+            }
+            if !shutdown_sent && self.handoff.waiting.is_empty() {
+                self.phase = Phase::Draining { shutdown_sent: true };
+                self.send_shutdown_to_all();
+            }
+            if self.slots.is_empty() {
+                self.finish();
+            }
+        }
+        self.update_accepting();
+    }
+
+    fn finish(&mut self) {
+        self.phase = Phase::Finished;
+        if let Some(t) = self.grace_timer.take() {
+            self.reactor.cancel_timer(t);
+        }
+        self.listeners.clear();
+        if self.handoff.dropped > 0 {
+            log::warn!("{} accepted connection(s) were closed unanswered", self.handoff.dropped);
+        }
+        log::info!("primary stopped");
+    }
+
+    /// Sends a control frame to one worker, ignoring a closed channel (its exit is on its way).
+    pub(super) fn send_control(&mut self, id: u32, frame: Frame) {
+        if let Some(slot) = self.slots.get(&id) {
+            match slot.outbox.push(frame) {
+                Ok(_) => self.arm_if_queued(id),
+                Err(e) if e.code == Code::Closed => {}
+                Err(e) => log::error!("worker {id}: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The primary's view of each worker process.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use crate::ipc::outbox::{Frame, Outbox};
+
+/// A worker's lifecycle state (the C ABI's `CLUSTER_WORKER_*` values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum WorkerState {
+    /// Started, its runtime not up yet.
+    Starting = 0,
+    /// Its runtime is up (`worker_start` was called).
+    Online = 1,
+    /// Ready for connections.
+    Ready = 2,
+    /// Asked to stop, finishing what it holds.
+    Disconnecting = 3,
+    /// Exited (only seen in a snapshot taken as it is reaped).
+    Dead = 4,
+}
+
+/// A snapshot of one worker for `worker_info`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// Worker id (>= 1, never reused).
+    pub id: u32,
+    /// Process id.
+    pub pid: i32,
+    /// Lifecycle state.
+    pub state: WorkerState,
+    /// Connections handed to it and acknowledged.
+    pub connections: u64,
+    /// Messages received from it.
+    pub messages_in: u64,
+    /// Messages sent to it (by the primary or relayed).
+    pub messages_out: u64,
+    /// Restarts of its slot so far.
+    pub restarts: u32,
+    /// When it was started, ms since the Unix epoch.
+    pub started_at_ms: u64,
+}
+
+/// A relayed message waiting for room in its destinations' queues. While a worker has one, the
+/// primary stops reading its channel: backpressure reaches the sender instead of the primary
+/// buffering without bound.
+pub struct Stalled {
+    /// The message (cloned per destination).
+    pub frame: Frame,
+    /// Destinations still to deliver to.
+    pub targets: Vec<u32>,
+}
+
+/// One live (not yet reaped) worker.
+pub struct Slot {
+    /// Worker id.
+    pub id: u32,
+    /// Process id.
+    pub pid: libc::pid_t,
+    /// Lifecycle state.
+    pub state: WorkerState,
+    /// The send side of its channel (the same Arc is in `Shared::outboxes` for other threads).
+    pub outbox: Arc<Outbox>,
+    /// Its channel is still open (no EOF, not dropped).
+    pub channel_open: bool,
+    /// Becomes readable when it exits (None on kernels without pidfd_open: polled instead).
+    pub pidfd: Option<OwnedFd>,
+    /// Connections acknowledged.
+    pub connections: u64,
+    /// Connections handed and not yet acknowledged.
+    pub unacked: u32,
+    /// Messages received from it.
+    pub messages_in: u64,
+    /// Restarts of its slot.
+    pub restarts: u32,
+    /// Start time, ms since the Unix epoch.
+    pub started_at_ms: u64,
+    /// It was asked to stop (or said it is leaving): its exit is not a crash.
+    pub disconnect_requested: bool,
+    /// A relay waiting for room.
+    pub stalled: Option<Stalled>,
+}
+
+impl Slot {
+    /// A slot for a just-started worker.
+    pub fn new(id: u32, pid: libc::pid_t, outbox: Arc<Outbox>, pidfd: Option<OwnedFd>) -> Slot {
+        Slot {
+            id,
+            pid,
+            state: WorkerState::Starting,
+            outbox,
+            channel_open: true,
+            pidfd,
+            connections: 0,
+            unacked: 0,
+            messages_in: 0,
+            restarts: 0,
+            started_at_ms: crate::sys::realtime_ms(),
+            disconnect_requested: false,
+            stalled: None,
+        }
+    }
+
+    /// Can take new connections right now (ready, channel open, not stopping).
+    pub fn accepts_connections(&self) -> bool {
+        self.state == WorkerState::Ready && self.channel_open && !self.disconnect_requested
+    }
+
+    /// A snapshot for `worker_info`.
+    pub fn info(&self) -> WorkerInfo {
+        WorkerInfo {
+            id: self.id,
+            pid: self.pid,
+            state: self.state,
+            connections: self.connections,
+            messages_in: self.messages_in,
+            messages_out: self.outbox.messages_sent(),
+            restarts: self.restarts,
+            started_at_ms: self.started_at_ms,
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! The process-global runtime, like Node's `cluster` module: a process is a primary or a
+//! worker, and has at most one running runtime.
+//!
+//! Locking: `RUNTIME` is held only for short, non-blocking steps; the loop waits on the epoll
+//! fd without it and delivers events without it, so a callback may call back into any API
+//! function, and other threads are never stuck behind a wait. `SHARED` lets any thread send
+//! without touching `RUNTIME` at all.
+
+use std::cell::Cell;
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use crate::config::Config;
+use crate::error::{fail, Code, Error, Result};
+use crate::event::{Event, Handler};
+use crate::event_loop::{self, Ready};
+use crate::ipc::frame::BROADCAST;
+use crate::ipc::outbox::Frame;
+use crate::primary::workers::WorkerInfo;
+use crate::primary::Primary;
+use crate::shared::Shared;
+use crate::sync;
+use crate::sys;
+use crate::worker::env::WorkerEnv;
+use crate::worker::Worker;
+
+enum Runtime {
+    Idle,
+    Primary(Box<Primary>),
+    Worker(Box<Worker>),
+    /// Done; the old loop fd stays open (and silent) so a host that still polls it never
+    /// polls a reused descriptor.
+    Finished(Option<OwnedFd>),
+}
+
+static RUNTIME: Mutex<Runtime> = Mutex::new(Runtime::Idle);
+static HANDLER: Mutex<Option<Handler>> = Mutex::new(None);
+static SHARED: RwLock<Option<Arc<Shared>>> = RwLock::new(None);
+/// Set when this process is a worker: at load from the environment (EXEC mode), or by the
+/// fork (FORK mode). `channel` is -1 once a worker runtime took it.
+static WORKER_ENV: Mutex<Option<WorkerEnv>> = Mutex::new(None);
+
+thread_local! {
+    static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs when the library is loaded: an exec'd worker knows it is one before `main`.
+extern "C" fn detect_role_at_load() {
+    let env = WorkerEnv::from_env(|k| std::env::var(k).ok());
+    if env.is_some() {
+        *sync::lock(&WORKER_ENV) = env;
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static DETECT_ROLE: extern "C" fn() = detect_role_at_load;
+
+/// True in a worker process.
+pub fn is_worker() -> bool {
+    sync::lock(&WORKER_ENV).is_some()
+}
+
+/// True in the primary (any process that is not a worker).
+pub fn is_primary() -> bool {
+    !is_worker()
+}
+
+/// This worker's id, 0 in the primary.
+pub fn worker_id() -> u32 {
+    sync::lock(&WORKER_ENV).map_or(0, |e| e.id)
+}
+
+fn runtime() -> MutexGuard<'static, Runtime> {
+    sync::lock(&RUNTIME)
+}
+
+fn ensure_primary_role() -> Result<()> {
+    if is_worker() {
+        return fail(Code::Role, "this call is for the primary, and this process is a worker");
+    }
+    Ok(())
+}
+
+fn with_primary<T>(f: impl FnOnce(&mut Primary) -> Result<T>) -> Result<T> {
+    ensure_primary_role()?;
+    match &mut *runtime() {
+        Runtime::Primary(p) => f(p),
+        Runtime::Finished(_) => fail(Code::Closed, "the cluster has stopped"),
+        _ => fail(Code::State, "the primary is not started (call cluster_primary_start first)"),
+    }
+}
+
+fn with_worker<T>(f: impl FnOnce(&mut Worker) -> Result<T>) -> Result<T> {
+    if !is_worker() {
+        return fail(Code::Role, "this call is for a worker, and this process is the primary");
+    }
+    match &mut *runtime() {
+        Runtime::Worker(w) => f(w),
+        Runtime::Finished(_) => fail(Code::Closed, "the worker runtime has stopped"),
+        _ => fail(Code::State, "the worker is not started (call cluster_worker_start first)"),
+    }
+}
+
+fn check_startable(rt: &Runtime) -> Result<()> {
+    match rt {
+        Runtime::Idle | Runtime::Finished(_) => Ok(()),
+        _ => fail(Code::State, "already started"),
+    }
+}
+
+/// Starts the primary: binds the listeners, starts the workers, returns at once. Events go to
+/// `handler` on the thread that runs the loop.
+pub fn primary_start(cfg: Config, handler: Handler) -> Result<()> {
+    ensure_primary_role()?;
+    let mut rt = runtime();
+    check_startable(&rt)?;
+    let primary = Primary::start(cfg)?;
+    *sync::write(&SHARED) = Some(primary.shared().clone());
+    *sync::lock(&HANDLER) = Some(handler);
+    *rt = Runtime::Primary(Box::new(primary));
+    drive_spawns(rt);
+    Ok(())
+}
+
+/// Starts the queued worker starts, here, on the loop thread. A FORK-mode child never returns.
+fn drive_spawns(mut rt: MutexGuard<'static, Runtime>) {
+    loop {
+        let Runtime::Primary(p) = &mut *rt else { return };
+        let Some(id) = p.next_spawn() else {
+            if p.has_events() {
+                p.shared().wake();
+            }
+            return;
+        };
+        match p.spawn(id) {
+            Ok(None) => {}
+            Ok(Some(env)) => become_worker(rt, env),
+            Err(e) => p.spawn_failed(id, &e),
+        }
+    }
+}
+
+/// Starts one more worker now; returns its id. In FORK mode the child runs the worker main
+/// and exits: it never returns from here.
+pub fn fork() -> Result<u32> {
+    ensure_primary_role()?;
+    let mut rt = runtime();
+    let Runtime::Primary(p) = &mut *rt else {
+        return fail(Code::State, "the primary is not started (call cluster_primary_start first)");
+    };
+    let id = p.request_spawn()?;
+    p.unqueue_spawn(id);
+    match p.spawn(id) {
+        Ok(None) => {
+            p.shared().wake();
+            Ok(id)
+        }
+        Ok(Some(env)) => become_worker(rt, env),
+        Err(e) => Err(e),
+    }
+}
+
+/// In a FORK-mode child: drops every piece of the primary (closing its epoll fd, the other
+/// workers' channels, the listeners, the pidfds, the signal handlers), becomes worker
+/// `env.id`, runs the worker main and exits with its return value.
+fn become_worker(mut rt: MutexGuard<'static, Runtime>, env: WorkerEnv) -> ! {
+    let main = match &mut *rt {
+        Runtime::Primary(p) => p.take_worker_main(),
+        _ => None,
+    };
+    *rt = Runtime::Idle;
+    drop(rt);
+    *sync::write(&SHARED) = None;
+    // The primary's handler may be out for delivery on this very stack: then the slot is
+    // already empty, and the stack below never resumes.
+    drop(sync::lock(&HANDLER).take());
+    IN_CALLBACK.with(|c| c.set(false));
+    *sync::lock(&WORKER_ENV) = Some(env);
+    let code = match main {
+        Some(f) => f(),
+        None => 0,
+    };
+    *runtime() = Runtime::Idle;
+    sys::flush_stdio();
+    // SAFETY: exit(3) runs the C atexit handlers and flushes stdio, as returning from main would.
+    unsafe { libc::exit(code) }
+}
+
+/// Starts this worker's runtime: connects to the primary and reports ONLINE (and READY unless
+/// manual readiness is configured).
+pub fn worker_start(handler: Handler) -> Result<()> {
+    let mut env_slot = sync::lock(&WORKER_ENV);
+    let Some(env) = env_slot.as_mut() else {
+        return fail(Code::Role, "this process is not a worker (cluster_worker_start is for workers)");
+    };
+    let mut rt = runtime();
+    check_startable(&rt)?;
+    if env.channel < 0 {
+        return fail(Code::State, "the worker runtime already ran in this process");
+    }
+    let worker = Worker::start(*env)?;
+    env.channel = -1;
+    *sync::write(&SHARED) = Some(worker.shared().clone());
+    *sync::lock(&HANDLER) = Some(handler);
+    *rt = Runtime::Worker(Box::new(worker));
+    Ok(())
+}
+
+/// Worker: tells the primary it is ready (only needed with manual readiness).
+pub fn ready() -> Result<()> {
+    with_worker(|w| w.ready())
+}
+
+/// The loop's pollable fd: readable when `dispatch` has work.
+pub fn fd() -> Result<RawFd> {
+    match &*runtime() {
+        Runtime::Primary(p) => Ok(p.poll_fd()),
+        Runtime::Worker(w) => Ok(w.poll_fd()),
+        Runtime::Finished(Some(fd)) => Ok(std::os::fd::AsRawFd::as_raw_fd(fd)),
+        Runtime::Finished(None) => fail(Code::Closed, "the runtime has stopped"),
+        Runtime::Idle => fail(Code::State, "not started"),
+    }
+}
+
+/// One loop turn: waits up to `timeout_ms` (-1: forever) for something to happen, handles it
+/// and delivers the resulting events to the handler. Returns how many events were delivered;
+/// `Closed` once the runtime has finished.
+pub fn dispatch(timeout_ms: i32) -> Result<usize> {
+    if IN_CALLBACK.with(Cell::get) {
+        return fail(Code::State, "cluster_dispatch/cluster_run called from inside an event callback");
+    }
+    let (epfd, timeout) = {
+        let mut rt = runtime();
+        finish_if_done(&mut rt)?;
+        match &*rt {
+            Runtime::Primary(p) => (p.poll_fd(), if p.has_events() { 0 } else { timeout_ms }),
+            Runtime::Worker(w) => (w.poll_fd(), if w.has_events() { 0 } else { timeout_ms }),
+            _ => return fail(Code::State, "not started"),
+        }
+    };
+    let mut ready: Vec<Ready> = Vec::new();
+    event_loop::wait(epfd, timeout, &mut ready).map_err(|e| Error::sys("epoll_wait", e))?;
+    let events = {
+        let mut rt = runtime();
+        match &mut *rt {
+            Runtime::Primary(p) => {
+                p.process(&ready);
+                let ev = p.take_events();
+                drive_spawns(rt);
+                ev
+            }
+            Runtime::Worker(w) => {
+                w.process(&ready);
+                w.take_events()
+            }
+            _ => Vec::new(),
+        }
+    };
+    Ok(deliver(events))
+}
+
+/// Tears the runtime down once it is done, and says so with `Closed`.
+fn finish_if_done(rt: &mut Runtime) -> Result<()> {
+    let done = match rt {
+        Runtime::Primary(p) => p.finished() && !p.has_events(),
+        Runtime::Worker(w) => w.finished() && !w.has_events(),
+        Runtime::Finished(_) => return fail(Code::Closed, "the runtime has stopped"),
+        Runtime::Idle => return fail(Code::State, "not started"),
+    };
+    if !done {
+        return Ok(());
+    }
+    let keep = match std::mem::replace(rt, Runtime::Idle) {
+        Runtime::Primary(p) => Some(p.into_poll_fd()),
+        Runtime::Worker(w) => Some(w.into_poll_fd()),
+        _ => None,
+    };
+    *rt = Runtime::Finished(keep);
+    *sync::write(&SHARED) = None;
+    drop(sync::lock(&HANDLER).take());
+    fail(Code::Closed, "the runtime has stopped")
+}
+
+/// Calls the handler for each event, with no lock held.
+fn deliver(events: Vec<Event>) -> usize {
+    let n = events.len();
+    if n == 0 {
+        return 0;
+    }
+    struct Delivering(Option<Handler>);
+    impl Drop for Delivering {
+        fn drop(&mut self) {
+            IN_CALLBACK.with(|c| c.set(false));
+            let mut slot = sync::lock(&HANDLER);
+            if slot.is_none() {
+                *slot = self.0.take();
+            }
+        }
+    }
+    let mut d = Delivering(sync::lock(&HANDLER).take());
+    IN_CALLBACK.with(|c| c.set(true));
+    for ev in events {
+        match d.0.as_mut() {
+            Some(h) => h(ev),
+            None => drop(ev),
+        }
+    }
+    n
+}
+
+/// Runs the loop until the cluster (primary) or this worker is done. Returns Ok after a
+/// graceful end.
+pub fn run() -> Result<()> {
+    loop {
+        match dispatch(-1) {
+            Ok(_) => {}
+            Err(e) if e.code == Code::Closed => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn shared() -> Result<Arc<Shared>> {
+    if let Some(s) = sync::read(&SHARED).as_ref() {
+        return Ok(s.clone());
+    }
+    match &*runtime() {
+        Runtime::Finished(_) => fail(Code::Closed, "the runtime has stopped"),
+        _ => fail(Code::State, "not started (call cluster_primary_start or cluster_worker_start first)"),
+    }
+}
+
+/// Sends a message (and optionally a duplicate of `fd`). Primary: to worker `to`. Worker: to
+/// the primary (0) or to worker `to`, relayed by the primary. Any thread.
+pub fn send(to: u32, data: &[u8], fd: Option<RawFd>) -> Result<()> {
+    let shared = shared()?;
+    let fd = match fd {
+        Some(raw) if raw < 0 => return fail(Code::Inval, format!("fd {raw} is not a descriptor")),
+        Some(raw) => Some(sys::dup_cloexec(raw).map_err(|e| Error::sys(format!("dup fd {raw}"), e))?),
+        None => None,
+    };
+    if shared.self_id == 0 {
+        if to == 0 {
+            return fail(Code::Inval, "the primary cannot send to itself (worker ids start at 1)");
+        }
+        let frame = Frame::message(0, to, data, fd, shared.max_message)?;
+        shared.push(to, frame)
+    } else {
+        if to == shared.self_id {
+            return fail(Code::Inval, format!("worker {to} cannot send to itself"));
+        }
+        if to == BROADCAST {
+            return fail(Code::Inval, format!("no worker with id {to}"));
+        }
+        let frame = Frame::message(shared.self_id, to, data, fd, shared.max_message)?;
+        shared.push(0, frame)
+    }
+}
+
+/// Primary: sends to every worker, or to none when one queue is full (`Again`); returns how
+/// many. Worker: sends to every other worker through the primary; returns 0.
+pub fn broadcast(data: &[u8]) -> Result<usize> {
+    let shared = shared()?;
+    if shared.self_id != 0 {
+        let frame = Frame::message(shared.self_id, BROADCAST, data, None, shared.max_message)?;
+        shared.push(0, frame)?;
+        return Ok(0);
+    }
+    let frame = Frame::message(0, 0, data, None, shared.max_message)?;
+    let mut sent = 0;
+    let mut first_err = None;
+    for (id, outbox) in shared.all() {
+        if outbox.is_closed() {
+            continue;
+        }
+        let mut f = frame.try_clone().map_err(|e| Error::sys("broadcast", e))?;
+        f.header.to = id;
+        match shared.push(id, f) {
+            Ok(()) => sent += 1,
+            Err(e) if e.code == Code::Closed || e.code == Code::NoWorker => {}
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) if sent == 0 => Err(e),
+        Some(e) => Err(Error::new(e.code, format!("{}; sent to {sent} worker(s), the others refused", e.message))),
+        None => Ok(sent),
+    }
+}
+
+/// Stops gracefully. Primary: the whole cluster, killing what is left after `grace_ms` (0:
+/// now). Worker: tells the primary it leaves and finishes after the SHUTDOWN event.
+pub fn shutdown(grace_ms: u32) -> Result<()> {
+    let mut rt = runtime();
+    match &mut *rt {
+        Runtime::Primary(p) => {
+            p.shutdown(grace_ms);
+            p.shared().wake();
+            Ok(())
+        }
+        Runtime::Worker(w) => {
+            w.shutdown();
+            w.shared().wake();
+            Ok(())
+        }
+        Runtime::Finished(_) => Ok(()),
+        Runtime::Idle => fail(Code::State, "not started"),
+    }
+}
+
+/// The bound port of listener `index`.
+pub fn local_port(index: u32) -> Result<u16> {
+    with_primary(|p| p.local_port(index))
+}
+
+/// Ids of the live workers, ascending.
+pub fn workers() -> Result<Vec<u32>> {
+    with_primary(|p| Ok(p.worker_ids()))
+}
+
+/// A snapshot of worker `id`.
+pub fn worker_info(id: u32) -> Result<WorkerInfo> {
+    with_primary(|p| p.worker_info(id))
+}
+
+/// Signals worker `id`.
+pub fn worker_kill(id: u32, signal: i32) -> Result<()> {
+    with_primary(|p| p.kill(id, signal))
+}
+
+/// Stops worker `id` gracefully.
+pub fn worker_disconnect(id: u32) -> Result<()> {
+    with_primary(|p| {
+        p.disconnect(id)?;
+        p.shared().wake();
+        Ok(())
+    })
+}
+
+/// Sets the number of workers: starts more, or stops the newest gracefully.
+pub fn scale(n: u32) -> Result<()> {
+    ensure_primary_role()?;
+    let mut rt = runtime();
+    let Runtime::Primary(p) = &mut *rt else {
+        return fail(Code::State, "the primary is not started (call cluster_primary_start first)");
+    };
+    p.scale(n)?;
+    p.shared().wake();
+    drive_spawns(rt);
+    Ok(())
+}

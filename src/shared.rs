@@ -1,0 +1,70 @@
+//! The part of a runtime that any thread may use: the send queues, and the waker that makes
+//! the loop thread notice what other threads queued.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crossbeam_queue::SegQueue;
+
+use crate::error::{Code, Error, Result};
+use crate::event_loop::Waker;
+use crate::ipc::outbox::{Frame, Outbox, Pushed};
+use crate::sync;
+
+/// Cross-thread state of the running primary or worker.
+pub struct Shared {
+    /// This process's id: 0 in the primary, the worker id in a worker.
+    pub self_id: u32,
+    /// Largest message.
+    pub max_message: u64,
+    outboxes: RwLock<HashMap<u32, Arc<Outbox>>>,
+    /// Outboxes that queued frames from another thread and need the loop to watch for
+    /// writability.
+    pub to_arm: SegQueue<u32>,
+    waker: Arc<Waker>,
+}
+
+impl Shared {
+    /// Shared state for process `self_id`.
+    pub fn new(self_id: u32, max_message: u64, waker: Arc<Waker>) -> Shared {
+        Shared { self_id, max_message, outboxes: RwLock::new(HashMap::new()), to_arm: SegQueue::new(), waker }
+    }
+
+    /// Makes the outbox to `id` reachable from every thread.
+    pub fn insert(&self, id: u32, outbox: Arc<Outbox>) {
+        sync::write(&self.outboxes).insert(id, outbox);
+    }
+
+    /// Forgets the outbox to `id` (the worker exited).
+    pub fn remove(&self, id: u32) {
+        sync::write(&self.outboxes).remove(&id);
+    }
+
+    /// The outbox to `id`.
+    pub fn outbox(&self, id: u32) -> Option<Arc<Outbox>> {
+        sync::read(&self.outboxes).get(&id).cloned()
+    }
+
+    /// Every outbox, by id.
+    pub fn all(&self) -> Vec<(u32, Arc<Outbox>)> {
+        let mut v: Vec<_> = sync::read(&self.outboxes).iter().map(|(k, o)| (*k, o.clone())).collect();
+        v.sort_unstable_by_key(|(k, _)| *k);
+        v
+    }
+
+    /// Pushes a frame to `id` from any thread, waking the loop when it must start watching
+    /// the channel for writability.
+    pub fn push(&self, id: u32, frame: Frame) -> Result<()> {
+        let outbox = self.outbox(id).ok_or_else(|| Error::new(Code::NoWorker, format!("no worker with id {id}")))?;
+        if let Pushed::Queued { arm: true } = outbox.push(frame)? {
+            self.to_arm.push(id);
+            self.waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Wakes the loop.
+    pub fn wake(&self) {
+        self.waker.wake();
+    }
+}

@@ -1,0 +1,275 @@
+//! Thin, safe wrappers over the few libc calls the runtime needs.
+//!
+//! Every `unsafe` block of the crate that is not about a specific protocol (SCM_RIGHTS lives in
+//! `ipc::channel`, fork/exec in `primary::spawn`) is here, next to its SAFETY argument.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Turns a libc return value into `io::Result`, reading `errno` on -1.
+pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Wraps a freshly returned descriptor (checked for -1) in an `OwnedFd`.
+pub fn owned(ret: libc::c_int) -> io::Result<OwnedFd> {
+    let fd = cvt(ret)?;
+    // SAFETY: `fd` was just returned by the kernel to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets or clears FD_CLOEXEC.
+pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: fcntl on an integer fd has no memory-safety requirements; a bad fd gives EBADF.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    let new = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
+    if new != flags {
+        // SAFETY: as above.
+        cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, new) })?;
+    }
+    Ok(())
+}
+
+/// Sets or clears O_NONBLOCK (a property of the open file description, shared by dups).
+pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: fcntl on an integer fd has no memory-safety requirements; a bad fd gives EBADF.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    let new = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+    if new != flags {
+        // SAFETY: as above.
+        cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, new) })?;
+    }
+    Ok(())
+}
+
+/// A CLOEXEC duplicate of `fd` (what `cluster_send_fd` passes, so the caller keeps its own).
+pub fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC only reads the integer fd; the result is a new descriptor we own.
+    owned(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })
+}
+
+/// True when `fd` is an open socket.
+pub fn is_socket(fd: RawFd) -> bool {
+    // SAFETY: an all-zero `stat` is a valid value; fstat only writes into it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable stat buffer.
+    let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+    ok && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+}
+
+/// A pair of connected, non-blocking, CLOEXEC SOCK_SEQPACKET Unix sockets.
+pub fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1; 2];
+    let ty = libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
+    cvt(unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()) })
+        .map_err(|e| Error::sys("socketpair(AF_UNIX, SOCK_SEQPACKET)", e))?;
+    // SAFETY: both descriptors were just created for us and are owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Asks for a larger socket send buffer; the kernel caps it at `wmem_max`, which is fine.
+pub fn grow_sndbuf(fd: RawFd, bytes: libc::c_int) {
+    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, bytes).ok();
+}
+
+/// setsockopt with an int value.
+pub fn set_int_opt(fd: RawFd, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: we pass a pointer to a live c_int and its exact size.
+    cvt(unsafe { libc::setsockopt(fd, level, opt, (&value as *const libc::c_int).cast(), len) }).map(drop)
+}
+
+/// A non-blocking, CLOEXEC eventfd.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers.
+    owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })
+}
+
+/// Reads and discards whatever is readable on a non-blocking fd (eventfd, pipe, timerfd).
+pub fn drain_fd(fd: RawFd) {
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+    }
+}
+
+/// Writes the whole of `bytes` to an fd (blocking fds; retries EINTR and short writes).
+pub fn write_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is valid for reads of its length.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
+}
+
+/// `pidfd_open(2)`: a descriptor that becomes readable when `pid` exits. None where the kernel
+/// lacks it (before 5.3); the supervisor then falls back to polling waitpid on its own pids.
+pub fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+    // SAFETY: the raw syscall takes two integers; flags 0. PIDFD_NONBLOCK is not needed because
+    // we only call waitid with WNOHANG.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if ret < 0 {
+        return None;
+    }
+    let fd = owned(ret as libc::c_int).ok()?;
+    set_cloexec(fd.as_raw_fd(), true).ok()?;
+    Some(fd)
+}
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Exit code when it exited, -1 when killed by a signal.
+    pub code: i32,
+    /// The signal that killed it, 0 when it exited.
+    pub signal: i32,
+}
+
+/// Reaps `pid` if it has exited (never blocks, never touches other children).
+pub fn try_reap(pid: libc::pid_t) -> io::Result<Option<ExitStatus>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid int for the kernel to write.
+        let ret = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if ret == 0 {
+            return Ok(None);
+        }
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        break;
+    }
+    Ok(Some(if libc::WIFSIGNALED(status) {
+        ExitStatus { code: -1, signal: libc::WTERMSIG(status) }
+    } else {
+        ExitStatus { code: libc::WEXITSTATUS(status), signal: 0 }
+    }))
+}
+
+/// Sends a signal to a process.
+pub fn kill(pid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill takes two integers.
+    cvt(unsafe { libc::kill(pid, signal) }).map(drop)
+}
+
+/// The number of threads of this process (from /proc/self/stat), for the FORK-mode check.
+pub fn thread_count() -> io::Result<usize> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // The comm field may hold spaces and parentheses: the fields we want follow the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    // After ')': state(3) ppid(4) ... num_threads is field 20, the 18th after the comm.
+    rest.split_whitespace()
+        .nth(17)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc/self/stat"))
+}
+
+/// Milliseconds on the monotonic clock (for timers and uptimes).
+pub fn monotonic_ms() -> u64 {
+    clock_ms(libc::CLOCK_MONOTONIC)
+}
+
+/// Milliseconds since the Unix epoch (for `started_at_ms`).
+pub fn realtime_ms() -> u64 {
+    clock_ms(libc::CLOCK_REALTIME)
+}
+
+fn clock_ms(clock: libc::clockid_t) -> u64 {
+    // SAFETY: an all-zero timespec is valid; clock_gettime only writes into it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// A timerfd on CLOCK_MONOTONIC (non-blocking, CLOEXEC).
+pub fn timerfd() -> io::Result<OwnedFd> {
+    // SAFETY: timerfd_create takes two integers.
+    owned(unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC | libc::TFD_NONBLOCK) })
+}
+
+/// Arms a timerfd to fire once after `after` (None disarms it). A zero delay is rounded up to
+/// one nanosecond, because a zero `it_value` would disarm instead.
+pub fn timerfd_arm(fd: RawFd, after: Option<Duration>) -> io::Result<()> {
+    // SAFETY: an all-zero itimerspec is valid (and means "disarm").
+    let mut spec: libc::itimerspec = unsafe { std::mem::zeroed() };
+    if let Some(d) = after {
+        spec.it_value.tv_sec = d.as_secs() as libc::time_t;
+        spec.it_value.tv_nsec = d.subsec_nanos().max(1) as libc::c_long;
+    }
+    // SAFETY: `spec` is a valid itimerspec; the old value is not asked for.
+    cvt(unsafe { libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut()) }).map(drop)
+}
+
+/// Flushes every C stdio stream, so a fork does not print the parent's buffers twice.
+pub fn flush_stdio() {
+    // SAFETY: fflush(NULL) is defined to flush all open output streams.
+    unsafe { libc::fflush(std::ptr::null_mut()) };
+}
+
+/// This process's parent pid.
+pub fn getppid() -> libc::pid_t {
+    // SAFETY: getppid has no arguments and cannot fail.
+    unsafe { libc::getppid() }
+}
+
+/// This process's pid.
+pub fn getpid() -> libc::pid_t {
+    // SAFETY: getpid has no arguments and cannot fail.
+    unsafe { libc::getpid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_count_sees_a_new_thread() {
+        let before = thread_count().unwrap();
+        assert!(before >= 1);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || rx.recv().ok());
+        assert!(thread_count().unwrap() > before.min(1));
+        tx.send(()).unwrap();
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn cloexec_and_nonblocking_toggle() {
+        let fd = eventfd().unwrap();
+        let raw = fd.as_raw_fd();
+        set_cloexec(raw, false).unwrap();
+        // SAFETY: F_GETFD on a valid fd.
+        assert_eq!(unsafe { libc::fcntl(raw, libc::F_GETFD) } & libc::FD_CLOEXEC, 0);
+        set_cloexec(raw, true).unwrap();
+        // SAFETY: as above.
+        assert_ne!(unsafe { libc::fcntl(raw, libc::F_GETFD) } & libc::FD_CLOEXEC, 0);
+        set_nonblocking(raw, false).unwrap();
+        // SAFETY: F_GETFL on a valid fd.
+        assert_eq!(unsafe { libc::fcntl(raw, libc::F_GETFL) } & libc::O_NONBLOCK, 0);
+    }
+}

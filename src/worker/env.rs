@@ -1,0 +1,96 @@
+//! What a worker needs to know about its primary, and how it gets it: in memory after a fork,
+//! through the environment after an exec.
+
+use std::os::fd::RawFd;
+
+use crate::sys;
+
+/// Environment variable names of EXEC mode.
+pub const ENV_ID: &str = "RCLUSTER_WORKER_ID";
+/// The channel's fd number in the worker.
+pub const ENV_FD: &str = "RCLUSTER_CHANNEL_FD";
+/// The primary's pid: a process whose parent is not this pid is not a worker, even if it
+/// inherited the other variables (a worker's own subprocess, say).
+pub const ENV_PPID: &str = "RCLUSTER_PRIMARY_PID";
+/// Largest message.
+pub const ENV_MAX: &str = "RCLUSTER_MAX_MESSAGE";
+/// "1" when the worker takes over SIGTERM/SIGINT.
+pub const ENV_SIGNALS: &str = "RCLUSTER_SIGNALS";
+/// "1" when the worker must call `ready()` itself.
+pub const ENV_MANUAL_READY: &str = "RCLUSTER_MANUAL_READY";
+
+/// All the names above (stripped from a worker's environment before new ones are set).
+pub const ALL: [&str; 6] = [ENV_ID, ENV_FD, ENV_PPID, ENV_MAX, ENV_SIGNALS, ENV_MANUAL_READY];
+
+/// A worker's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerEnv {
+    /// This worker's id (>= 1).
+    pub id: u32,
+    /// The channel to the primary.
+    pub channel: RawFd,
+    /// Largest message.
+    pub max_message: u64,
+    /// Take over SIGTERM/SIGINT as a graceful stop.
+    pub signals: bool,
+    /// READY waits for `ready()`.
+    pub manual_ready: bool,
+}
+
+impl WorkerEnv {
+    /// The variables that describe this worker to an exec'd process.
+    pub fn to_env(&self, primary_pid: libc::pid_t) -> Vec<(String, String)> {
+        vec![
+            (ENV_ID.into(), self.id.to_string()),
+            (ENV_FD.into(), self.channel.to_string()),
+            (ENV_PPID.into(), primary_pid.to_string()),
+            (ENV_MAX.into(), self.max_message.to_string()),
+            (ENV_SIGNALS.into(), u8::from(self.signals).to_string()),
+            (ENV_MANUAL_READY.into(), u8::from(self.manual_ready).to_string()),
+        ]
+    }
+
+    /// Reads the settings of an exec'd worker, if this process is one: the variables are there,
+    /// our parent is the primary they name, and the fd is a socket. The channel is made CLOEXEC
+    /// again so the worker's own subprocesses do not inherit it.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Option<WorkerEnv> {
+        let id: u32 = get(ENV_ID)?.parse().ok().filter(|&id| id > 0)?;
+        let channel: RawFd = get(ENV_FD)?.parse().ok().filter(|&fd| fd >= 0)?;
+        let ppid: libc::pid_t = get(ENV_PPID)?.parse().ok()?;
+        if ppid != sys::getppid() || !sys::is_socket(channel) {
+            return None;
+        }
+        sys::set_cloexec(channel, true).ok()?;
+        Some(WorkerEnv {
+            id,
+            channel,
+            max_message: get(ENV_MAX).and_then(|v| v.parse().ok()).unwrap_or(crate::config::DEFAULT_MAX_MESSAGE),
+            signals: get(ENV_SIGNALS).as_deref() == Some("1"),
+            manual_ready: get(ENV_MANUAL_READY).as_deref() == Some("1"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn env_round_trips_only_for_the_primarys_child() {
+        let (a, _b) = sys::seqpacket_pair().unwrap();
+        let w = WorkerEnv { id: 3, channel: a.as_raw_fd(), max_message: 1234, signals: true, manual_ready: false };
+        let vars: HashMap<String, String> = w.to_env(sys::getppid()).into_iter().collect();
+        assert_eq!(WorkerEnv::from_env(|k| vars.get(k).cloned()), Some(w));
+        // Another parent: not a worker (a worker's subprocess inherits the variables).
+        let vars2: HashMap<String, String> = w.to_env(sys::getpid()).into_iter().collect();
+        assert_eq!(WorkerEnv::from_env(|k| vars2.get(k).cloned()), None);
+        // Not a socket: not a worker.
+        let mut vars3 = vars.clone();
+        vars3.insert(ENV_FD.into(), "0".into());
+        let zero_is_socket = sys::is_socket(0);
+        assert_eq!(WorkerEnv::from_env(|k| vars3.get(k).cloned()).is_some(), zero_is_socket);
+        assert_eq!(WorkerEnv::from_env(|_| None), None);
+    }
+}
