@@ -20,10 +20,22 @@ fn main() {
     // own `pub` items are not part of the header.
     let builder = cbindgen::Builder::new().with_config(config).with_src(crate_dir.join("src/ffi/mod.rs"));
     let bindings = builder.generate().expect("cbindgen generates the header");
-    let generated = out_dir.join("rcluster.h");
-    bindings.write_to_file(&generated);
+    let mut text = Vec::new();
+    bindings.write(&mut text);
+    let header = untypedef_worker_info(&String::from_utf8(text).expect("UTF-8 header"));
+    std::fs::write(out_dir.join("rcluster.h"), &header).expect("write $OUT_DIR/rcluster.h");
 
     if env::var_os("RCLUSTER_UPDATE_HEADER").is_some_and(|v| v == "1") {
-        bindings.write_to_file(crate_dir.join("include/rcluster.h"));
+        std::fs::write(crate_dir.join("include/rcluster.h"), &header).expect("write include/rcluster.h");
     }
+}
+
+/// `cluster_worker_info` names both a function and a struct in the contract. C gives typedefs
+/// and functions one namespace, so the struct can only be a tag: `struct cluster_worker_info`.
+fn untypedef_worker_info(header: &str) -> String {
+    let out = header
+        .replace("typedef struct cluster_worker_info {", "struct cluster_worker_info {")
+        .replace("} cluster_worker_info;", "};");
+    assert!(out != header, "the cluster_worker_info typedef was not found to rewrite");
+    out
 }

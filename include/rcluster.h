@@ -179,7 +179,7 @@ typedef uint32_t cluster_worker_state;
 /**
  * A snapshot of one worker.
  */
-typedef struct cluster_worker_info {
+struct cluster_worker_info {
   /**
    * Worker id (>= 1, never reused).
    */
@@ -212,7 +212,7 @@ typedef struct cluster_worker_info {
    * When it started, in ms since the Unix epoch.
    */
   uint64_t started_at_ms;
-} cluster_worker_info;
+};
 
 /**
  * fork(2); the child runs the worker main. Refused (CLUSTER_E_THREADS) in a multi-threaded process.
