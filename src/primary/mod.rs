@@ -85,6 +85,9 @@ impl Primary {
         if cfg.mode == Mode::Fork && cfg.worker_main.is_none() {
             return fail(Code::Inval, "FORK mode needs a worker main (cluster_config_set_worker_main)");
         }
+        if cfg.mode == Mode::Fork {
+            spawn::ensure_single_threaded()?;
+        }
         let balance = balance::for_policy(cfg.policy)?;
         let exec_plan = match cfg.mode {
             Mode::Exec => Some(ExecPlan::new(cfg.exec.as_ref())?),

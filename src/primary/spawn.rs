@@ -43,13 +43,7 @@ fn die_with_parent(parent: libc::pid_t) {
 /// since only the forking thread survives in the child and locks held by the others never
 /// come back.
 pub fn fork_worker(template: WorkerEnv) -> Result<Spawned> {
-    let threads = sys::thread_count().map_err(|e| Error::sys("reading /proc/self/stat", e))?;
-    if threads > 1 {
-        return fail(
-            Code::Threads,
-            format!("FORK mode needs a single-threaded process, this one has {threads} threads: use EXEC mode"),
-        );
-    }
+    ensure_single_threaded()?;
     let (ours, theirs) = sys::seqpacket_pair()?;
     sys::grow_sndbuf(ours.as_raw_fd(), 1 << 20);
     sys::grow_sndbuf(theirs.as_raw_fd(), 1 << 20);
@@ -69,6 +63,18 @@ pub fn fork_worker(template: WorkerEnv) -> Result<Spawned> {
         return Ok(Spawned::Child(WorkerEnv { channel, ..template }));
     }
     Ok(Spawned::Parent { pid, channel: ours })
+}
+
+/// `Threads` when this process has more than one thread (FORK mode cannot be used).
+pub fn ensure_single_threaded() -> Result<()> {
+    let threads = sys::thread_count().map_err(|e| Error::sys("reading /proc/self/stat", e))?;
+    if threads > 1 {
+        return fail(
+            Code::Threads,
+            format!("FORK mode needs a single-threaded process, this one has {threads} threads: use EXEC mode"),
+        );
+    }
+    Ok(())
 }
 
 /// The program, argv and environment of EXEC-mode workers, prepared once.

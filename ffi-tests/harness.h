@@ -1,0 +1,172 @@
+/* harness.h: shared helpers of the C tests. Each test is one program that uses only
+ * rcluster.h (plus libc), exits 0 on success, and fails loudly with the line and the
+ * library's last error. tests/ffi.rs compiles them with -Wall -Wextra -Werror and runs them. */
+#ifndef RCLUSTER_TEST_HARNESS_H
+#define RCLUSTER_TEST_HARNESS_H
+
+#define _GNU_SOURCE
+#include <rcluster.h>
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FAIL(...)                                                                     \
+    do {                                                                              \
+        fprintf(stderr, "[%s %d] %s:%d: ", cluster_is_worker() ? "worker" : "primary", \
+                (int)getpid(), __FILE__, __LINE__);                                   \
+        fprintf(stderr, __VA_ARGS__);                                                 \
+        fprintf(stderr, " (last error: %s)\n", cluster_last_error());                 \
+        exit(99);                                                                     \
+    } while (0)
+
+#define CHECK(cond, ...)                             \
+    do {                                             \
+        if (!(cond)) {                               \
+            fprintf(stderr, "CHECK(%s) failed: ", #cond); \
+            FAIL(__VA_ARGS__);                       \
+        }                                            \
+    } while (0)
+
+/* A call that must succeed (>= 0); evaluates to its result. */
+#define OK(expr)                                                              \
+    ({                                                                        \
+        int32_t rc_ = (expr);                                                 \
+        if (rc_ < 0) FAIL("%s returned %d (%s)", #expr, rc_, cluster_strerror(rc_)); \
+        rc_;                                                                  \
+    })
+
+/* A call that must fail with `code`, and leave a sentence in cluster_last_error(). */
+#define EXPECT_ERR(expr, code)                                                      \
+    do {                                                                            \
+        int32_t rc_ = (expr);                                                       \
+        if (rc_ != (code)) FAIL("%s returned %d, expected %s (%d)", #expr, rc_, #code, code); \
+        if (cluster_last_error()[0] == '\0') FAIL("%s left no sentence", #expr);   \
+    } while (0)
+
+static inline long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The whole test must end within `secs`: SIGALRM's default action kills it. */
+static inline void test_deadline(unsigned secs) { alarm(secs); }
+
+/* Turns the loop until *flag becomes true; fails after timeout_ms. */
+static inline void dispatch_until(volatile int *flag, int timeout_ms, const char *what) {
+    long long end = now_ms() + timeout_ms;
+    while (!*flag) {
+        if (now_ms() > end) FAIL("timed out after %d ms waiting for %s", timeout_ms, what);
+        int32_t rc = cluster_dispatch(50);
+        if (rc < 0 && !*flag) FAIL("cluster_dispatch returned %d while waiting for %s", rc, what);
+    }
+}
+
+/* Connects to host:port over TCP (blocking), -1 on failure. */
+static inline int tcp_connect(const char *host, int port) {
+    char p[16];
+    snprintf(p, sizeof p, "%d", port);
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST;
+    if (getaddrinfo(host, p, &hints, &res) != 0) return -1;
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) != 0) {
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+/* Reads until EOF or cap-1 bytes; NUL-terminates. Returns the length, -1 on error. */
+static inline ssize_t read_all(int fd, char *buf, size_t cap) {
+    size_t n = 0;
+    while (n + 1 < cap) {
+        ssize_t r = read(fd, buf + n, cap - 1 - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -1;
+        if (r == 0) break;
+        n += (size_t)r;
+    }
+    buf[n] = '\0';
+    return (ssize_t)n;
+}
+
+/* One HTTP/1.0 request to host:port; returns the worker id the body names ("worker N"), or -1. */
+static inline int http_worker(const char *host, int port) {
+    int fd = tcp_connect(host, port);
+    if (fd < 0) return -1;
+    const char req[] = "GET / HTTP/1.0\r\nHost: test\r\n\r\n";
+    if (write(fd, req, sizeof req - 1) != (ssize_t)(sizeof req - 1)) {
+        close(fd);
+        return -1;
+    }
+    char buf[1024];
+    ssize_t n = read_all(fd, buf, sizeof buf);
+    close(fd);
+    if (n <= 0) return -1;
+    const char *w = strstr(buf, "worker ");
+    return w ? atoi(w + 7) : -1;
+}
+
+/* Answers one HTTP request on fd with "worker <id>" and closes it. */
+static inline void http_answer(int fd) {
+    char req[2048];
+    size_t got = 0;
+    while (got < sizeof req - 1) { /* read the request head */
+        ssize_t r = read(fd, req + got, sizeof req - 1 - got);
+        if (r <= 0) break;
+        got += (size_t)r;
+        req[got] = '\0';
+        if (strstr(req, "\r\n\r\n")) break;
+    }
+    char body[64], resp[256];
+    int blen = snprintf(body, sizeof body, "worker %u\n", cluster_worker_id());
+    int rlen = snprintf(resp, sizeof resp,
+                        "HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", blen, body);
+    ssize_t w = write(fd, resp, (size_t)rlen);
+    (void)w;
+    close(fd);
+}
+
+/* Waits up to timeout_ms for our child `pid` to exit; returns its wait status or -1. */
+static inline int wait_child(pid_t pid, int timeout_ms) {
+    long long end = now_ms() + timeout_ms;
+    for (;;) {
+        int status;
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid) return status;
+        if (r < 0 && errno != EINTR) return -1;
+        if (now_ms() > end) return -1;
+        usleep(10000);
+    }
+}
+
+/* True when no process `pid` exists (or it is a zombie nobody reaped yet). */
+static inline int pid_gone(pid_t pid) {
+    if (kill(pid, 0) != 0 && errno == ESRCH) return 1;
+    char path[64], stat[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 1;
+    size_t n = fread(stat, 1, sizeof stat - 1, f);
+    fclose(f);
+    stat[n] = '\0';
+    const char *rp = strrchr(stat, ')');
+    return rp && rp[1] == ' ' && rp[2] == 'Z';
+}
+
+#endif

@@ -1,0 +1,93 @@
+//! Runs the C tests in `ffi-tests/`: each is compiled against `include/rcluster.h` only, with
+//! `-Wall -Wextra -Werror`, linked to the freshly built `librcluster.so`, and must exit 0
+//! within its time limit. A test that overruns is killed with its whole process group, so no
+//! worker outlives it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// target/<profile>, where cargo put librcluster.so (this test binary is in its deps/).
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
+}
+
+fn build_dir() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = lib_dir().join("ffi-tests");
+        std::fs::create_dir_all(&dir).expect("create the C test build dir");
+        dir
+    })
+}
+
+fn compile(name: &str) -> PathBuf {
+    let lib = lib_dir();
+    assert!(lib.join("librcluster.so").exists(), "librcluster.so not built in {}", lib.display());
+    let src = manifest().join("ffi-tests").join(format!("{name}.c"));
+    let out = build_dir().join(name);
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = Command::new(&cc)
+        .args(["-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", "-Werror"])
+        .arg("-I")
+        .arg(manifest().join("include"))
+        .arg("-I")
+        .arg(manifest().join("ffi-tests"))
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .arg("-L")
+        .arg(&lib)
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .args(["-lrcluster", "-lpthread"])
+        .status()
+        .unwrap_or_else(|e| panic!("running {cc}: {e}"));
+    assert!(status.success(), "compiling {} failed", src.display());
+    out
+}
+
+/// Compiles and runs `name` with `args`; asserts it exits 0 within `limit`.
+fn run_c(name: &str, args: &[&str], limit: Duration) {
+    let exe = compile(name);
+    let mut cmd = Command::new(&exe);
+    cmd.args(args).stdin(Stdio::null()).env("RCLUSTER_LOG", "debug");
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break Some(s);
+        }
+        if start.elapsed() > limit {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Whatever happened, nothing of this test survives it.
+    // SAFETY: kill(2) on the test's own process group.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let status = match status {
+        Some(s) => s,
+        None => {
+            child.wait().ok();
+            panic!("{name} {args:?} did not finish within {limit:?}");
+        }
+    };
+    assert!(status.success(), "{name} {args:?} failed: {status}");
+}
+
+#[test]
+fn messages_fork_mode() {
+    run_c("messages", &["fork"], Duration::from_secs(60));
+}
+
+#[test]
+fn messages_exec_mode_from_a_threaded_primary() {
+    run_c("messages", &["exec"], Duration::from_secs(60));
+}
