@@ -91,3 +91,28 @@ fn messages_fork_mode() {
 fn messages_exec_mode_from_a_threaded_primary() {
     run_c("messages", &["exec"], Duration::from_secs(60));
 }
+
+#[test]
+fn handoff_round_robin_ipv4_ipv6() {
+    run_c("handoff", &[], Duration::from_secs(60));
+}
+
+#[test]
+fn sigterm_is_a_graceful_stop_that_answers_in_flight_requests() {
+    run_c("signals", &["graceful"], Duration::from_secs(60));
+}
+
+#[test]
+fn a_second_sigterm_stops_now() {
+    run_c("signals", &["twice"], Duration::from_secs(60));
+}
+
+#[test]
+fn sigkill_of_a_fork_mode_primary_leaves_no_worker() {
+    run_c("signals", &["orphan-fork"], Duration::from_secs(60));
+}
+
+#[test]
+fn sigkill_of_an_exec_mode_primary_leaves_no_worker() {
+    run_c("signals", &["orphan-exec"], Duration::from_secs(60));
+}
