@@ -336,6 +336,9 @@ struct cluster_config *cluster_config_new(void);
 
 /**
  * Releases a configuration. NULL is fine.
+ *
+ * # Safety
+ * `cfg` is NULL or from `cluster_config_new`, not yet freed.
  */
 void cluster_config_free(struct cluster_config *cfg);
 
@@ -456,6 +459,9 @@ uint32_t cluster_worker_id(void);
  * Events go to `cb` on the thread that calls `cluster_run`/`cluster_dispatch`. The config is
  * copied: free it afterwards. In FORK mode the workers' children run the worker main from
  * here and never return.
+ *
+ * # Safety
+ * `cfg` is NULL or from `cluster_config_new`, not yet freed.
  */
 int32_t cluster_primary_start(struct cluster_config *cfg, cluster_event_cb cb, void *userdata);
 
@@ -473,11 +479,17 @@ int32_t cluster_local_port(uint32_t listener);
 /**
  * Writes up to `cap` live worker ids (ascending) to `ids`; returns how many workers there are
  * (which may exceed `cap`). `ids` may be NULL when `cap` is 0.
+ *
+ * # Safety
+ * `ids` is NULL or has room for `cap` ids.
  */
 int32_t cluster_workers(uint32_t *ids, size_t cap);
 
 /**
  * Fills `out` with a snapshot of worker `id`.
+ *
+ * # Safety
+ * `out` is NULL or points at a writable `struct cluster_worker_info`.
  */
 int32_t cluster_worker_info(uint32_t id, struct cluster_worker_info *out);
 

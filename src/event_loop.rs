@@ -98,7 +98,8 @@ impl<T> Reactor<T> {
     /// A new reactor with its timerfd and waker registered.
     pub fn new() -> Result<Reactor<T>> {
         // SAFETY: epoll_create1 takes a flag.
-        let epfd = owned(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }).map_err(|e| Error::sys("epoll_create1", e))?;
+        let epfd =
+            owned(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }).map_err(|e| Error::sys("epoll_create1", e))?;
         let timerfd = sys::timerfd().map_err(|e| Error::sys("timerfd_create", e))?;
         let wake = sys::eventfd().map_err(|e| Error::sys("eventfd", e))?;
         let r = Reactor {
@@ -242,7 +243,14 @@ mod tests {
 
     #[test]
     fn tokens_round_trip() {
-        for s in [Source::Waker, Source::Timer, Source::Signals, Source::Channel(7), Source::Child(u32::MAX), Source::Listener(0)] {
+        for s in [
+            Source::Waker,
+            Source::Timer,
+            Source::Signals,
+            Source::Channel(7),
+            Source::Child(u32::MAX),
+            Source::Listener(0),
+        ] {
             assert_eq!(Source::from_token(s.token()), Some(s));
         }
         assert_eq!(Source::from_token(99 << 32), None);

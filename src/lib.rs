@@ -5,13 +5,13 @@
 //! hand them to workers. The same runtime serves C (`include/rcluster.h`), Python and Node.js.
 //!
 //! Module map:
-//! - [`runtime`]: the process-global runtime and the Rust API (`primary_start`, `dispatch`, `send`...).
-//! - [`primary`]: supervisor, spawning, balancing, connection handoff, relaying.
-//! - [`worker`]: the worker runtime.
-//! - [`ipc`]: frames, channels (SOCK_SEQPACKET + SCM_RIGHTS), bounded send queues.
-//! - [`net`]: listeners.
-//! - [`event_loop`]: epoll, timers, cross-thread wakeups. [`signals`]: the signal self-pipe.
-//! - [`ffi`]: the C ABI, a thin layer over the above.
+//! - [`runtime`] is the process-global runtime and the Rust API (`primary_start`, `dispatch`, `send`...).
+//! - [`primary`] holds the supervisor, spawning, balancing, connection handoff, relaying.
+//! - [`worker`] is the worker runtime.
+//! - [`ipc`] has frames, channels (SOCK_SEQPACKET + SCM_RIGHTS), bounded send queues.
+//! - [`net`] has the listeners.
+//! - [`event_loop`] is epoll, timers and cross-thread wakeups; [`signals`] the signal self-pipe.
+//! - [`ffi`] is the C ABI, a thin layer over the above.
 
 pub mod config;
 pub mod error;

@@ -55,7 +55,8 @@ impl SignalPipe {
             // SAFETY: sa_mask is a valid sigset_t to initialise.
             unsafe { libc::sigemptyset(&mut new.sa_mask) };
             // SAFETY: both pointers are valid sigaction structs.
-            cvt(unsafe { libc::sigaction(sig, &new, &mut old) }).map_err(|e| Error::sys(format!("sigaction({sig})"), e))?;
+            cvt(unsafe { libc::sigaction(sig, &new, &mut old) })
+                .map_err(|e| Error::sys(format!("sigaction({sig})"), e))?;
             saved.push((sig, old));
         }
         Ok(SignalPipe { read, _write: write, saved })

@@ -44,12 +44,17 @@ fn cfg_mut<'a>(cfg: *mut cluster_config) -> Result<&'a mut Config> {
 /// messages, signals taken over, 30 s shutdown grace. NULL only when out of memory.
 #[no_mangle]
 pub extern "C" fn cluster_config_new() -> *mut cluster_config {
-    super::boundary::guard_or(std::ptr::null_mut(), || Box::into_raw(Box::new(cluster_config { inner: Config::default() })))
+    super::boundary::guard_or(std::ptr::null_mut(), || {
+        Box::into_raw(Box::new(cluster_config { inner: Config::default() }))
+    })
 }
 
 /// Releases a configuration. NULL is fine.
+///
+/// # Safety
+/// `cfg` is NULL or from `cluster_config_new`, not yet freed.
 #[no_mangle]
-pub extern "C" fn cluster_config_free(cfg: *mut cluster_config) {
+pub unsafe extern "C" fn cluster_config_free(cfg: *mut cluster_config) {
     super::boundary::guard_or((), || {
         if !cfg.is_null() {
             // SAFETY: non-NULL, from cluster_config_new (Box::into_raw), freed once.
@@ -82,7 +87,11 @@ pub extern "C" fn cluster_config_set_mode(cfg: *mut cluster_config, mode: cluste
 
 /// The FORK-mode worker entry point; its return value is the worker's exit code.
 #[no_mangle]
-pub extern "C" fn cluster_config_set_worker_main(cfg: *mut cluster_config, main: cluster_worker_main, userdata: *mut c_void) -> i32 {
+pub extern "C" fn cluster_config_set_worker_main(
+    cfg: *mut cluster_config,
+    main: cluster_worker_main,
+    userdata: *mut c_void,
+) -> i32 {
     guard(|| {
         let cfg = cfg_mut(cfg)?;
         let f = main.ok_or_else(|| Error::new(Code::Inval, "worker main is NULL"))?;
@@ -98,7 +107,11 @@ pub extern "C" fn cluster_config_set_worker_main(cfg: *mut cluster_config, main:
 /// # Safety
 /// `path` is a NUL-terminated string; `argv` is NULL or a NULL-terminated array of them.
 #[no_mangle]
-pub unsafe extern "C" fn cluster_config_set_exec(cfg: *mut cluster_config, path: *const c_char, argv: *const *const c_char) -> i32 {
+pub unsafe extern "C" fn cluster_config_set_exec(
+    cfg: *mut cluster_config,
+    path: *const c_char,
+    argv: *const *const c_char,
+) -> i32 {
     guard(|| {
         let cfg = cfg_mut(cfg)?;
         // SAFETY: the caller's contract above.
@@ -194,7 +207,11 @@ pub extern "C" fn cluster_config_set_grace(cfg: *mut cluster_config, grace_ms: u
 /// queued (a single larger message is still taken when the queue is empty). Defaults: 8 MiB,
 /// 4096.
 #[no_mangle]
-pub extern "C" fn cluster_config_set_send_queue(cfg: *mut cluster_config, max_bytes: usize, max_messages: usize) -> i32 {
+pub extern "C" fn cluster_config_set_send_queue(
+    cfg: *mut cluster_config,
+    max_bytes: usize,
+    max_messages: usize,
+) -> i32 {
     guard(|| {
         if max_bytes == 0 || max_messages == 0 {
             return fail(Code::Inval, "send queue bounds must be at least 1");

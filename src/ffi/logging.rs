@@ -42,7 +42,8 @@ pub extern "C" fn cluster_set_log_callback(cb: cluster_log_cb, userdata: *mut c_
     guard(|| {
         let sink = cb.map(|cb| {
             let c = CLog { cb, userdata };
-            Box::new(move |level: log::Level, target: &str, message: &str| c.call(level, target, message)) as logging::LogFn
+            Box::new(move |level: log::Level, target: &str, message: &str| c.call(level, target, message))
+                as logging::LogFn
         });
         logging::set_callback(sink, logging::level_from_env()).map(|()| 0)
     })

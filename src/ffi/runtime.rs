@@ -71,8 +71,15 @@ pub extern "C" fn cluster_worker_id() -> u32 {
 /// Events go to `cb` on the thread that calls `cluster_run`/`cluster_dispatch`. The config is
 /// copied: free it afterwards. In FORK mode the workers' children run the worker main from
 /// here and never return.
+///
+/// # Safety
+/// `cfg` is NULL or from `cluster_config_new`, not yet freed.
 #[no_mangle]
-pub extern "C" fn cluster_primary_start(cfg: *mut cluster_config, cb: cluster_event_cb, userdata: *mut c_void) -> i32 {
+pub unsafe extern "C" fn cluster_primary_start(
+    cfg: *mut cluster_config,
+    cb: cluster_event_cb,
+    userdata: *mut c_void,
+) -> i32 {
     guard(|| {
         non_null(cfg, "cfg")?;
         // SAFETY: non-NULL, from cluster_config_new and not freed (the caller's contract).
@@ -96,8 +103,11 @@ pub extern "C" fn cluster_local_port(listener: u32) -> i32 {
 
 /// Writes up to `cap` live worker ids (ascending) to `ids`; returns how many workers there are
 /// (which may exceed `cap`). `ids` may be NULL when `cap` is 0.
+///
+/// # Safety
+/// `ids` is NULL or has room for `cap` ids.
 #[no_mangle]
-pub extern "C" fn cluster_workers(ids: *mut u32, cap: usize) -> i32 {
+pub unsafe extern "C" fn cluster_workers(ids: *mut u32, cap: usize) -> i32 {
     guard(|| {
         if cap > 0 {
             non_null(ids, "ids")?;
@@ -112,8 +122,11 @@ pub extern "C" fn cluster_workers(ids: *mut u32, cap: usize) -> i32 {
 }
 
 /// Fills `out` with a snapshot of worker `id`.
+///
+/// # Safety
+/// `out` is NULL or points at a writable `struct cluster_worker_info`.
 #[no_mangle]
-pub extern "C" fn cluster_worker_info(id: u32, out: *mut cluster_worker_info) -> i32 {
+pub unsafe extern "C" fn cluster_worker_info(id: u32, out: *mut cluster_worker_info) -> i32 {
     guard(|| {
         non_null(out, "out")?;
         let i = runtime::worker_info(id)?;

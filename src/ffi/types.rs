@@ -146,8 +146,9 @@ pub type cluster_event_cb = Option<unsafe extern "C" fn(userdata: *mut c_void, e
 pub type cluster_worker_main = Option<unsafe extern "C" fn(userdata: *mut c_void) -> libc::c_int>;
 
 /// A log sink: level (1 error, 2 warn, 3 info, 4 debug, 5 trace), the module, the message.
-pub type cluster_log_cb =
-    Option<unsafe extern "C" fn(userdata: *mut c_void, level: i32, target: *const libc::c_char, message: *const libc::c_char)>;
+pub type cluster_log_cb = Option<
+    unsafe extern "C" fn(userdata: *mut c_void, level: i32, target: *const libc::c_char, message: *const libc::c_char),
+>;
 
 pub(crate) fn mode_from(raw: cluster_mode) -> Result<Mode> {
     match raw {

@@ -88,6 +88,7 @@ pub fn recv(fd: RawFd, buf: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> io::Result<
     msg.msg_iovlen = 1;
     msg.msg_control = cmsg_buf.as_mut_ptr().cast();
     msg.msg_controllen = CMSG_BUF;
+    let fds_before = fds.len();
     let n = loop {
         // SAFETY: the iov covers `cap` writable bytes of `buf`; the control buffer is CMSG_BUF
         // writable bytes; both outlive the call.
@@ -120,7 +121,7 @@ pub fn recv(fd: RawFd, buf: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> io::Result<
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    if n == 0 && fds.is_empty() && msg.msg_flags & libc::MSG_TRUNC == 0 {
+    if n == 0 && fds.len() == fds_before && msg.msg_flags & libc::MSG_TRUNC == 0 {
         // A zero-length read on SEQPACKET is the peer's close (we never send empty datagrams).
         return Ok(Recv::Closed);
     }

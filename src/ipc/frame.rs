@@ -317,7 +317,8 @@ mod tests {
     #[test]
     fn big_frames_carry_no_inline_bytes() {
         let h = Header { kind: Kind::Message, flags: FLAG_BIG, nfds: 1, from: 0, to: 1, aux: 0, len: 16 << 20 };
-        let (back, p) = Header::decode(&h.encode(), 1, 64 << 20).unwrap();
+        let wire = h.encode();
+        let (back, p) = Header::decode(&wire, 1, 64 << 20).unwrap();
         assert_eq!(back.len, 16 << 20);
         assert!(p.is_empty());
         let with_inline = datagram(&h, b"x");

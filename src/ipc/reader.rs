@@ -78,7 +78,11 @@ impl Reader {
             let memfd = fds.remove(0);
             match payload::unseal(&memfd, header.len) {
                 Ok(p) => p,
-                Err(_) => return Ok(Read::Bad(FrameError::Payload("large-message memfd is not sealed or has the wrong size"))),
+                Err(_) => {
+                    return Ok(Read::Bad(FrameError::Payload(
+                        "large-message memfd is not sealed or has the wrong size",
+                    )))
+                }
             }
         } else {
             inline.to_vec()

@@ -70,9 +70,13 @@ pub fn bound_port(fd: RawFd) -> io::Result<u16> {
     cvt(unsafe { libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) })?;
     Ok(match ss.ss_family as libc::c_int {
         // SAFETY: the family says which sockaddr the kernel wrote.
-        libc::AF_INET => u16::from_be(unsafe { (*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()).sin_port }),
+        libc::AF_INET => {
+            u16::from_be(unsafe { (*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()).sin_port })
+        }
         // SAFETY: as above.
-        libc::AF_INET6 => u16::from_be(unsafe { (*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()).sin6_port }),
+        libc::AF_INET6 => {
+            u16::from_be(unsafe { (*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()).sin6_port })
+        }
         _ => 0,
     })
 }
@@ -85,7 +89,9 @@ pub fn bind(spec: &ListenSpec, backlog: i32) -> Result<Listener> {
             let port = bound_port(fd.as_raw_fd()).map_err(|e| Error::sys(format!("getsockname {addr}"), e))?;
             Ok(Listener { fd, spec: spec.clone(), port })
         }
-        ListenSpec::Unix(path) => fail(Code::Inval, format!("listen {}: unix listeners are not supported yet", path.display())),
+        ListenSpec::Unix(path) => {
+            fail(Code::Inval, format!("listen {}: unix listeners are not supported yet", path.display()))
+        }
     }
 }
 
@@ -126,11 +132,15 @@ pub fn accept(listener: RawFd) -> io::Result<Option<Accepted>> {
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         // SAFETY: `ss` is writable for `len` bytes. The accepted socket is blocking (workers get
         // it as accept(2) would give it) and CLOEXEC.
-        let ret = unsafe { libc::accept4(listener, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len, libc::SOCK_CLOEXEC) };
+        let ret = unsafe {
+            libc::accept4(listener, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len, libc::SOCK_CLOEXEC)
+        };
         match owned(ret) {
             Ok(fd) => {
                 // SAFETY: the kernel wrote `len` <= sizeof(ss) bytes of address.
-                let bytes = unsafe { std::slice::from_raw_parts((&ss as *const libc::sockaddr_storage).cast::<u8>(), len as usize) };
+                let bytes = unsafe {
+                    std::slice::from_raw_parts((&ss as *const libc::sockaddr_storage).cast::<u8>(), len as usize)
+                };
                 return Ok(Some(Accepted { fd, peer: bytes.to_vec() }));
             }
             Err(e) => match e.raw_os_error() {
@@ -162,7 +172,8 @@ mod tests {
         let spec = ListenSpec::Tcp { host: "127.0.0.1".into(), addr: "127.0.0.1:0".parse().unwrap() };
         let l = bind(&spec, 16).unwrap();
         assert_ne!(l.port, 0);
-        let taken = ListenSpec::Tcp { host: "127.0.0.1".into(), addr: SocketAddr::new("127.0.0.1".parse().unwrap(), l.port) };
+        let taken =
+            ListenSpec::Tcp { host: "127.0.0.1".into(), addr: SocketAddr::new("127.0.0.1".parse().unwrap(), l.port) };
         let e = bind(&taken, 16).unwrap_err();
         assert_eq!(e.code, Code::Sys);
         assert!(e.message.starts_with(&format!("bind 127.0.0.1:{}", l.port)), "{}", e.message);
@@ -184,7 +195,8 @@ mod tests {
         }
         let a = got.expect("the connection was accepted");
         // SAFETY: fcntl on a valid fd.
-        let (fl, fd_fl) = unsafe { (libc::fcntl(a.fd.as_raw_fd(), libc::F_GETFL), libc::fcntl(a.fd.as_raw_fd(), libc::F_GETFD)) };
+        let (fl, fd_fl) =
+            unsafe { (libc::fcntl(a.fd.as_raw_fd(), libc::F_GETFL), libc::fcntl(a.fd.as_raw_fd(), libc::F_GETFD)) };
         assert_eq!(fl & libc::O_NONBLOCK, 0);
         assert_ne!(fd_fl & libc::FD_CLOEXEC, 0);
         assert_eq!(a.peer.len(), std::mem::size_of::<libc::sockaddr_in6>());

@@ -45,7 +45,10 @@ impl Primary {
                 Ok(Some(a)) => self.handoff.accepted(a.fd, index, a.peer),
                 Ok(None) => break,
                 Err(e) => {
-                    if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)) {
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+                    ) {
                         log::error!("accept on listener {index}: {e}; pausing accepts for 100 ms");
                         self.accept_paused = true;
                         self.reactor.add_timer(sys::monotonic_ms() + 100, Timer::ResumeAccept);
@@ -114,19 +117,20 @@ impl Primary {
             let entries: Vec<ConnEntry> =
                 chunk.iter().map(|c| ConnEntry { id: c.id, listener: c.listener, peer: c.peer.clone() }).collect();
             // The worker gets duplicates; the primary keeps its copies until the ACK.
-            let fds = match chunk.iter().map(|c| sys::dup_cloexec(c.fd.as_raw_fd())).collect::<std::io::Result<Vec<_>>>() {
-                Ok(fds) => fds,
-                Err(e) => {
-                    log::error!("dup of accepted connections failed: {e}; they wait for the next turn");
-                    if let Some(s) = self.slots.get_mut(&id) {
-                        s.unacked = s.unacked.saturating_sub(chunk.len() as u32);
+            let fds =
+                match chunk.iter().map(|c| sys::dup_cloexec(c.fd.as_raw_fd())).collect::<std::io::Result<Vec<_>>>() {
+                    Ok(fds) => fds,
+                    Err(e) => {
+                        log::error!("dup of accepted connections failed: {e}; they wait for the next turn");
+                        if let Some(s) = self.slots.get_mut(&id) {
+                            s.unacked = s.unacked.saturating_sub(chunk.len() as u32);
+                        }
+                        for c in chunk.into_iter().rev() {
+                            self.handoff.waiting.push_front(c);
+                        }
+                        continue;
                     }
-                    for c in chunk.into_iter().rev() {
-                        self.handoff.waiting.push_front(c);
-                    }
-                    continue;
-                }
-            };
+                };
             for c in chunk {
                 self.handoff.sent(id, c);
             }
@@ -147,7 +151,8 @@ impl Primary {
 
     /// Polls the listeners only while workers can take connections.
     pub(super) fn update_accepting(&mut self) {
-        let want = self.phase == Phase::Running && !self.accept_paused && !self.listeners.is_empty() && self.capacity() > 0;
+        let want =
+            self.phase == Phase::Running && !self.accept_paused && !self.listeners.is_empty() && self.capacity() > 0;
         if want == self.accepting {
             return;
         }

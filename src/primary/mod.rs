@@ -51,7 +51,9 @@ pub enum Timer {
 enum Phase {
     Running,
     /// Shutting down: no accepting; SHUTDOWN goes to workers once nothing waits for a handoff.
-    Draining { shutdown_sent: bool },
+    Draining {
+        shutdown_sent: bool,
+    },
     Finished,
 }
 
@@ -94,7 +96,8 @@ impl Primary {
             Mode::Fork => None,
         };
         let reactor = Reactor::new()?;
-        let listeners = cfg.listeners.iter().map(|spec| listener::bind(spec, cfg.backlog)).collect::<Result<Vec<_>>>()?;
+        let listeners =
+            cfg.listeners.iter().map(|spec| listener::bind(spec, cfg.backlog)).collect::<Result<Vec<_>>>()?;
         let ports = listeners.iter().map(|l| l.port).collect();
         let signals = if cfg.signals { Some(SignalPipe::install(&PRIMARY_SIGNALS)?) } else { None };
         if let Some(s) = &signals {
@@ -125,7 +128,12 @@ impl Primary {
         for _ in 0..p.cfg.effective_workers() {
             p.request_spawn()?;
         }
-        log::info!("primary {} started: {} listener(s), {} worker(s)", sys::getpid(), p.listeners.len(), p.spawn_queue.len());
+        log::info!(
+            "primary {} started: {} listener(s), {} worker(s)",
+            sys::getpid(),
+            p.listeners.len(),
+            p.spawn_queue.len()
+        );
         Ok(p)
     }
 
@@ -243,10 +251,9 @@ impl Primary {
 
     /// The bound port of listener `index`.
     pub fn local_port(&self, index: u32) -> Result<u16> {
-        self.ports
-            .get(index as usize)
-            .copied()
-            .ok_or_else(|| Error::new(Code::Inval, format!("no listener with index {index} ({} configured)", self.ports.len())))
+        self.ports.get(index as usize).copied().ok_or_else(|| {
+            Error::new(Code::Inval, format!("no listener with index {index} ({} configured)", self.ports.len()))
+        })
     }
 
     /// Ids of the live workers, ascending.
@@ -269,17 +276,20 @@ impl Primary {
         if !(0..=64).contains(&signal) {
             return fail(Code::Inval, format!("signal {signal} is out of range"));
         }
-        let slot = self.slots.get_mut(&id).ok_or_else(|| Error::new(Code::NoWorker, format!("no worker with id {id}")))?;
+        let slot =
+            self.slots.get_mut(&id).ok_or_else(|| Error::new(Code::NoWorker, format!("no worker with id {id}")))?;
         if signal != 0 {
             slot.disconnect_requested = true;
         }
-        sys::kill(slot.pid, signal).map_err(|e| Error::sys(format!("kill worker {id} (pid {}) with signal {signal}", slot.pid), e))
+        sys::kill(slot.pid, signal)
+            .map_err(|e| Error::sys(format!("kill worker {id} (pid {}) with signal {signal}", slot.pid), e))
     }
 
     /// Asks worker `id` to stop gracefully: it gets SHUTDOWN after the connections already
     /// handed to it, takes no new ones, and exits when done.
     pub fn disconnect(&mut self, id: u32) -> Result<()> {
-        let slot = self.slots.get_mut(&id).ok_or_else(|| Error::new(Code::NoWorker, format!("no worker with id {id}")))?;
+        let slot =
+            self.slots.get_mut(&id).ok_or_else(|| Error::new(Code::NoWorker, format!("no worker with id {id}")))?;
         if slot.disconnect_requested && slot.state == WorkerState::Disconnecting {
             return Ok(());
         }

@@ -19,7 +19,12 @@ impl Primary {
         let to = msg.header.to;
         if to == 0 {
             let pid = self.slots.get(&from).map_or(0, |s| s.pid);
-            self.events.push(Event { pid, data: msg.payload, fd: msg.fds.pop(), ..Event::new(EventKind::Message, from) });
+            self.events.push(Event {
+                pid,
+                data: msg.payload,
+                fd: msg.fds.pop(),
+                ..Event::new(EventKind::Message, from)
+            });
             return;
         }
         let targets: Vec<u32> = if to == BROADCAST {

@@ -92,7 +92,8 @@ impl ExecPlan {
             Some((p, a)) => (p.clone(), if a.is_empty() { vec![p.clone()] } else { a.clone() }),
             None => {
                 let exe = std::fs::read_link("/proc/self/exe").map_err(|e| Error::sys("readlink /proc/self/exe", e))?;
-                let cmdline = std::fs::read("/proc/self/cmdline").map_err(|e| Error::sys("read /proc/self/cmdline", e))?;
+                let cmdline =
+                    std::fs::read("/proc/self/cmdline").map_err(|e| Error::sys("read /proc/self/cmdline", e))?;
                 let argv: Vec<CString> = cmdline
                     .split(|&b| b == 0)
                     .filter(|s| !s.is_empty())
@@ -171,7 +172,9 @@ pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv) -> Result<Spawned> {
     let mut errno: libc::c_int = 0;
     let n = loop {
         // SAFETY: reading into a live c_int.
-        let n = unsafe { libc::read(err_r.as_raw_fd(), (&mut errno as *mut libc::c_int).cast(), std::mem::size_of::<libc::c_int>()) };
+        let n = unsafe {
+            libc::read(err_r.as_raw_fd(), (&mut errno as *mut libc::c_int).cast(), std::mem::size_of::<libc::c_int>())
+        };
         if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
             continue;
         }

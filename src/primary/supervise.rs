@@ -223,7 +223,11 @@ impl Primary {
             self.reactor.remove(std::os::fd::AsRawFd::as_raw_fd(pidfd));
         }
         self.shared.remove(id);
-        let how = if status.signal != 0 { format!("killed by signal {}", status.signal) } else { format!("exited with code {}", status.code) };
+        let how = if status.signal != 0 {
+            format!("killed by signal {}", status.signal)
+        } else {
+            format!("exited with code {}", status.code)
+        };
         if slot.disconnect_requested || (status.code == 0 && status.signal == 0) {
             log::info!("worker {id} (pid {}) {how}", slot.pid);
         } else {
@@ -315,7 +319,9 @@ impl Primary {
     pub(super) fn after_turn(&mut self) {
         self.pump();
         if let Phase::Draining { shutdown_sent } = self.phase {
-            if !self.handoff.waiting.is_empty() && !self.slots.values().any(|s| s.channel_open && !s.disconnect_requested) {
+            if !self.handoff.waiting.is_empty()
+                && !self.slots.values().any(|s| s.channel_open && !s.disconnect_requested)
+            {
                 let n = self.handoff.drop_waiting();
                 log::error!("shutdown: no worker left to take {n} accepted connection(s): closed unanswered");
             }

@@ -222,7 +222,11 @@ impl Worker {
                 Ok(Read::FdsLost(h, payload)) => {
                     if h.kind == Kind::NewConn {
                         if let Ok(entries) = decode_conns(&payload, h.nfds as usize) {
-                            log::error!("worker {}: {} connection fds lost in transit (out of fds?): refusing them", self.env.id, entries.len());
+                            log::error!(
+                                "worker {}: {} connection fds lost in transit (out of fds?): refusing them",
+                                self.env.id,
+                                entries.len()
+                            );
                             let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
                             self.push(Frame::control(Kind::Nack, encode_ids(&ids)));
                         }
@@ -263,7 +267,11 @@ impl Worker {
                 }
             }
             Kind::Message => {
-                self.events.push(Event { data: f.payload, fd: f.fds.pop(), ..Event::new(EventKind::Message, f.header.from) });
+                self.events.push(Event {
+                    data: f.payload,
+                    fd: f.fds.pop(),
+                    ..Event::new(EventKind::Message, f.header.from)
+                });
             }
             Kind::Shutdown => self.begin_drain(),
             Kind::Undeliverable => {

@@ -1,0 +1,40 @@
+# The two commands a newcomer needs:
+#   make demo   - the demo cluster: 4 workers serving HTTP on 127.0.0.1:8080, showing who answered
+#   make test   - every test (Rust unit + C ABI tests, lints; Python and Node when present)
+CARGO ?= cargo
+CC ?= cc
+CFLAGS ?= -std=gnu11 -O2 -g -Wall -Wextra -Werror
+PORT ?= 8080
+LIB := target/release/librcluster.so
+
+.PHONY: all lib demo test test-rust lint header examples clean
+
+all: lib examples
+
+lib:
+	$(CARGO) build --release
+
+target/examples/http_server: examples/c/http_server.c include/rcluster.h lib
+	@mkdir -p target/examples
+	$(CC) $(CFLAGS) -Iinclude $< -o $@ -Ltarget/release -Wl,-rpath,$(CURDIR)/target/release -lrcluster
+
+examples: target/examples/http_server
+
+demo: target/examples/http_server
+	PORT=$(PORT) examples/c/demo.sh target/examples/http_server
+
+test: lint test-rust
+
+test-rust:
+	$(CARGO) test
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# Regenerates the checked-in header after a change to src/ffi (tests/header.rs checks it).
+header:
+	RCLUSTER_UPDATE_HEADER=1 $(CARGO) build
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,48 @@
+//! The README's demo works: `examples/c/demo.sh` runs `examples/c/http_server.c` (built here
+//! against the debug library), sends 8 requests and every worker answers in turn.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn the_demo_serves_http_from_every_worker() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let lib = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+    let out = lib.join("ffi-tests-http_server");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = Command::new(cc)
+        .args(["-std=gnu11", "-O1", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(root.join("include"))
+        .arg(root.join("examples/c/http_server.c"))
+        .arg("-o")
+        .arg(&out)
+        .arg("-L")
+        .arg(&lib)
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-lrcluster")
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "examples/c/http_server.c compiles with -Wall -Wextra -Werror");
+    // A port that is free now (the demo needs a fixed one to print its URL).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let output = Command::new("bash")
+        .arg(root.join("examples/c/demo.sh"))
+        .arg(&out)
+        .env("PORT", port.to_string())
+        .env("DEMO_STAY", "0")
+        .env("DEMO_REQUESTS", "8")
+        .output()
+        .expect("run demo.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "demo.sh failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let mut workers: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("request "))
+        .map(|l| l.split(" -> Hello from worker ").nth(1).expect("an answer names its worker").split(' ').next().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 8, "8 answers in: {stdout}");
+    workers.sort();
+    workers.dedup();
+    assert_eq!(workers, ["1", "2", "3", "4"], "all four workers answered, round-robin");
+    assert!(stdout.contains("exited (code 0, signal 0)"), "graceful stop: {stdout}");
+}
