@@ -38,7 +38,9 @@ fn the_demo_serves_http_from_every_worker() {
     let mut workers: Vec<&str> = stdout
         .lines()
         .filter(|l| l.starts_with("request "))
-        .map(|l| l.split(" -> Hello from worker ").nth(1).expect("an answer names its worker").split(' ').next().unwrap())
+        .map(|l| {
+            l.split(" -> Hello from worker ").nth(1).expect("an answer names its worker").split(' ').next().unwrap()
+        })
         .collect();
     assert_eq!(workers.len(), 8, "8 answers in: {stdout}");
     workers.sort();
