@@ -1,28 +1,15 @@
 //! The README's demo works: `examples/c/demo.sh` runs `examples/c/http_server.c` (built here
 //! against the debug library), sends 8 requests and every worker answers in turn.
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::Command;
 
 #[test]
 fn the_demo_serves_http_from_every_worker() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let lib = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
-    let out = lib.join("ffi-tests-http_server");
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let status = Command::new(cc)
-        .args(["-std=gnu11", "-O1", "-Wall", "-Wextra", "-Werror", "-I"])
-        .arg(root.join("include"))
-        .arg(root.join("examples/c/http_server.c"))
-        .arg("-o")
-        .arg(&out)
-        .arg("-L")
-        .arg(&lib)
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-lrcluster")
-        .status()
-        .expect("run cc");
-    assert!(status.success(), "examples/c/http_server.c compiles with -Wall -Wextra -Werror");
+    let root = common::manifest();
+    let out = common::lib_dir().join("examples").join("http_server");
+    common::compile_c(&[root.join("examples/c/http_server.c")], &out);
     // A port that is free now (the demo needs a fixed one to print its URL).
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let output = Command::new("bash")

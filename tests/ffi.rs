@@ -3,52 +3,15 @@
 //! within its time limit. A test that overruns is killed with its whole process group, so no
 //! worker outlives it.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn manifest() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// target/<profile>, where cargo put librcluster.so (this test binary is in its deps/).
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
-}
-
-fn build_dir() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = lib_dir().join("ffi-tests");
-        std::fs::create_dir_all(&dir).expect("create the C test build dir");
-        dir
-    })
-}
-
 fn compile(name: &str) -> PathBuf {
-    let lib = lib_dir();
-    assert!(lib.join("librcluster.so").exists(), "librcluster.so not built in {}", lib.display());
-    let src = manifest().join("ffi-tests").join(format!("{name}.c"));
-    let out = build_dir().join(name);
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let status = Command::new(&cc)
-        .args(["-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", "-Werror"])
-        .arg("-I")
-        .arg(manifest().join("include"))
-        .arg("-I")
-        .arg(manifest().join("ffi-tests"))
-        .arg(&src)
-        .arg("-o")
-        .arg(&out)
-        .arg("-L")
-        .arg(&lib)
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .args(["-lrcluster", "-lpthread"])
-        .status()
-        .unwrap_or_else(|e| panic!("running {cc}: {e}"));
-    assert!(status.success(), "compiling {} failed", src.display());
+    let out = common::lib_dir().join("ffi-tests").join(name);
+    common::compile_c(&[common::manifest().join("ffi-tests").join(format!("{name}.c"))], &out);
     out
 }
 
@@ -115,4 +78,19 @@ fn sigkill_of_a_fork_mode_primary_leaves_no_worker() {
 #[test]
 fn sigkill_of_an_exec_mode_primary_leaves_no_worker() {
     run_c("signals", &["orphan-exec"], Duration::from_secs(60));
+}
+
+#[test]
+fn fd_passing_both_ways() {
+    run_c("fd_passing", &[], Duration::from_secs(60));
+}
+
+#[test]
+fn big_messages_arrive_whole_and_oversized_ones_are_refused() {
+    run_c("big_message", &[], Duration::from_secs(60));
+}
+
+#[test]
+fn backpressure_again_then_drain_loses_nothing() {
+    run_c("backpressure", &[], Duration::from_secs(60));
 }

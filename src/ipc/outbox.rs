@@ -86,7 +86,7 @@ impl Frame {
 }
 
 /// Bounds of one outbox.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Most user-payload bytes queued (a single message larger than this is still taken
     /// when the queue is empty, up to the maximum message size).

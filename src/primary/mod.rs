@@ -196,6 +196,7 @@ impl Primary {
             max_message: self.cfg.max_message,
             signals: self.cfg.signals,
             manual_ready: self.cfg.manual_ready,
+            send_limits: self.cfg.send_limits,
         };
         let spawned = match &self.exec_plan {
             Some(plan) => spawn::exec_worker(plan, template)?,

@@ -3,6 +3,7 @@
 
 use std::os::fd::RawFd;
 
+use crate::ipc::outbox::Limits;
 use crate::sys;
 
 /// Environment variable names of EXEC mode.
@@ -18,9 +19,11 @@ pub const ENV_MAX: &str = "RCLUSTER_MAX_MESSAGE";
 pub const ENV_SIGNALS: &str = "RCLUSTER_SIGNALS";
 /// "1" when the worker must call `ready()` itself.
 pub const ENV_MANUAL_READY: &str = "RCLUSTER_MANUAL_READY";
+/// The send queue bounds, "max_bytes:max_messages".
+pub const ENV_SEND_QUEUE: &str = "RCLUSTER_SEND_QUEUE";
 
 /// All the names above (stripped from a worker's environment before new ones are set).
-pub const ALL: [&str; 6] = [ENV_ID, ENV_FD, ENV_PPID, ENV_MAX, ENV_SIGNALS, ENV_MANUAL_READY];
+pub const ALL: [&str; 7] = [ENV_ID, ENV_FD, ENV_PPID, ENV_MAX, ENV_SIGNALS, ENV_MANUAL_READY, ENV_SEND_QUEUE];
 
 /// A worker's settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +38,8 @@ pub struct WorkerEnv {
     pub signals: bool,
     /// READY waits for `ready()`.
     pub manual_ready: bool,
+    /// Bounds of the send queue to the primary (the same as the primary's queues).
+    pub send_limits: Limits,
 }
 
 impl WorkerEnv {
@@ -47,6 +52,7 @@ impl WorkerEnv {
             (ENV_MAX.into(), self.max_message.to_string()),
             (ENV_SIGNALS.into(), u8::from(self.signals).to_string()),
             (ENV_MANUAL_READY.into(), u8::from(self.manual_ready).to_string()),
+            (ENV_SEND_QUEUE.into(), format!("{}:{}", self.send_limits.max_bytes, self.send_limits.max_frames)),
         ]
     }
 
@@ -67,6 +73,13 @@ impl WorkerEnv {
             max_message: get(ENV_MAX).and_then(|v| v.parse().ok()).unwrap_or(crate::config::DEFAULT_MAX_MESSAGE),
             signals: get(ENV_SIGNALS).as_deref() == Some("1"),
             manual_ready: get(ENV_MANUAL_READY).as_deref() == Some("1"),
+            send_limits: get(ENV_SEND_QUEUE)
+                .and_then(|v| {
+                    let (b, f) = v.split_once(':')?;
+                    Some(Limits { max_bytes: b.parse().ok()?, max_frames: f.parse().ok()? })
+                })
+                .filter(|l| l.max_bytes > 0 && l.max_frames > 0)
+                .unwrap_or_default(),
         })
     }
 }
@@ -80,7 +93,14 @@ mod tests {
     #[test]
     fn env_round_trips_only_for_the_primarys_child() {
         let (a, _b) = sys::seqpacket_pair().unwrap();
-        let w = WorkerEnv { id: 3, channel: a.as_raw_fd(), max_message: 1234, signals: true, manual_ready: false };
+        let w = WorkerEnv {
+            id: 3,
+            channel: a.as_raw_fd(),
+            max_message: 1234,
+            signals: true,
+            manual_ready: false,
+            send_limits: Limits { max_bytes: 100, max_frames: 7 },
+        };
         let vars: HashMap<String, String> = w.to_env(sys::getppid()).into_iter().collect();
         assert_eq!(WorkerEnv::from_env(|k| vars.get(k).cloned()), Some(w));
         // Another parent: not a worker (a worker's subprocess inherits the variables).

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::event::{Event, EventKind};
 use crate::event_loop::{Reactor, Ready, Source};
 use crate::ipc::frame::{decode_conns, encode_ids, Kind};
-use crate::ipc::outbox::{Frame, Limits, Outbox};
+use crate::ipc::outbox::{Frame, Outbox};
 use crate::ipc::reader::{Incoming, Read, Reader};
 use crate::shared::Shared;
 use crate::signals::{SignalPipe, WORKER_SIGNALS};
@@ -60,7 +60,7 @@ impl Worker {
         if let Some(s) = &signals {
             reactor.add(s.fd(), Source::Signals, true, false)?;
         }
-        let outbox = Arc::new(Outbox::new(channel, Limits::default()));
+        let outbox = Arc::new(Outbox::new(channel, env.send_limits));
         let shared = Arc::new(Shared::new(env.id, env.max_message, reactor.waker()));
         shared.insert(0, outbox.clone());
         let mut w = Worker {
