@@ -98,6 +98,24 @@ static void on_primary(void *ud, const cluster_event *ev) {
     }
 }
 
+/* cluster_send is thread-safe: this thread pings worker 1 while the main thread runs the loop. */
+#define THREAD_PINGS 500
+static volatile int thread_sent;
+static void *sender_thread(void *arg) {
+    (void)arg;
+    for (int i = 0; i < THREAD_PINGS; i++) {
+        int32_t rc;
+        long long end = now_ms() + 10000;
+        while ((rc = cluster_send(1, (const uint8_t *)"ping", 4)) == CLUSTER_E_AGAIN) {
+            CHECK(now_ms() < end, "the queue to worker 1 never drained");
+            usleep(1000); /* the loop thread drains it; DRAIN goes to the loop thread's callback */
+        }
+        CHECK(rc == 0, "cluster_send from a thread returned %d", rc);
+        thread_sent++;
+    }
+    return NULL;
+}
+
 static pthread_mutex_t hold = PTHREAD_MUTEX_INITIALIZER;
 static void *idle_thread(void *arg) {
     (void)arg;
@@ -158,6 +176,19 @@ int main(int argc, char **argv) {
     CHECK(info.messages_in >= 3, "messages_in %llu", (unsigned long long)info.messages_in);
     CHECK(info.messages_out >= 4, "messages_out %llu", (unsigned long long)info.messages_out);
     CHECK(info.started_at_ms > 1600000000000ULL, "started_at_ms is wall-clock ms");
+
+    if (exec_mode) {
+        pthread_t sender;
+        int before = pongs;
+        CHECK(pthread_create(&sender, NULL, sender_thread, NULL) == 0, "pthread_create");
+        long long end = now_ms() + 20000;
+        while (pongs < before + THREAD_PINGS) {
+            CHECK(now_ms() < end, "pongs for the thread's pings: %d of %d", pongs - before, THREAD_PINGS);
+            cluster_dispatch(50);
+        }
+        pthread_join(sender, NULL);
+        CHECK(thread_sent == THREAD_PINGS, "every send from the thread was accepted");
+    }
 
     OK(cluster_shutdown(10000));
     CHECK(cluster_run() == 0, "run returns 0 after a graceful stop");

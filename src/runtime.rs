@@ -82,13 +82,18 @@ fn ensure_primary_role() -> Result<()> {
     Ok(())
 }
 
-fn with_primary<T>(f: impl FnOnce(&mut Primary) -> Result<T>) -> Result<T> {
-    ensure_primary_role()?;
-    match &mut *runtime() {
-        Runtime::Primary(p) => f(p),
+/// The running primary, or why there is none.
+fn as_primary(rt: &mut Runtime) -> Result<&mut Primary> {
+    match rt {
+        Runtime::Primary(p) => Ok(p),
         Runtime::Finished(_) => fail(Code::Closed, "the cluster has stopped"),
         _ => fail(Code::State, "the primary is not started (call cluster_primary_start first)"),
     }
+}
+
+fn with_primary<T>(f: impl FnOnce(&mut Primary) -> Result<T>) -> Result<T> {
+    ensure_primary_role()?;
+    f(as_primary(&mut runtime())?)
 }
 
 fn with_worker<T>(f: impl FnOnce(&mut Worker) -> Result<T>) -> Result<T> {
@@ -146,9 +151,7 @@ fn drive_spawns(mut rt: MutexGuard<'static, Runtime>) {
 pub fn fork() -> Result<u32> {
     ensure_primary_role()?;
     let mut rt = runtime();
-    let Runtime::Primary(p) = &mut *rt else {
-        return fail(Code::State, "the primary is not started (call cluster_primary_start first)");
-    };
+    let p = as_primary(&mut rt)?;
     let id = p.request_spawn()?;
     p.unqueue_spawn(id);
     match p.spawn(id) {
@@ -444,9 +447,7 @@ pub fn worker_disconnect(id: u32) -> Result<()> {
 pub fn scale(n: u32) -> Result<()> {
     ensure_primary_role()?;
     let mut rt = runtime();
-    let Runtime::Primary(p) = &mut *rt else {
-        return fail(Code::State, "the primary is not started (call cluster_primary_start first)");
-    };
+    let p = as_primary(&mut rt)?;
     p.scale(n)?;
     p.shared().wake();
     drive_spawns(rt);

@@ -94,3 +94,13 @@ fn big_messages_arrive_whole_and_oversized_ones_are_refused() {
 fn backpressure_again_then_drain_loses_nothing() {
     run_c("backpressure", &[], Duration::from_secs(60));
 }
+
+#[test]
+fn misuse_gives_error_codes_not_crashes() {
+    run_c("misuse", &[], Duration::from_secs(60));
+}
+
+#[test]
+fn hostile_workers_are_dropped_and_the_primary_carries_on() {
+    run_c("hostile", &[], Duration::from_secs(60));
+}

@@ -210,6 +210,8 @@ pub enum FrameError {
     },
     /// A payload that does not parse for its kind.
     Payload(&'static str),
+    /// A datagram larger than any valid frame.
+    Oversized(usize),
 }
 
 impl fmt::Display for FrameError {
@@ -228,6 +230,7 @@ impl fmt::Display for FrameError {
             }
             FrameError::TooBig { len, max } => write!(f, "payload of {len} bytes exceeds the maximum of {max}"),
             FrameError::Payload(what) => write!(f, "malformed payload: {what}"),
+            FrameError::Oversized(n) => write!(f, "datagram of at least {n} bytes is larger than any valid frame"),
         }
     }
 }

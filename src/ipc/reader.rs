@@ -56,7 +56,7 @@ impl Reader {
             Recv::Datagram { truncated, fds_truncated, .. } => (truncated, fds_truncated),
         };
         if truncated {
-            return Ok(Read::Bad(FrameError::Length { announced: 0, inline: self.buf.len() }));
+            return Ok(Read::Bad(FrameError::Oversized(self.buf.len())));
         }
         let fds = std::mem::take(&mut self.fds);
         if fds_truncated {

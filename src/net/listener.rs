@@ -28,6 +28,9 @@ pub fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
     if host.is_empty() {
         return fail(Code::Inval, "listen address: empty host");
     }
+    if host.len() > 253 || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        return fail(Code::Inval, format!("listen address {host:?}: not an IP address or a host name"));
+    }
     match (host, port).to_socket_addrs() {
         Ok(mut addrs) => addrs.next().ok_or_else(|| Error::new(Code::Sys, format!("resolve {host}: no address"))),
         Err(e) => Err(Error::sys(format!("resolve {host}"), e)),
@@ -163,6 +166,7 @@ mod tests {
         assert_eq!(resolve("[::1]", 81).unwrap(), "[::1]:81".parse().unwrap());
         assert!(resolve("localhost", 80).is_ok());
         assert!(resolve("", 80).is_err());
+        assert_eq!(resolve("not an ip!!", 80).unwrap_err().code, Code::Inval);
         let e = resolve("no-such-host.invalid", 80).unwrap_err();
         assert!(e.message.contains("no-such-host.invalid"), "{}", e.message);
     }
