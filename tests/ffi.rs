@@ -104,3 +104,8 @@ fn misuse_gives_error_codes_not_crashes() {
 fn hostile_workers_are_dropped_and_the_primary_carries_on() {
     run_c("hostile", &[], Duration::from_secs(60));
 }
+
+#[test]
+fn log_records_reach_the_host_callback() {
+    run_c("logging", &[], Duration::from_secs(30));
+}

@@ -1,0 +1,43 @@
+/* Log records reach a host callback (level, target, message), and NULL stops them. */
+#include "harness.h"
+
+static volatile int records, started_lines, bad_levels;
+static void on_log(void *ud, int32_t level, const char *target, const char *message) {
+    CHECK(ud == (void *)&records, "userdata is passed through");
+    if (level < 1 || level > 5 || strncmp(target, "rcluster", 8) != 0) bad_levels++;
+    if (strstr(message, "worker 1 started, pid ")) started_lines++;
+    records++;
+}
+
+static void on_worker(void *ud, const cluster_event *ev) { (void)ud; (void)ev; }
+static int worker_main(void *ud) {
+    OK(cluster_worker_start(on_worker, ud));
+    return cluster_run() == 0 ? 0 : 3;
+}
+
+static volatile int ready;
+static void on_primary(void *ud, const cluster_event *ev) {
+    (void)ud;
+    if (ev->kind == CLUSTER_EVENT_READY) ready = 1;
+}
+
+int main(void) {
+    test_deadline(30);
+    OK(cluster_set_log_callback(on_log, (void *)&records));
+    cluster_config *cfg = cluster_config_new();
+    OK(cluster_config_set_workers(cfg, 1));
+    OK(cluster_config_set_worker_main(cfg, worker_main, NULL));
+    OK(cluster_config_set_signals(cfg, false));
+    OK(cluster_primary_start(cfg, on_primary, NULL));
+    cluster_config_free(cfg);
+    dispatch_until(&ready, 10000, "READY");
+    CHECK(started_lines == 1, "the 'worker 1 started' record arrived once (%d)", started_lines);
+    CHECK(bad_levels == 0, "levels are 1..5 and targets are rcluster's");
+    OK(cluster_set_log_callback(NULL, NULL));
+    int before = records;
+    OK(cluster_shutdown(5000));
+    CHECK(cluster_run() == 0, "graceful stop");
+    CHECK(records == before, "no record after the callback was removed (%d new)", records - before);
+    printf("logging: ok (%d records)\n", records);
+    return 0;
+}
