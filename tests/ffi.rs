@@ -5,14 +5,25 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Compiles `ffi-tests/<name>.c` once per run: several tests run the same program with other
+/// arguments, and rewriting a binary another test is executing fails with ETXTBSY.
 fn compile(name: &str) -> PathBuf {
-    let out = common::lib_dir().join("ffi-tests").join(name);
-    common::compile_c(&[common::manifest().join("ffi-tests").join(format!("{name}.c"))], &out);
-    out
+    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    built
+        .entry(name.to_string())
+        .or_insert_with(|| {
+            let out = common::lib_dir().join("ffi-tests").join(name);
+            common::compile_c(&[common::manifest().join("ffi-tests").join(format!("{name}.c"))], &out);
+            out
+        })
+        .clone()
 }
 
 /// Compiles and runs `name` with `args`; asserts it exits 0 within `limit`.
