@@ -13,6 +13,8 @@
 //! - [`event_loop`] is epoll, timers and cross-thread wakeups; [`signals`] the signal self-pipe.
 //! - [`ffi`] is the C ABI, a thin layer over the above.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod error;
 pub mod event;
