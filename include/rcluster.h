@@ -386,12 +386,26 @@ int32_t cluster_config_set_policy(struct cluster_config *cfg, cluster_policy pol
 int32_t cluster_config_listen_tcp(struct cluster_config *cfg, const char *host, uint16_t port);
 
 /**
- * Adds a Unix stream socket listener at `path`. Returns the listener's index.
+ * Adds a Unix stream socket listener at `path`. Returns the listener's index. A socket file
+ * left by a dead server is replaced; one a live server listens on is an error. The file is
+ * removed when the cluster stops.
  *
  * # Safety
  * `path` is a NUL-terminated string.
  */
 int32_t cluster_config_listen_unix(struct cluster_config *cfg, const char *path);
+
+/**
+ * Sets the permissions (chmod bits, e.g. 0660) of Unix listener `listener`'s socket file.
+ */
+int32_t cluster_config_set_unix_mode(struct cluster_config *cfg, uint32_t listener, uint32_t mode);
+
+/**
+ * Adds the listening sockets systemd passed to this process (socket activation: LISTEN_FDS,
+ * honoured only when LISTEN_PID is this process; names from LISTEN_FDNAMES), in order, as
+ * the next listener indexes. Returns how many (0 when not socket-activated).
+ */
+int32_t cluster_config_listen_systemd(struct cluster_config *cfg);
 
 /**
  * Largest message carried, in bytes (default 64 MiB, at most 1 GiB). Larger sends fail with
@@ -520,6 +534,13 @@ int32_t cluster_scale(uint32_t n);
  * unless the config asks for manual readiness). Events go to `cb` on the loop thread.
  */
 int32_t cluster_worker_start(cluster_event_cb cb, void *userdata);
+
+/**
+ * Worker: reports that a connection it got has finished (closed). LEAST_CONNECTIONS uses it
+ * to count what each worker holds; call it once per CONNECTION event when done with it.
+ * Any thread.
+ */
+int32_t cluster_conn_done(void);
 
 /**
  * Worker: reports READY (only needed with `cluster_config_set_manual_ready`).

@@ -41,8 +41,20 @@ pub enum ListenSpec {
         /// The resolved address.
         addr: SocketAddr,
     },
-    /// A Unix stream socket path.
-    Unix(PathBuf),
+    /// A Unix stream socket path; `mode` sets its permissions after bind.
+    Unix {
+        /// The socket file.
+        path: PathBuf,
+        /// chmod(2) bits for the socket file (None: as the umask gives).
+        mode: Option<u32>,
+    },
+    /// A listening socket inherited through systemd socket activation (LISTEN_FDS).
+    Inherited {
+        /// The descriptor (3, 4, ...).
+        fd: i32,
+        /// Its LISTEN_FDNAMES name ("unknown" when none was given).
+        name: String,
+    },
 }
 
 /// The worker entry point in FORK mode; its return is the worker's exit code.
@@ -111,6 +123,43 @@ impl Config {
         let addr = crate::net::listener::resolve(host, port)?;
         self.listeners.push(ListenSpec::Tcp { host: host.to_string(), addr });
         Ok(self.listeners.len() as u32 - 1)
+    }
+
+    /// Adds a Unix stream socket listener at `path`; returns its index.
+    pub fn listen_unix(&mut self, path: &str) -> Result<u32> {
+        if path.is_empty() || path.len() >= 108 {
+            return fail(Code::Inval, format!("unix socket path {path:?} must be 1..=107 bytes"));
+        }
+        self.listeners.push(ListenSpec::Unix { path: PathBuf::from(path), mode: None });
+        Ok(self.listeners.len() as u32 - 1)
+    }
+
+    /// Sets the permissions of Unix listener `index`'s socket file.
+    pub fn set_unix_mode(&mut self, index: u32, mode: u32) -> Result<()> {
+        if mode > 0o7777 {
+            return fail(Code::Inval, format!("mode {mode:o} is not a permission mode"));
+        }
+        match self.listeners.get_mut(index as usize) {
+            Some(ListenSpec::Unix { mode: m, .. }) => {
+                *m = Some(mode);
+                Ok(())
+            }
+            _ => fail(Code::Inval, format!("listener {index} is not a unix listener")),
+        }
+    }
+
+    /// Adds the sockets systemd passed (LISTEN_FDS, honoured only when LISTEN_PID is this
+    /// process); returns how many. Their names come from LISTEN_FDNAMES.
+    pub fn listen_systemd(&mut self) -> Result<u32> {
+        let inherited = crate::net::activation::listen_fds(|k| std::env::var(k).ok())?;
+        let n = inherited.len() as u32;
+        self.listeners.extend(inherited);
+        Ok(n)
+    }
+
+    /// True when the primary accepts and hands connections out (not SHARED or REUSEPORT).
+    pub fn primary_accepts(&self) -> bool {
+        !matches!(self.policy, Policy::Shared | Policy::ReusePort)
     }
 
     /// Sets the largest message (at least 1 byte, at most 1 GiB).

@@ -143,6 +143,16 @@ impl<T> Reactor<T> {
             .map_err(|e| Error::sys(format!("epoll_ctl(ADD, {source:?})"), e))
     }
 
+    /// Watches a listening socket shared with other processes, waking only one of them per
+    /// connection (EPOLLEXCLUSIVE: no thundering herd).
+    pub fn add_exclusive(&self, fd: RawFd, source: Source) -> Result<()> {
+        let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32, u64: source.token() };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+        cvt(unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })
+            .map(drop)
+            .map_err(|e| Error::sys(format!("epoll_ctl(ADD|EXCLUSIVE, {source:?})"), e))
+    }
+
     /// Changes what `fd` is watched for.
     pub fn modify(&self, fd: RawFd, source: Source, readable: bool, writable: bool) -> Result<()> {
         self.ctl(libc::EPOLL_CTL_MOD, fd, source, readable, writable)

@@ -21,7 +21,7 @@ use crate::primary::Primary;
 use crate::shared::Shared;
 use crate::sync;
 use crate::sys;
-use crate::worker::env::WorkerEnv;
+use crate::worker::env::{AcceptFrom, WorkerEnv};
 use crate::worker::Worker;
 
 enum Runtime {
@@ -68,7 +68,7 @@ pub fn is_primary() -> bool {
 
 /// This worker's id, 0 in the primary.
 pub fn worker_id() -> u32 {
-    sync::lock(&WORKER_ENV).map_or(0, |e| e.id)
+    sync::lock(&WORKER_ENV).as_ref().map_or(0, |e| e.id)
 }
 
 fn runtime() -> MutexGuard<'static, Runtime> {
@@ -167,11 +167,18 @@ pub fn fork() -> Result<u32> {
 /// In a FORK-mode child: drops every piece of the primary (closing its epoll fd, the other
 /// workers' channels, the listeners, the pidfds, the signal handlers), becomes worker
 /// `env.id`, runs the worker main and exits with its return value.
-fn become_worker(mut rt: MutexGuard<'static, Runtime>, env: WorkerEnv) -> ! {
+fn become_worker(mut rt: MutexGuard<'static, Runtime>, mut env: WorkerEnv) -> ! {
     let main = match &mut *rt {
         Runtime::Primary(p) => p.take_worker_main(),
         _ => None,
     };
+    // SHARED: keep the listening sockets the primary's teardown is about to close.
+    if let AcceptFrom::Shared(list) = &mut env.accept {
+        for (_, fd) in list.iter_mut() {
+            *fd = sys::dup_cloexec(*fd).map(std::os::fd::IntoRawFd::into_raw_fd).unwrap_or(-1);
+        }
+        list.retain(|(_, fd)| *fd >= 0);
+    }
     *rt = Runtime::Idle;
     drop(rt);
     *sync::write(&SHARED) = None;
@@ -202,7 +209,7 @@ pub fn worker_start(handler: Handler) -> Result<()> {
     if env.channel < 0 {
         return fail(Code::State, "the worker runtime already ran in this process");
     }
-    let worker = Worker::start(*env)?;
+    let worker = Worker::start(env.clone())?;
     env.channel = -1;
     *sync::write(&SHARED) = Some(worker.shared().clone());
     *sync::lock(&HANDLER) = Some(handler);
@@ -452,4 +459,13 @@ pub fn scale(n: u32) -> Result<()> {
     p.shared().wake();
     drive_spawns(rt);
     Ok(())
+}
+
+/// Worker: reports that one connection it was handed has finished (LEAST_CONNECTIONS counts
+/// the connections each worker holds). Any thread.
+pub fn conn_done() -> Result<()> {
+    if !is_worker() {
+        return fail(Code::Role, "cluster_conn_done is for workers");
+    }
+    shared()?.push(0, Worker::conn_done_frame(1))
 }

@@ -64,6 +64,17 @@ pub fn is_socket(fd: RawFd) -> bool {
     ok && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
 }
 
+/// True when `fd` is a socket in the listening state (SO_ACCEPTCONN).
+pub fn is_listening_socket(fd: RawFd) -> bool {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid for the kernel to write an int option.
+    let ok = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN, (&mut v as *mut libc::c_int).cast(), &mut len)
+    };
+    ok == 0 && v != 0
+}
+
 /// A pair of connected, non-blocking, CLOEXEC SOCK_SEQPACKET Unix sockets.
 pub fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [-1; 2];

@@ -162,18 +162,34 @@ pub unsafe extern "C" fn cluster_config_listen_tcp(cfg: *mut cluster_config, hos
     })
 }
 
-/// Adds a Unix stream socket listener at `path`. Returns the listener's index.
+/// Adds a Unix stream socket listener at `path`. Returns the listener's index. A socket file
+/// left by a dead server is replaced; one a live server listens on is an error. The file is
+/// removed when the cluster stops.
 ///
 /// # Safety
 /// `path` is a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn cluster_config_listen_unix(cfg: *mut cluster_config, path: *const c_char) -> i32 {
     guard(|| {
-        cfg_mut(cfg)?;
+        let cfg = cfg_mut(cfg)?;
         // SAFETY: the caller's contract above.
         let path = unsafe { str_arg(path, "path") }?;
-        fail(Code::Inval, format!("listen {path}: unix listeners are not supported yet"))
+        cfg.listen_unix(path).map(|i| i as i32)
     })
+}
+
+/// Sets the permissions (chmod bits, e.g. 0660) of Unix listener `listener`'s socket file.
+#[no_mangle]
+pub extern "C" fn cluster_config_set_unix_mode(cfg: *mut cluster_config, listener: u32, mode: u32) -> i32 {
+    guard(|| cfg_mut(cfg)?.set_unix_mode(listener, mode).map(|()| 0))
+}
+
+/// Adds the listening sockets systemd passed to this process (socket activation: LISTEN_FDS,
+/// honoured only when LISTEN_PID is this process; names from LISTEN_FDNAMES), in order, as
+/// the next listener indexes. Returns how many (0 when not socket-activated).
+#[no_mangle]
+pub extern "C" fn cluster_config_listen_systemd(cfg: *mut cluster_config) -> i32 {
+    guard(|| cfg_mut(cfg)?.listen_systemd().map(|n| n as i32))
 }
 
 /// Largest message carried, in bytes (default 64 MiB, at most 1 GiB). Larger sends fail with

@@ -182,6 +182,14 @@ pub extern "C" fn cluster_worker_start(cb: cluster_event_cb, userdata: *mut c_vo
     guard(|| runtime::worker_start(c_handler(cb, userdata)?).map(|()| 0))
 }
 
+/// Worker: reports that a connection it got has finished (closed). LEAST_CONNECTIONS uses it
+/// to count what each worker holds; call it once per CONNECTION event when done with it.
+/// Any thread.
+#[no_mangle]
+pub extern "C" fn cluster_conn_done() -> i32 {
+    guard(|| runtime::conn_done().map(|()| 0))
+}
+
 /// Worker: reports READY (only needed with `cluster_config_set_manual_ready`).
 #[no_mangle]
 pub extern "C" fn cluster_ready() -> i32 {

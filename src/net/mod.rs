@@ -1,3 +1,4 @@
 //! Networking: the primary's listening sockets.
 
+pub mod activation;
 pub mod listener;

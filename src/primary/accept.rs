@@ -75,35 +75,46 @@ impl Primary {
         }
         for l in &self.listeners {
             self.reactor.remove(l.fd.as_raw_fd());
+            l.unlink_socket_file();
         }
         self.listeners.clear();
         self.accepting = false;
     }
 
-    /// Hands waiting connections to workers with room in their window.
+    /// Hands waiting connections to workers with room in their window, in arrival order; a
+    /// connection whose worker is busy (STICKY) waits without holding up the others.
     pub(super) fn pump(&mut self) {
         if self.handoff.waiting.is_empty() {
             return;
         }
         let window = self.cfg.window;
+        let slots = self.slot_count();
+        let Some(balance) = self.balance.as_mut() else { return };
         let mut candidates: Vec<Candidate> = self
             .slots
             .values()
-            .filter(|s| s.accepts_connections() && s.unacked < window)
-            .map(|s| Candidate { id: s.id, load: s.connections + u64::from(s.unacked) })
+            .filter(|s| s.accepts_connections())
+            .map(|s| Candidate { id: s.id, slot: s.slot, load: s.load(), free: window.saturating_sub(s.unacked) })
             .collect();
+        if candidates.is_empty() {
+            return;
+        }
         let mut batches: BTreeMap<u32, Vec<Conn>> = BTreeMap::new();
-        while !candidates.is_empty() {
+        let mut deferred = Vec::new();
+        while candidates.iter().any(|c| c.free > 0) {
             let Some(conn) = self.handoff.waiting.pop_front() else { break };
-            let id = self.balance.pick(&candidates, &conn.peer);
-            let slot = self.slots.get_mut(&id).expect("candidates are live slots");
-            slot.unacked += 1;
-            if slot.unacked >= window {
-                candidates.retain(|c| c.id != id);
-            } else if let Some(c) = candidates.iter_mut().find(|c| c.id == id) {
-                c.load += 1;
-            }
+            let Some(id) = balance.pick(&candidates, &conn.peer, slots) else {
+                deferred.push(conn);
+                continue;
+            };
+            let c = candidates.iter_mut().find(|c| c.id == id).expect("the policy picks a candidate");
+            c.free -= 1;
+            c.load += 1;
+            self.slots.get_mut(&id).expect("candidates are live slots").unacked += 1;
             batches.entry(id).or_default().push(conn);
+        }
+        for conn in deferred.into_iter().rev() {
+            self.handoff.waiting.push_front(conn);
         }
         for (id, conns) in batches {
             self.send_conns(id, conns);

@@ -1,21 +1,29 @@
-//! Balancing policies: which worker gets the next connection.
+//! Balancing policies: which worker gets the next connection the primary accepted.
+//!
+//! SHARED and REUSEPORT have no policy object: there the workers accept by themselves and the
+//! kernel balances.
 
 use crate::config::Policy;
-use crate::error::{fail, Code, Result};
 
-/// A worker that could take a connection now.
+/// A worker that takes connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Candidate {
     /// Worker id.
     pub id: u32,
-    /// Connections it holds (acknowledged and in flight).
+    /// Its slot (0..): a respawned worker takes the slot of the one it replaces.
+    pub slot: u32,
+    /// Connections it holds now (handed and not reported done).
     pub load: u64,
+    /// Free places in its ACK window; 0 means it cannot take one right now.
+    pub free: u32,
 }
 
-/// Picks a worker among candidates (sorted by id, never empty).
+/// Picks a worker for one connection.
 pub trait Balance: Send {
-    /// The chosen worker's id. `peer` is the client's sockaddr bytes.
-    fn pick(&mut self, candidates: &[Candidate], peer: &[u8]) -> u32;
+    /// The chosen worker's id, or None when the connection should wait (its worker is busy).
+    /// `candidates` is sorted by id and never empty; `peer` is the client's sockaddr bytes;
+    /// `slots` is the number of worker slots.
+    fn pick(&mut self, candidates: &[Candidate], peer: &[u8], slots: u32) -> Option<u32>;
 }
 
 /// Each connection to the next worker in id order, wrapping around.
@@ -25,18 +33,67 @@ pub struct RoundRobin {
 }
 
 impl Balance for RoundRobin {
-    fn pick(&mut self, candidates: &[Candidate], _peer: &[u8]) -> u32 {
-        let next = candidates.iter().find(|c| c.id > self.last).unwrap_or(&candidates[0]);
+    fn pick(&mut self, candidates: &[Candidate], _peer: &[u8], _slots: u32) -> Option<u32> {
+        let free = || candidates.iter().filter(|c| c.free > 0);
+        let next = free().find(|c| c.id > self.last).or_else(|| free().next())?;
         self.last = next.id;
-        next.id
+        Some(next.id)
     }
 }
 
-/// The policy object for a configured policy.
-pub fn for_policy(policy: Policy) -> Result<Box<dyn Balance>> {
+/// The worker holding the fewest connections (ties: round-robin among them, so equal loads
+/// still spread).
+#[derive(Default)]
+pub struct LeastConnections {
+    last: u32,
+}
+
+impl Balance for LeastConnections {
+    fn pick(&mut self, candidates: &[Candidate], _peer: &[u8], _slots: u32) -> Option<u32> {
+        let min = candidates.iter().filter(|c| c.free > 0).map(|c| c.load).min()?;
+        let tied = || candidates.iter().filter(|c| c.free > 0 && c.load == min);
+        let next = tied().find(|c| c.id > self.last).or_else(|| tied().next())?;
+        self.last = next.id;
+        Some(next.id)
+    }
+}
+
+/// The same client address to the same worker slot for as long as that slot lives (a
+/// respawned worker inherits it). A busy slot makes the connection wait rather than move;
+/// a slot with no worker sends its clients, consistently, to the others.
+#[derive(Default)]
+pub struct Sticky;
+
+impl Balance for Sticky {
+    fn pick(&mut self, candidates: &[Candidate], peer: &[u8], slots: u32) -> Option<u32> {
+        let h = hash_ip(peer);
+        let slot = (h % u64::from(slots.max(1))) as u32;
+        if let Some(c) = candidates.iter().find(|c| c.slot == slot) {
+            return (c.free > 0).then_some(c.id);
+        }
+        let c = candidates[(h as usize / slots.max(1) as usize) % candidates.len()];
+        (c.free > 0).then_some(c.id)
+    }
+}
+
+/// FNV-1a over the IP address of a sockaddr (not the port: one client, many connections).
+pub fn hash_ip(peer: &[u8]) -> u64 {
+    let family = if peer.len() >= 2 { u16::from_ne_bytes([peer[0], peer[1]]) as i32 } else { -1 };
+    let ip = match family {
+        libc::AF_INET if peer.len() >= 8 => &peer[4..8],
+        libc::AF_INET6 if peer.len() >= 24 => &peer[8..24],
+        _ => &[][..],
+    };
+    ip.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The policy object for a policy the primary balances itself (None: workers accept).
+pub fn for_policy(policy: Policy) -> Option<Box<dyn Balance>> {
     match policy {
-        Policy::RoundRobin => Ok(Box::<RoundRobin>::default()),
-        other => fail(Code::Inval, format!("policy {other:?} is not implemented yet; use ROUND_ROBIN")),
+        Policy::RoundRobin => Some(Box::<RoundRobin>::default()),
+        Policy::LeastConnections => Some(Box::<LeastConnections>::default()),
+        Policy::Sticky => Some(Box::new(Sticky)),
+        Policy::Shared | Policy::ReusePort => None,
     }
 }
 
@@ -45,17 +102,63 @@ mod tests {
     use super::*;
 
     fn c(ids: &[u32]) -> Vec<Candidate> {
-        ids.iter().map(|&id| Candidate { id, load: 0 }).collect()
+        ids.iter().map(|&id| Candidate { id, slot: id - 1, load: 0, free: 8 }).collect()
+    }
+
+    fn v4(a: u8, port: u16) -> Vec<u8> {
+        let mut sa = vec![0u8; 16];
+        sa[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        sa[2..4].copy_from_slice(&port.to_be_bytes());
+        sa[4..8].copy_from_slice(&[127, 0, 0, a]);
+        sa
     }
 
     #[test]
-    fn round_robin_cycles_and_survives_membership_changes() {
+    fn round_robin_cycles_skips_full_windows_and_survives_membership_changes() {
         let mut rr = RoundRobin::default();
-        let picks: Vec<u32> = (0..6).map(|_| rr.pick(&c(&[1, 2, 3]), &[])).collect();
+        let picks: Vec<u32> = (0..6).map(|_| rr.pick(&c(&[1, 2, 3]), &[], 3).unwrap()).collect();
         assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
-        assert_eq!(rr.pick(&c(&[1, 3]), &[]), 1);
-        assert_eq!(rr.pick(&c(&[1, 3]), &[]), 3);
-        assert_eq!(rr.pick(&c(&[5]), &[]), 5);
-        assert_eq!(rr.pick(&c(&[2, 5]), &[]), 2);
+        let mut full = c(&[1, 2, 3]);
+        full[1].free = 0;
+        assert_eq!(rr.pick(&full, &[], 3), Some(1));
+        assert_eq!(rr.pick(&full, &[], 3), Some(3));
+        assert_eq!(rr.pick(&c(&[5]), &[], 1), Some(5));
+        full.iter_mut().for_each(|c| c.free = 0);
+        assert_eq!(rr.pick(&full, &[], 3), None);
+    }
+
+    #[test]
+    fn least_connections_prefers_the_idle_worker() {
+        let mut lc = LeastConnections::default();
+        let mut cands = c(&[1, 2, 3]);
+        cands[0].load = 10;
+        cands[1].load = 10;
+        cands[2].load = 2;
+        assert_eq!(lc.pick(&cands, &[], 3), Some(3));
+        cands[2].load = 10;
+        let spread: Vec<u32> = (0..3).map(|_| lc.pick(&cands, &[], 3).unwrap()).collect();
+        assert_eq!(spread, [1, 2, 3], "ties rotate");
+    }
+
+    #[test]
+    fn sticky_keeps_an_address_on_its_slot_whatever_the_port() {
+        let mut s = Sticky;
+        let cands = c(&[1, 2, 3, 4]);
+        for a in 1..50 {
+            let first = s.pick(&cands, &v4(a, 1000), 4).unwrap();
+            for port in 1001..1010 {
+                assert_eq!(s.pick(&cands, &v4(a, port), 4), Some(first));
+            }
+        }
+        // A busy slot waits instead of moving its client.
+        let w = s.pick(&cands, &v4(7, 1), 4).unwrap();
+        let mut busy = cands.clone();
+        busy.iter_mut().find(|c| c.id == w).unwrap().free = 0;
+        assert_eq!(s.pick(&busy, &v4(7, 2), 4), None);
+        // A missing slot moves its clients consistently.
+        let gone: Vec<Candidate> = cands.iter().copied().filter(|c| c.id != w).collect();
+        let moved = s.pick(&gone, &v4(7, 3), 4).unwrap();
+        assert_ne!(moved, w);
+        assert_eq!(s.pick(&gone, &v4(7, 4), 4), Some(moved));
     }
 }

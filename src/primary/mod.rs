@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, Policy};
 use crate::error::{fail, Code, Error, Result};
 use crate::event::{Event, EventKind};
 use crate::event_loop::{Reactor, Source, TimerId};
@@ -28,7 +28,7 @@ use crate::net::listener::{self, Listener};
 use crate::shared::Shared;
 use crate::signals::{SignalPipe, PRIMARY_SIGNALS};
 use crate::sys;
-use crate::worker::env::WorkerEnv;
+use crate::worker::env::{AcceptFrom, WorkerEnv};
 
 use balance::Balance;
 use handoff::Handoff;
@@ -72,7 +72,8 @@ pub struct Primary {
     spawn_queue: VecDeque<u32>,
     events: Vec<Event>,
     handoff: Handoff,
-    balance: Box<dyn Balance>,
+    /// The primary's balancing policy; None when workers accept by themselves.
+    balance: Option<Box<dyn Balance>>,
     phase: Phase,
     grace_timer: Option<TimerId>,
     reap_poll: bool,
@@ -90,14 +91,17 @@ impl Primary {
         if cfg.mode == Mode::Fork {
             spawn::ensure_single_threaded()?;
         }
-        let balance = balance::for_policy(cfg.policy)?;
+        let balance = balance::for_policy(cfg.policy);
         let exec_plan = match cfg.mode {
             Mode::Exec => Some(ExecPlan::new(cfg.exec.as_ref())?),
             Mode::Fork => None,
         };
         let reactor = Reactor::new()?;
-        let listeners =
-            cfg.listeners.iter().map(|spec| listener::bind(spec, cfg.backlog)).collect::<Result<Vec<_>>>()?;
+        let listeners = cfg
+            .listeners
+            .iter()
+            .map(|spec| listener::bind(spec, cfg.backlog, cfg.policy == Policy::ReusePort))
+            .collect::<Result<Vec<_>>>()?;
         let ports = listeners.iter().map(|l| l.port).collect();
         let signals = if cfg.signals { Some(SignalPipe::install(&PRIMARY_SIGNALS)?) } else { None };
         if let Some(s) = &signals {
@@ -197,6 +201,7 @@ impl Primary {
             signals: self.cfg.signals,
             manual_ready: self.cfg.manual_ready,
             send_limits: self.cfg.send_limits,
+            accept: self.accept_plan(),
         };
         let spawned = match &self.exec_plan {
             Some(plan) => spawn::exec_worker(plan, template)?,
@@ -217,7 +222,8 @@ impl Primary {
             self.start_reap_poll();
         }
         self.shared.insert(id, outbox.clone());
-        self.slots.insert(id, Slot::new(id, pid, outbox, pidfd));
+        let slot = self.free_slot();
+        self.slots.insert(id, Slot::new(id, slot, pid, outbox, pidfd));
         log::info!("worker {id} started, pid {pid}");
         let ev = self.event(EventKind::Fork, id);
         self.events.push(ev);
@@ -225,6 +231,39 @@ impl Primary {
             self.drop_worker(id, &format!("cannot watch its channel: {e}"));
         }
         Ok(None)
+    }
+
+    /// Where workers get connections: from the primary, from its listening sockets (SHARED),
+    /// or from their own SO_REUSEPORT sockets on the bound addresses (REUSEPORT).
+    fn accept_plan(&self) -> AcceptFrom {
+        let indexed = self.listeners.iter().enumerate().map(|(i, l)| (i as u32, l));
+        match self.cfg.policy {
+            Policy::Shared => AcceptFrom::Shared(indexed.map(|(i, l)| (i, l.fd.as_raw_fd())).collect()),
+            Policy::ReusePort => AcceptFrom::ReusePort(
+                indexed
+                    .filter_map(|(i, l)| match &l.spec {
+                        crate::config::ListenSpec::Tcp { addr, .. } => {
+                            Some((i, std::net::SocketAddr::new(addr.ip(), l.port)))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            _ => AcceptFrom::Primary,
+        }
+    }
+
+    /// The lowest slot no live worker holds.
+    fn free_slot(&self) -> u32 {
+        let mut used: Vec<u32> = self.slots.values().map(|s| s.slot).collect();
+        used.sort_unstable();
+        used.iter().enumerate().find(|(i, s)| **s != *i as u32).map_or(used.len() as u32, |(i, _)| i as u32)
+    }
+
+    /// Worker slots for STICKY hashing: the configured count, or more after scaling up.
+    fn slot_count(&self) -> u32 {
+        let highest = self.slots.values().map(|s| s.slot + 1).max().unwrap_or(0);
+        self.cfg.effective_workers().max(highest)
     }
 
     /// The FORK-mode worker main (taken in the child, which never returns to the primary).

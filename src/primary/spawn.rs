@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::error::{fail, Code, Error, Result};
+use crate::net::activation;
 use crate::signals;
 use crate::sys::{self, cvt, owned};
 use crate::worker::env::{self, WorkerEnv};
@@ -103,7 +104,7 @@ impl ExecPlan {
             }
         };
         let base_env = std::env::vars_os()
-            .filter(|(k, _)| !env::ALL.iter().any(|n| OsStr::new(n) == k))
+            .filter(|(k, _)| !env::ALL.iter().chain(&activation::VARS).any(|n| OsStr::new(n) == k))
             .map(|(k, v)| {
                 let mut kv = k.as_bytes().to_vec();
                 kv.push(b'=');
@@ -132,6 +133,11 @@ pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv) -> Result<Spawned> {
     sys::grow_sndbuf(ours.as_raw_fd(), 1 << 20);
     sys::grow_sndbuf(theirs.as_raw_fd(), 1 << 20);
     let parent = sys::getpid();
+    // SHARED: the listening sockets stay open across exec (CLOEXEC cleared in the child).
+    let inherit: Vec<RawFd> = match &template.accept {
+        env::AcceptFrom::Shared(list) => list.iter().map(|(_, fd)| *fd).collect(),
+        _ => Vec::new(),
+    };
     let we = WorkerEnv { channel: theirs.as_raw_fd(), ..template };
     let mut envp: Vec<CString> = plan.base_env.clone();
     for (k, v) in we.to_env(parent) {
@@ -158,8 +164,10 @@ pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv) -> Result<Spawned> {
         // (the NUL-terminated argv/envp arrays point into CStrings that the copy-on-write child
         // still holds).
         unsafe {
-            let flags = libc::fcntl(child_fd, libc::F_GETFD);
-            libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            for &fd in std::iter::once(&child_fd).chain(inherit.iter()) {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            }
             libc::execve(plan.path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
             let errno = *libc::__errno_location();
             libc::write(err_fd, (&errno as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>());

@@ -180,7 +180,11 @@ impl Primary {
                 slot.state = WorkerState::Disconnecting;
                 log::info!("worker {id} is leaving");
             }
-            Kind::Heartbeat | Kind::ConnDone => {}
+            Kind::ConnDone => match <[u8; 4]>::try_from(&frame.payload[..]) {
+                Ok(n) => slot.done = (slot.done + u64::from(u32::from_le_bytes(n))).min(slot.connections),
+                Err(_) => self.drop_worker(id, "malformed ConnDone"),
+            },
+            Kind::Heartbeat => {}
             Kind::NewConn | Kind::Shutdown | Kind::Undeliverable => {
                 let kind = frame.header.kind;
                 self.drop_worker(id, &format!("sent a {kind:?} frame, which only the primary sends"));
@@ -340,6 +344,9 @@ impl Primary {
         self.phase = Phase::Finished;
         if let Some(t) = self.grace_timer.take() {
             self.reactor.cancel_timer(t);
+        }
+        for l in &self.listeners {
+            l.unlink_socket_file();
         }
         self.listeners.clear();
         if self.handoff.dropped > 0 {

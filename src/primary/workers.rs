@@ -56,6 +56,9 @@ pub struct Stalled {
 pub struct Slot {
     /// Worker id.
     pub id: u32,
+    /// Its slot (0..workers): a replacement takes the slot of the worker it replaces, so
+    /// STICKY clients keep their slot.
+    pub slot: u32,
     /// Process id.
     pub pid: libc::pid_t,
     /// Lifecycle state.
@@ -68,6 +71,8 @@ pub struct Slot {
     pub pidfd: Option<OwnedFd>,
     /// Connections acknowledged.
     pub connections: u64,
+    /// Connections the worker reported finished (`cluster_conn_done`).
+    pub done: u64,
     /// Connections handed and not yet acknowledged.
     pub unacked: u32,
     /// Messages received from it.
@@ -84,15 +89,17 @@ pub struct Slot {
 
 impl Slot {
     /// A slot for a just-started worker.
-    pub fn new(id: u32, pid: libc::pid_t, outbox: Arc<Outbox>, pidfd: Option<OwnedFd>) -> Slot {
+    pub fn new(id: u32, slot: u32, pid: libc::pid_t, outbox: Arc<Outbox>, pidfd: Option<OwnedFd>) -> Slot {
         Slot {
             id,
+            slot,
             pid,
             state: WorkerState::Starting,
             outbox,
             channel_open: true,
             pidfd,
             connections: 0,
+            done: 0,
             unacked: 0,
             messages_in: 0,
             restarts: 0,
@@ -105,6 +112,11 @@ impl Slot {
     /// Can take new connections right now (ready, channel open, not stopping).
     pub fn accepts_connections(&self) -> bool {
         self.state == WorkerState::Ready && self.channel_open && !self.disconnect_requested
+    }
+
+    /// Connections it holds now: handed (acknowledged or in flight) and not reported done.
+    pub fn load(&self) -> u64 {
+        (self.connections + u64::from(self.unacked)).saturating_sub(self.done)
     }
 
     /// A snapshot for `worker_info`.

@@ -21,12 +21,57 @@ pub const ENV_SIGNALS: &str = "RCLUSTER_SIGNALS";
 pub const ENV_MANUAL_READY: &str = "RCLUSTER_MANUAL_READY";
 /// The send queue bounds, "max_bytes:max_messages".
 pub const ENV_SEND_QUEUE: &str = "RCLUSTER_SEND_QUEUE";
+/// Where the worker accepts by itself: "shared:INDEX=FD,..." or "reuseport:INDEX=ADDR,...".
+pub const ENV_ACCEPT: &str = "RCLUSTER_ACCEPT";
 
 /// All the names above (stripped from a worker's environment before new ones are set).
-pub const ALL: [&str; 7] = [ENV_ID, ENV_FD, ENV_PPID, ENV_MAX, ENV_SIGNALS, ENV_MANUAL_READY, ENV_SEND_QUEUE];
+pub const ALL: [&str; 8] =
+    [ENV_ID, ENV_FD, ENV_PPID, ENV_MAX, ENV_SIGNALS, ENV_MANUAL_READY, ENV_SEND_QUEUE, ENV_ACCEPT];
+
+/// Where a worker's connections come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AcceptFrom {
+    /// The primary hands them over (ROUND_ROBIN, LEAST_CONNECTIONS, STICKY).
+    Primary,
+    /// The worker accepts on the primary's listening sockets: (listener index, fd).
+    Shared(Vec<(u32, RawFd)>),
+    /// The worker binds its own SO_REUSEPORT socket on each address: (listener index, address).
+    ReusePort(Vec<(u32, std::net::SocketAddr)>),
+}
+
+impl AcceptFrom {
+    fn encode(&self) -> Option<String> {
+        let list = |items: Vec<String>| items.join(",");
+        match self {
+            AcceptFrom::Primary => None,
+            AcceptFrom::Shared(l) => {
+                Some(format!("shared:{}", list(l.iter().map(|(i, fd)| format!("{i}={fd}")).collect())))
+            }
+            AcceptFrom::ReusePort(l) => {
+                Some(format!("reuseport:{}", list(l.iter().map(|(i, a)| format!("{i}={a}")).collect())))
+            }
+        }
+    }
+
+    fn decode(v: &str) -> Option<AcceptFrom> {
+        let (kind, rest) = v.split_once(':')?;
+        let pairs = rest.split(',').filter(|s| !s.is_empty()).map(|p| p.split_once('='));
+        match kind {
+            "shared" => pairs
+                .map(|p| p.and_then(|(i, fd)| Some((i.parse().ok()?, fd.parse().ok()?))))
+                .collect::<Option<_>>()
+                .map(AcceptFrom::Shared),
+            "reuseport" => pairs
+                .map(|p| p.and_then(|(i, a)| Some((i.parse().ok()?, a.parse().ok()?))))
+                .collect::<Option<_>>()
+                .map(AcceptFrom::ReusePort),
+            _ => None,
+        }
+    }
+}
 
 /// A worker's settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerEnv {
     /// This worker's id (>= 1).
     pub id: u32,
@@ -40,6 +85,8 @@ pub struct WorkerEnv {
     pub manual_ready: bool,
     /// Bounds of the send queue to the primary (the same as the primary's queues).
     pub send_limits: Limits,
+    /// Where connections come from.
+    pub accept: AcceptFrom,
 }
 
 impl WorkerEnv {
@@ -54,6 +101,9 @@ impl WorkerEnv {
             (ENV_MANUAL_READY.into(), u8::from(self.manual_ready).to_string()),
             (ENV_SEND_QUEUE.into(), format!("{}:{}", self.send_limits.max_bytes, self.send_limits.max_frames)),
         ]
+        .into_iter()
+        .chain(self.accept.encode().map(|v| (ENV_ACCEPT.to_string(), v)))
+        .collect()
     }
 
     /// Reads the settings of an exec'd worker, if this process is one: the variables are there,
@@ -80,6 +130,10 @@ impl WorkerEnv {
                 })
                 .filter(|l| l.max_bytes > 0 && l.max_frames > 0)
                 .unwrap_or_default(),
+            accept: match get(ENV_ACCEPT) {
+                None => AcceptFrom::Primary,
+                Some(v) => AcceptFrom::decode(&v)?,
+            },
         })
     }
 }
@@ -100,9 +154,13 @@ mod tests {
             signals: true,
             manual_ready: false,
             send_limits: Limits { max_bytes: 100, max_frames: 7 },
+            accept: AcceptFrom::ReusePort(vec![(0, "127.0.0.1:80".parse().unwrap()), (2, "[::1]:81".parse().unwrap())]),
         };
         let vars: HashMap<String, String> = w.to_env(sys::getppid()).into_iter().collect();
-        assert_eq!(WorkerEnv::from_env(|k| vars.get(k).cloned()), Some(w));
+        assert_eq!(WorkerEnv::from_env(|k| vars.get(k).cloned()), Some(w.clone()));
+        let shared = WorkerEnv { accept: AcceptFrom::Shared(vec![(0, 5), (1, 9)]), ..w.clone() };
+        let vars_s: HashMap<String, String> = shared.to_env(sys::getppid()).into_iter().collect();
+        assert_eq!(WorkerEnv::from_env(|k| vars_s.get(k).cloned()), Some(shared));
         // Another parent: not a worker (a worker's subprocess inherits the variables).
         let vars2: HashMap<String, String> = w.to_env(sys::getpid()).into_iter().collect();
         assert_eq!(WorkerEnv::from_env(|k| vars2.get(k).cloned()), None);

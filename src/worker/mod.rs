@@ -12,11 +12,12 @@ use crate::event_loop::{Reactor, Ready, Source};
 use crate::ipc::frame::{decode_conns, encode_ids, Kind};
 use crate::ipc::outbox::{Frame, Outbox};
 use crate::ipc::reader::{Incoming, Read, Reader};
+use crate::net::listener;
 use crate::shared::Shared;
 use crate::signals::{SignalPipe, WORKER_SIGNALS};
 use crate::sys;
 
-use env::WorkerEnv;
+use env::{AcceptFrom, WorkerEnv};
 
 const FRAMES_PER_TURN: usize = 64;
 
@@ -44,6 +45,39 @@ pub struct Worker {
     events: Vec<Event>,
     phase: Phase,
     ready_sent: bool,
+    /// SHARED/REUSEPORT: the sockets this worker accepts on, by listener index.
+    listeners: Vec<(u32, OwnedFd)>,
+}
+
+/// Connections accepted from one listener per turn, so messages and other listeners get
+/// their turn too.
+const ACCEPT_BATCH: usize = 32;
+
+/// SHARED: the primary's sockets, watched with EPOLLEXCLUSIVE so one worker wakes per
+/// connection. REUSEPORT: this worker's own SO_REUSEPORT sockets.
+fn open_listeners(accept: &AcceptFrom, reactor: &Reactor<Timer>) -> Result<Vec<(u32, OwnedFd)>> {
+    let mut out = Vec::new();
+    match accept {
+        AcceptFrom::Primary => {}
+        AcceptFrom::Shared(list) => {
+            for &(index, fd) in list {
+                // SAFETY: the primary handed this worker its own copy of the listening socket
+                // (inherited across exec, or dup'd after fork); only this Worker owns it.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                sys::set_cloexec(fd, true).map_err(|e| Error::sys("fcntl(shared listener)", e))?;
+                reactor.add_exclusive(fd, Source::Listener(index))?;
+                out.push((index, owned));
+            }
+        }
+        AcceptFrom::ReusePort(list) => {
+            for &(index, addr) in list {
+                let fd = listener::bind_reuseport(&addr, libc::SOMAXCONN)?;
+                reactor.add(std::os::fd::AsRawFd::as_raw_fd(&fd), Source::Listener(index), true, false)?;
+                out.push((index, fd));
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl Worker {
@@ -63,24 +97,27 @@ impl Worker {
         let outbox = Arc::new(Outbox::new(channel, env.send_limits));
         let shared = Arc::new(Shared::new(env.id, env.max_message, reactor.waker()));
         shared.insert(0, outbox.clone());
+        let listeners = open_listeners(&env.accept, &reactor)?;
+        let manual_ready = env.manual_ready;
         let mut w = Worker {
+            listeners,
+            reader: Reader::new(env.max_message),
             env,
             reactor,
             shared,
             outbox,
-            reader: Reader::new(env.max_message),
             signals,
             events: Vec::new(),
             phase: Phase::Running,
             ready_sent: false,
         };
         let mut hello = Frame::control(Kind::Hello, (sys::getpid() as u32).to_le_bytes().to_vec());
-        hello.header.from = env.id;
+        hello.header.from = w.env.id;
         w.push(hello);
-        if !env.manual_ready {
+        if !manual_ready {
             w.ready()?;
         }
-        log::debug!("worker {} (pid {}) online", env.id, sys::getpid());
+        log::debug!("worker {} (pid {}) online", w.env.id, sys::getpid());
         Ok(w)
     }
 
@@ -128,6 +165,11 @@ impl Worker {
         Ok(())
     }
 
+    /// Reports `n` finished connections to the primary (for LEAST_CONNECTIONS).
+    pub fn conn_done_frame(n: u32) -> Frame {
+        Frame::control(Kind::ConnDone, n.to_le_bytes().to_vec())
+    }
+
     /// Leaves on purpose: tells the primary (so this is not a crash and no connections come
     /// any more), then drains like on SHUTDOWN.
     pub fn shutdown(&mut self) {
@@ -139,6 +181,7 @@ impl Worker {
 
     fn begin_drain(&mut self) {
         if self.phase == Phase::Running {
+            self.close_listeners();
             self.phase = Phase::Draining;
             self.events.push(Event::new(EventKind::Shutdown, 0));
         }
@@ -187,8 +230,39 @@ impl Worker {
                 Source::Timer => {
                     self.reactor.expired(sys::monotonic_ms());
                 }
-                Source::Child(_) | Source::Listener(_) => {}
+                Source::Listener(index) => self.accept_from(index),
+                Source::Child(_) => {}
             }
+        }
+    }
+
+    fn accept_from(&mut self, index: u32) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let Some((_, fd)) = self.listeners.iter().find(|(i, _)| *i == index) else { return };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
+        for _ in 0..ACCEPT_BATCH {
+            match listener::accept(fd) {
+                Ok(Some(a)) => self.events.push(Event {
+                    fd: Some(a.fd),
+                    listener: index,
+                    peer: a.peer,
+                    ..Event::new(EventKind::Connection, self.env.id)
+                }),
+                Ok(None) => break,
+                Err(e) => {
+                    log::error!("worker {}: accept on listener {index}: {e}", self.env.id);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Stops accepting by itself (SHARED/REUSEPORT): closes this worker's listening sockets.
+    fn close_listeners(&mut self) {
+        for (_, fd) in self.listeners.drain(..) {
+            self.reactor.remove(std::os::fd::AsRawFd::as_raw_fd(&fd));
         }
     }
 

@@ -1,0 +1,39 @@
+//! systemd socket activation: listening sockets passed as fds 3.. with LISTEN_FDS,
+//! LISTEN_PID and LISTEN_FDNAMES (sd_listen_fds(3)).
+
+use crate::config::ListenSpec;
+use crate::error::{fail, Code, Result};
+use crate::sys;
+
+/// The first passed fd (SD_LISTEN_FDS_START).
+pub const FIRST_FD: i32 = 3;
+
+/// The environment variables of socket activation; workers never inherit them.
+pub const VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
+
+/// The sockets passed to this process, if LISTEN_PID names it. Each must be a listening
+/// socket; they are made CLOEXEC so they are not passed on to anything we start.
+pub fn listen_fds(get: impl Fn(&str) -> Option<String>) -> Result<Vec<ListenSpec>> {
+    let Some(pid) = get("LISTEN_PID") else { return Ok(Vec::new()) };
+    if pid.trim().parse::<libc::pid_t>().ok() != Some(sys::getpid()) {
+        log::debug!("LISTEN_PID={pid} is not this process: socket activation ignored");
+        return Ok(Vec::new());
+    }
+    let count: i32 = match get("LISTEN_FDS").and_then(|v| v.trim().parse().ok()) {
+        Some(n) if (0..=1024).contains(&n) => n,
+        _ => return fail(Code::Inval, "LISTEN_FDS is not a count of passed sockets"),
+    };
+    let names: Vec<String> =
+        get("LISTEN_FDNAMES").map(|v| v.split(':').map(str::to_string).collect()).unwrap_or_default();
+    let mut out = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let fd = FIRST_FD + i;
+        if !sys::is_listening_socket(fd) {
+            return fail(Code::Inval, format!("LISTEN_FDS: fd {fd} is not a listening socket"));
+        }
+        sys::set_cloexec(fd, true).map_err(|e| crate::error::Error::sys(format!("fcntl(fd {fd})"), e))?;
+        let name = names.get(i as usize).cloned().unwrap_or_else(|| "unknown".to_string());
+        out.push(ListenSpec::Inherited { fd, name });
+    }
+    Ok(out)
+}
