@@ -27,6 +27,8 @@ pub struct Frame {
     pub payload: Vec<u8>,
     /// The fds to pass; owned, closed after sending.
     pub fds: Vec<OwnedFd>,
+    /// More fds to pass that the frame does not own (see `with_borrowed_fds`).
+    borrowed: Vec<RawFd>,
     /// Payload size for the queue bounds when this is a user message; 0 for control frames.
     pub user_bytes: usize,
 }
@@ -36,14 +38,20 @@ impl Frame {
     pub fn control(kind: Kind, payload: Vec<u8>) -> Frame {
         let mut header = Header::new(kind);
         header.len = payload.len() as u64;
-        Frame { header, payload, fds: Vec::new(), user_bytes: 0 }
+        Frame { header, payload, fds: Vec::new(), borrowed: Vec::new(), user_bytes: 0 }
     }
 
-    /// A control frame carrying fds (a batch of connections).
-    pub fn with_fds(kind: Kind, payload: Vec<u8>, fds: Vec<OwnedFd>) -> Frame {
+    /// A control frame passing fds it does not own: the primary's handed-off connections,
+    /// which it keeps until the worker's ACK anyway (a dup per connection would cost two
+    /// system calls for nothing).
+    ///
+    /// # Safety
+    /// Every fd stays open until this frame is sent or dropped unsent; the outbox drops its
+    /// queued frames when its channel closes (`close`), before the owner may close the fds.
+    pub unsafe fn with_borrowed_fds(kind: Kind, payload: Vec<u8>, fds: Vec<RawFd>) -> Frame {
         let mut f = Frame::control(kind, payload);
         f.header.nfds = fds.len() as u8;
-        f.fds = fds;
+        f.borrowed = fds;
         f
     }
 
@@ -70,17 +78,24 @@ impl Frame {
             fds.push(fd);
         }
         header.nfds = fds.len() as u8;
-        Ok(Frame { header, payload, fds, user_bytes: data.len().max(1) })
+        Ok(Frame { header, payload, fds, borrowed: Vec::new(), user_bytes: data.len().max(1) })
     }
 
     /// A copy with its own duplicates of the fds (for relaying one message to several workers).
     pub fn try_clone(&self) -> io::Result<Frame> {
         let fds = self.fds.iter().map(|f| crate::sys::dup_cloexec(f.as_raw_fd())).collect::<io::Result<Vec<_>>>()?;
-        Ok(Frame { header: self.header, payload: self.payload.clone(), fds, user_bytes: self.user_bytes })
+        Ok(Frame {
+            header: self.header,
+            payload: self.payload.clone(),
+            fds,
+            borrowed: self.borrowed.clone(),
+            user_bytes: self.user_bytes,
+        })
     }
 
     fn send(&self, fd: RawFd) -> io::Result<()> {
-        let raw = channel::raw_fds(&self.fds);
+        let mut raw = channel::raw_fds(&self.fds);
+        raw.extend_from_slice(&self.borrowed);
         channel::send(fd, &self.header.encode(), &self.payload, &raw)
     }
 }

@@ -6,7 +6,7 @@
 //! carries up to `MAX_FDS` of them.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use crate::error::Code;
 use crate::event_loop::Source;
@@ -127,25 +127,15 @@ impl Primary {
             let chunk: Vec<Conn> = conns.by_ref().take(MAX_FDS).collect();
             let entries: Vec<ConnEntry> =
                 chunk.iter().map(|c| ConnEntry { id: c.id, listener: c.listener, peer: c.peer.clone() }).collect();
-            // The worker gets duplicates; the primary keeps its copies until the ACK.
-            let fds =
-                match chunk.iter().map(|c| sys::dup_cloexec(c.fd.as_raw_fd())).collect::<std::io::Result<Vec<_>>>() {
-                    Ok(fds) => fds,
-                    Err(e) => {
-                        log::error!("dup of accepted connections failed: {e}; they wait for the next turn");
-                        if let Some(s) = self.slots.get_mut(&id) {
-                            s.unacked = s.unacked.saturating_sub(chunk.len() as u32);
-                        }
-                        for c in chunk.into_iter().rev() {
-                            self.handoff.waiting.push_front(c);
-                        }
-                        continue;
-                    }
-                };
+            let fds: Vec<RawFd> = chunk.iter().map(|c| c.fd.as_raw_fd()).collect();
             for c in chunk {
                 self.handoff.sent(id, c);
             }
-            let frame = Frame::with_fds(Kind::NewConn, encode_conns(&entries), fds);
+            // SAFETY: the connections stay in `handoff` (in flight to `id`) until that worker ACKs
+            // or NACKs them, which it can only do after this frame was sent, or until its
+            // channel is lost, and `channel_lost` closes the outbox (dropping this frame if it
+            // is still queued) before `worker_gone` gives the connections back.
+            let frame = unsafe { Frame::with_borrowed_fds(Kind::NewConn, encode_conns(&entries), fds) };
             let Some(slot) = self.slots.get(&id) else { return };
             match slot.outbox.push(frame) {
                 Ok(Pushed::Queued { arm: true }) => self.arm_if_queued(id),
@@ -160,10 +150,14 @@ impl Primary {
         }
     }
 
-    /// Polls the listeners only while workers can take connections.
+    /// Polls the listeners only while workers can take connections, and never when the
+    /// workers accept by themselves (SHARED, REUSEPORT).
     pub(super) fn update_accepting(&mut self) {
-        let want =
-            self.phase == Phase::Running && !self.accept_paused && !self.listeners.is_empty() && self.capacity() > 0;
+        let want = self.balance.is_some()
+            && self.phase == Phase::Running
+            && !self.accept_paused
+            && !self.listeners.is_empty()
+            && self.capacity() > 0;
         if want == self.accepting {
             return;
         }
