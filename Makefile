@@ -7,7 +7,7 @@ CFLAGS ?= -std=gnu11 -O2 -g -Wall -Wextra -Werror
 PORT ?= 8080
 LIB := target/release/librcluster.so
 
-.PHONY: all lib demo test test-rust lint header examples clean
+.PHONY: all lib demo test test-rust lint header examples bench clean
 
 all: lib examples
 
@@ -31,6 +31,10 @@ test-rust:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+# Requests/s of every policy against plain SO_REUSEPORT workers and node:cluster (needs wrk).
+bench:
+	bench/run.sh
 
 # Regenerates the checked-in header after a change to src/ffi (tests/header.rs checks it).
 header:

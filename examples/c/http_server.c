@@ -1,9 +1,12 @@
 /* http_server.c: a small prefork HTTP server on rcluster.
  *
- *   http_server [port] [workers] [fork|exec]      (defaults: 8080 4 fork)
+ *   http_server [port] [workers] [fork|exec] [rr|least|sticky|shared|reuseport]
+ *   (defaults: 8080 4 fork rr)
  *
- * The primary binds 127.0.0.1:port, starts the workers and hands each connection to one of
- * them in turn. Each worker answers with its id and pid, and logs what it answered.
+ * The primary binds 127.0.0.1:port, starts the workers and, with the default round-robin
+ * policy, hands each connection to one of them in turn (least: to the one holding the fewest;
+ * sticky: the same client address to the same worker; shared/reuseport: the workers accept by
+ * themselves). The worker code is the same whatever the policy. Each worker answers with its id and pid, and logs what it answered.
  * Ctrl-C or SIGTERM: a graceful stop (in-flight requests finish), exit 0.
  * Try it: curl http://127.0.0.1:8080/   (RCLUSTER_LOG=debug shows the library's view) */
 #define _GNU_SOURCE
@@ -50,7 +53,10 @@ static void serve(int fd, const struct sockaddr *peer) {
 
 static void on_worker(void *userdata, const cluster_event *ev) {
     (void)userdata;
-    if (ev->kind == CLUSTER_EVENT_CONNECTION) serve(ev->fd, ev->peer);
+    if (ev->kind == CLUSTER_EVENT_CONNECTION) {
+        serve(ev->fd, ev->peer);
+        cluster_conn_done(); /* lets the least-connections policy count what we hold */
+    }
 }
 
 static int worker_main(void *userdata) {
@@ -87,6 +93,11 @@ int main(int argc, char **argv) {
     int port = argc > 1 ? atoi(argv[1]) : 8080;
     int workers = argc > 2 ? atoi(argv[2]) : 4;
     int exec_mode = argc > 3 && strcmp(argv[3], "exec") == 0;
+    const char *policy_name = argc > 4 ? argv[4] : "rr";
+    static const char *const names[] = {"rr", "least", "sticky", "shared", "reuseport"};
+    cluster_policy policy = CLUSTER_POLICY_ROUND_ROBIN; /* the names are in CLUSTER_POLICY_* order */
+    for (cluster_policy p = 0; p < 5; p++)
+        if (strcmp(policy_name, names[p]) == 0) policy = p;
     cluster_log_init(); /* RCLUSTER_LOG=debug for more */
 
     cluster_config *cfg = cluster_config_new();
@@ -94,6 +105,7 @@ int main(int argc, char **argv) {
     cluster_config_set_worker_main(cfg, worker_main, NULL);
     cluster_config_set_mode(cfg, exec_mode ? CLUSTER_MODE_EXEC : CLUSTER_MODE_FORK);
     cluster_config_set_grace(cfg, 10000);
+    cluster_config_set_policy(cfg, policy);
     if (cluster_config_listen_tcp(cfg, "127.0.0.1", (uint16_t)port) < 0 ||
         cluster_primary_start(cfg, on_primary, NULL) < 0) {
         fprintf(stderr, "http_server: %s\n", cluster_last_error());
@@ -101,8 +113,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     cluster_config_free(cfg);
-    printf("primary %d: serving http://127.0.0.1:%d/ with %d workers (%s mode); Ctrl-C stops\n", (int)getpid(),
-           cluster_local_port(0), workers, exec_mode ? "exec" : "fork");
+    printf("primary %d: serving http://127.0.0.1:%d/ with %d workers (%s mode, %s); Ctrl-C stops\n", (int)getpid(),
+           cluster_local_port(0), workers, exec_mode ? "exec" : "fork", names[policy]);
     fflush(stdout);
     int rc = cluster_run();
     if (rc < 0) fprintf(stderr, "http_server: %s\n", cluster_last_error());
