@@ -120,3 +120,53 @@ fn hostile_workers_are_dropped_and_the_primary_carries_on() {
 fn log_records_reach_the_host_callback() {
     run_c("logging", &[], Duration::from_secs(30));
 }
+
+#[test]
+fn unix_listeners_with_modes_removed_at_the_end() {
+    run_c("listeners", &["unix"], Duration::from_secs(90));
+}
+
+#[test]
+fn a_stale_unix_socket_file_is_replaced() {
+    run_c("listeners", &["stale"], Duration::from_secs(90));
+}
+
+#[test]
+fn a_live_unix_socket_is_refused() {
+    run_c("listeners", &["live"], Duration::from_secs(90));
+}
+
+#[test]
+fn listener_errors_name_the_address() {
+    run_c("listeners", &["errors"], Duration::from_secs(90));
+}
+
+#[test]
+fn systemd_socket_activation() {
+    run_c("listeners", &["systemd"], Duration::from_secs(90));
+}
+
+#[test]
+fn shared_policy_fork_mode() {
+    run_c("accept_modes", &["shared-fork"], Duration::from_secs(120));
+}
+
+#[test]
+fn shared_policy_exec_mode() {
+    run_c("accept_modes", &["shared-exec"], Duration::from_secs(120));
+}
+
+#[test]
+fn reuseport_policy_fork_mode() {
+    run_c("accept_modes", &["reuseport-fork"], Duration::from_secs(120));
+}
+
+#[test]
+fn reuseport_policy_exec_mode() {
+    run_c("accept_modes", &["reuseport-exec"], Duration::from_secs(120));
+}
+
+#[test]
+fn no_fd_growth_in_the_primary_after_100k_connections() {
+    run_c("fd_growth", &[], Duration::from_secs(150));
+}
