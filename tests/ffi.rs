@@ -170,3 +170,23 @@ fn reuseport_policy_exec_mode() {
 fn no_fd_growth_in_the_primary_after_100k_connections() {
     run_c("fd_growth", &[], Duration::from_secs(150));
 }
+
+#[test]
+fn round_robin_is_even_over_10k_connections_and_8_workers() {
+    run_c("policies", &["round_robin"], Duration::from_secs(120));
+}
+
+#[test]
+fn sticky_keeps_each_client_address_on_one_worker() {
+    run_c("policies", &["sticky"], Duration::from_secs(60));
+}
+
+#[test]
+fn least_connections_sends_new_connections_to_the_idle_worker() {
+    run_c("policies", &["least"], Duration::from_secs(60));
+}
+
+#[test]
+fn connections_queued_with_a_dying_worker_are_answered_by_others() {
+    run_c("worker_death", &[], Duration::from_secs(60));
+}
