@@ -1,7 +1,8 @@
 /* Nothing accepted is lost when a worker dies: connections handed to a worker that never
  * acknowledges them (it is stuck) and then crashes (SIGKILL) go to the other workers, and every
  * client gets its answer. The crash is reported as such (EXIT with the signal, not after a
- * disconnect), and a replacement from cluster_fork() takes connections. */
+ * disconnect), and the supervisor's replacement (same slot, after the restart backoff) takes
+ * connections. */
 #include "harness.h"
 #include <fcntl.h>
 
@@ -288,9 +289,6 @@ int main(void) {
     CHECK(!exit_after_disconnect_of[1], "worker 1's EXIT says exited_after_disconnect: it crashed");
     CHECK(pid_gone(pids[1]), "worker 1 (pid %d) is gone", (int)pids[1]);
     CHECK(exits == 1, "%d EXIT events, only worker 1 ended", exits);
-    uint32_t ids[8];
-    int nlive = OK(cluster_workers(ids, 8));
-    CHECK(nlive == 2 && ids[0] == 2 && ids[1] == 3, "live workers after the crash: %d", nlive);
     {
         long long e2 = now_ms() + 5000;
         while (acked(2) + acked(3) < CONNS) {
@@ -302,11 +300,16 @@ int main(void) {
               (unsigned long long)(acked(2) + acked(3)), CONNS);
     }
 
-    /* A replacement. */
-    int nid = OK(cluster_fork());
-    CHECK(nid > WORKERS && nid <= MAX_IDS, "the replacement's id %d is new", nid);
-    dispatch_until(&ready_of[nid], 20000, "the replacement's READY");
+    /* The supervisor replaces the crashed worker by itself: worker 4, in worker 1's slot. */
+    int nid = WORKERS + 1;
+    dispatch_until(&ready_of[nid], 20000, "the automatic replacement's READY");
     CHECK(forked_of[nid] && pids[nid] > 0, "the replacement's FORK event");
+    uint32_t ids[8];
+    int nlive = OK(cluster_workers(ids, 8));
+    CHECK(nlive == 3 && ids[0] == 2 && ids[1] == 3 && ids[2] == (uint32_t)nid, "live workers after the crash: %d", nlive);
+    struct cluster_worker_info info;
+    OK(cluster_worker_info((uint32_t)nid, &info));
+    CHECK(info.restarts == 1, "the replacement's slot restarted once (%u)", info.restarts);
 
     CHECK(pipe2(p, O_CLOEXEC) == 0, "pipe");
     client = fork_client(p[1]);

@@ -300,6 +300,17 @@ struct cluster_worker_info {
 #define CLUSTER_EVENT_ERROR 9
 
 /**
+ * primary: a slot is given up after a crash loop (`worker_id`: its last worker; `data`: why).
+ */
+#define CLUSTER_EVENT_SLOT_FAILED 10
+
+/**
+ * primary: a rolling reload ended: `exit_code` 0 when every worker was replaced, -1 when it was
+ * aborted (`data`: why; the old workers keep serving).
+ */
+#define CLUSTER_EVENT_RELOADED 11
+
+/**
  * Started, its runtime not up yet.
  */
 #define CLUSTER_WORKER_STARTING 0
@@ -441,6 +452,84 @@ int32_t cluster_config_set_send_queue(struct cluster_config *cfg,
 int32_t cluster_config_set_manual_ready(struct cluster_config *cfg, bool on);
 
 /**
+ * Whether a worker that dies unasked is replaced (default on), in the same slot, after a
+ * backoff (see `cluster_config_set_backoff`).
+ */
+int32_t cluster_config_set_restart(struct cluster_config *cfg, bool on);
+
+/**
+ * Restart backoff: the first delay `min_ms` doubles up to `max_ms`, and resets after a
+ * worker ran `reset_ms` (defaults 100, 15000, 30000).
+ */
+int32_t cluster_config_set_backoff(struct cluster_config *cfg,
+                                   uint32_t min_ms,
+                                   uint32_t max_ms,
+                                   uint32_t reset_ms);
+
+/**
+ * Crash-loop detection: `deaths` workers of one slot dying before READY within `window_ms`
+ * give that slot up (CLUSTER_EVENT_SLOT_FAILED). Defaults 5 in 10000 ms.
+ */
+int32_t cluster_config_set_crash_loop(struct cluster_config *cfg,
+                                      uint32_t deaths,
+                                      uint32_t window_ms);
+
+/**
+ * A worker not READY this long after it started is killed and counted as a failed start
+ * (0: no limit; default 30000).
+ */
+int32_t cluster_config_set_startup_timeout(struct cluster_config *cfg, uint32_t ms);
+
+/**
+ * Workers' loops send a heartbeat every `interval_ms`; a worker silent for `timeout_ms` is
+ * stuck: SIGABRT, SIGKILL 2 s later, then replaced. 0 turns it off. Defaults 1000, 10000.
+ */
+int32_t cluster_config_set_heartbeat(struct cluster_config *cfg,
+                                     uint32_t interval_ms,
+                                     uint32_t timeout_ms);
+
+/**
+ * Recycles a worker after `n` connections plus a random 0..=`jitter` (0: never): its
+ * replacement is started and READY before it drains.
+ */
+int32_t cluster_config_set_max_requests(struct cluster_config *cfg, uint64_t n, uint64_t jitter);
+
+/**
+ * Workers drop to this user and group after the primary has bound its sockets (and to no
+ * supplementary groups unless `cluster_config_set_groups` names some).
+ */
+int32_t cluster_config_set_user(struct cluster_config *cfg, uint32_t uid, uint32_t gid);
+
+/**
+ * Workers' supplementary groups (`n` gids at `groups`).
+ *
+ * # Safety
+ * `groups` is valid for reads of `n` gids (NULL is fine when `n` is 0).
+ */
+int32_t cluster_config_set_groups(struct cluster_config *cfg, const uint32_t *groups, size_t n);
+
+/**
+ * Workers start in this directory.
+ *
+ * # Safety
+ * `path` is a NUL-terminated string.
+ */
+int32_t cluster_config_set_cwd(struct cluster_config *cfg, const char *path);
+
+/**
+ * Adds `NAME=value` to the workers' environment.
+ *
+ * # Safety
+ * `name_value` is a NUL-terminated string.
+ */
+int32_t cluster_config_add_env(struct cluster_config *cfg, const char *name_value);
+
+/**
+ * Workers' stdin, stdout and stderr go to /dev/null (default: inherited from the primary).
+ */
+int32_t cluster_config_set_silent(struct cluster_config *cfg, bool on);
+
+/**
  * Logs to stderr through env_logger, filtered by `RCLUSTER_LOG` (e.g. `RCLUSTER_LOG=debug`;
  * default `info`). The library never installs a logger by itself.
  */
@@ -519,10 +608,23 @@ int32_t cluster_worker_kill(uint32_t id, int32_t signal);
 int32_t cluster_worker_disconnect(uint32_t id);
 
 /**
- * Rolling restart of every worker, never with fewer ready workers. Not available yet:
- * returns CLUSTER_E_STATE.
+ * Rolling restart of every worker, one slot at a time: the replacement starts, and the old
+ * worker drains only once the replacement is READY, so the ready count never drops. A
+ * replacement that fails aborts the reload and the old worker stays. CLUSTER_EVENT_RELOADED
+ * reports the end. In EXEC mode the replacements run the program now on disk.
  */
 int32_t cluster_reload(void);
+
+/**
+ * Writes the counters as JSON (per worker: id, pid, slot, state, connections, in_flight,
+ * messages_in, messages_out, restarts, uptime_ms; and totals) into `buf`, NUL-terminated,
+ * truncated to `cap`. Returns the JSON's full length, like snprintf: call again with a bigger
+ * buffer when it is >= `cap`. `buf` may be NULL when `cap` is 0.
+ *
+ * # Safety
+ * `buf` is NULL or valid for writes of `cap` bytes.
+ */
+int32_t cluster_stats(char *buf, size_t cap);
 
 /**
  * Sets the number of workers: starts new ones or stops the newest gracefully.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use crate::error::{fail, Code, Result};
 use crate::ipc::outbox::Limits;
+use crate::primary::restart::RestartPolicy;
 
 /// How workers are started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +92,39 @@ pub struct Config {
     pub manual_ready: bool,
     /// listen(2) backlog.
     pub backlog: i32,
+    /// Start a replacement when a worker dies unasked (default on), with this backoff and
+    /// crash-loop detection.
+    pub restart: Option<RestartPolicy>,
+    /// A worker not READY this long after it started is killed (0: no limit; default 30 s).
+    pub startup_timeout_ms: u32,
+    /// Workers send a heartbeat this often (0: off; default 1 s)...
+    pub heartbeat_ms: u32,
+    /// ...and one silent this long is killed (SIGABRT, then SIGKILL) and replaced (default 10 s).
+    pub heartbeat_timeout_ms: u32,
+    /// Recycle a worker after this many connections (0: never), plus a random 0..=jitter.
+    pub max_requests: u64,
+    /// See `max_requests`.
+    pub max_requests_jitter: u64,
+    /// How workers run: user, groups, directory, environment, stdio.
+    pub worker_process: WorkerProcess,
+}
+
+/// Process settings applied in each worker before it runs (after the primary bound its
+/// sockets, so a privileged port works with an unprivileged worker).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerProcess {
+    /// setuid to this user.
+    pub uid: Option<u32>,
+    /// setgid to this group.
+    pub gid: Option<u32>,
+    /// setgroups to these (default: none when uid/gid are set).
+    pub groups: Option<Vec<u32>>,
+    /// chdir here.
+    pub cwd: Option<CString>,
+    /// Extra environment variables ("NAME=value").
+    pub env: Vec<CString>,
+    /// stdin/stdout/stderr to /dev/null instead of inherited.
+    pub silent: bool,
 }
 
 /// The default largest message: 64 MiB.
@@ -113,6 +147,13 @@ impl Default for Config {
             max_pending: 4096,
             manual_ready: false,
             backlog: libc::SOMAXCONN,
+            restart: Some(RestartPolicy::default()),
+            startup_timeout_ms: 30_000,
+            heartbeat_ms: 1000,
+            heartbeat_timeout_ms: 10_000,
+            max_requests: 0,
+            max_requests_jitter: 0,
+            worker_process: WorkerProcess::default(),
         }
     }
 }

@@ -27,6 +27,11 @@ pub enum EventKind {
     Drain = 8,
     /// both: something failed that no call returned (`data`: the sentence; `worker_id`: who).
     Error = 9,
+    /// primary: a slot is given up after a crash loop (`worker_id`: its last worker; `data`: why).
+    SlotFailed = 10,
+    /// primary: a rolling reload ended: `exit_code` 0 when every worker was replaced, -1 when it
+    /// was aborted (`data`: why; the old workers keep serving).
+    Reloaded = 11,
 }
 
 /// One event, owning what it carries until it is delivered.

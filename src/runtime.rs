@@ -469,3 +469,19 @@ pub fn conn_done() -> Result<()> {
     }
     shared()?.push(0, Worker::conn_done_frame(1))
 }
+
+/// Starts a rolling reload of every worker.
+pub fn reload() -> Result<()> {
+    with_primary(|p| {
+        p.reload()?;
+        p.shared().wake();
+        Ok(())
+    })?;
+    drive_spawns(runtime());
+    Ok(())
+}
+
+/// The primary's counters as JSON.
+pub fn stats() -> Result<String> {
+    with_primary(|p| Ok(p.stats_json()))
+}

@@ -248,3 +248,168 @@ pub extern "C" fn cluster_config_set_manual_ready(cfg: *mut cluster_config, on: 
         Ok(0)
     })
 }
+
+/// Whether a worker that dies unasked is replaced (default on), in the same slot, after a
+/// backoff (see `cluster_config_set_backoff`).
+#[no_mangle]
+pub extern "C" fn cluster_config_set_restart(cfg: *mut cluster_config, on: bool) -> i32 {
+    guard(|| {
+        let cfg = cfg_mut(cfg)?;
+        cfg.restart = if on { Some(cfg.restart.unwrap_or_default()) } else { None };
+        Ok(0)
+    })
+}
+
+/// Restart backoff: the first delay `min_ms` doubles up to `max_ms`, and resets after a
+/// worker ran `reset_ms` (defaults 100, 15000, 30000).
+#[no_mangle]
+pub extern "C" fn cluster_config_set_backoff(cfg: *mut cluster_config, min_ms: u32, max_ms: u32, reset_ms: u32) -> i32 {
+    guard(|| {
+        if min_ms == 0 || max_ms < min_ms {
+            return fail(Code::Inval, format!("backoff {min_ms}..{max_ms} ms: need 0 < min <= max"));
+        }
+        let cfg = cfg_mut(cfg)?;
+        let mut p = cfg.restart.unwrap_or_default();
+        p.min_ms = u64::from(min_ms);
+        p.max_ms = u64::from(max_ms);
+        p.reset_after_ms = u64::from(reset_ms);
+        cfg.restart = Some(p);
+        Ok(0)
+    })
+}
+
+/// Crash-loop detection: `deaths` workers of one slot dying before READY within `window_ms`
+/// give that slot up (CLUSTER_EVENT_SLOT_FAILED). Defaults 5 in 10000 ms.
+#[no_mangle]
+pub extern "C" fn cluster_config_set_crash_loop(cfg: *mut cluster_config, deaths: u32, window_ms: u32) -> i32 {
+    guard(|| {
+        if deaths == 0 {
+            return fail(Code::Inval, "crash-loop deaths must be at least 1");
+        }
+        let cfg = cfg_mut(cfg)?;
+        let mut p = cfg.restart.unwrap_or_default();
+        p.loop_deaths = deaths as usize;
+        p.loop_window_ms = u64::from(window_ms);
+        cfg.restart = Some(p);
+        Ok(0)
+    })
+}
+
+/// A worker not READY this long after it started is killed and counted as a failed start
+/// (0: no limit; default 30000).
+#[no_mangle]
+pub extern "C" fn cluster_config_set_startup_timeout(cfg: *mut cluster_config, ms: u32) -> i32 {
+    guard(|| {
+        cfg_mut(cfg)?.startup_timeout_ms = ms;
+        Ok(0)
+    })
+}
+
+/// Workers' loops send a heartbeat every `interval_ms`; a worker silent for `timeout_ms` is
+/// stuck: SIGABRT, SIGKILL 2 s later, then replaced. 0 turns it off. Defaults 1000, 10000.
+#[no_mangle]
+pub extern "C" fn cluster_config_set_heartbeat(cfg: *mut cluster_config, interval_ms: u32, timeout_ms: u32) -> i32 {
+    guard(|| {
+        if interval_ms > 0 && timeout_ms <= interval_ms {
+            return fail(
+                Code::Inval,
+                format!("heartbeat timeout {timeout_ms} ms must exceed the interval {interval_ms} ms"),
+            );
+        }
+        let cfg = cfg_mut(cfg)?;
+        cfg.heartbeat_ms = interval_ms;
+        cfg.heartbeat_timeout_ms = timeout_ms;
+        Ok(0)
+    })
+}
+
+/// Recycles a worker after `n` connections plus a random 0..=`jitter` (0: never): its
+/// replacement is started and READY before it drains.
+#[no_mangle]
+pub extern "C" fn cluster_config_set_max_requests(cfg: *mut cluster_config, n: u64, jitter: u64) -> i32 {
+    guard(|| {
+        let cfg = cfg_mut(cfg)?;
+        cfg.max_requests = n;
+        cfg.max_requests_jitter = jitter;
+        Ok(0)
+    })
+}
+
+/// Workers drop to this user and group after the primary has bound its sockets (and to no
+/// supplementary groups unless `cluster_config_set_groups` names some).
+#[no_mangle]
+pub extern "C" fn cluster_config_set_user(cfg: *mut cluster_config, uid: u32, gid: u32) -> i32 {
+    guard(|| {
+        let cfg = cfg_mut(cfg)?;
+        cfg.worker_process.uid = Some(uid);
+        cfg.worker_process.gid = Some(gid);
+        Ok(0)
+    })
+}
+
+/// Workers' supplementary groups (`n` gids at `groups`).
+///
+/// # Safety
+/// `groups` is valid for reads of `n` gids (NULL is fine when `n` is 0).
+#[no_mangle]
+pub unsafe extern "C" fn cluster_config_set_groups(cfg: *mut cluster_config, groups: *const u32, n: usize) -> i32 {
+    guard(|| {
+        let cfg = cfg_mut(cfg)?;
+        if n > 65_536 {
+            return fail(Code::Inval, "too many groups");
+        }
+        let list = if n == 0 {
+            Vec::new()
+        } else {
+            non_null(groups, "groups")?;
+            // SAFETY: non-NULL and the caller promises `n` readable gids.
+            unsafe { std::slice::from_raw_parts(groups, n) }.to_vec()
+        };
+        cfg.worker_process.groups = Some(list);
+        Ok(0)
+    })
+}
+
+/// Workers start in this directory.
+///
+/// # Safety
+/// `path` is a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_config_set_cwd(cfg: *mut cluster_config, path: *const c_char) -> i32 {
+    guard(|| {
+        let cfg = cfg_mut(cfg)?;
+        // SAFETY: the caller's contract above.
+        let path = unsafe { str_arg(path, "path") }?;
+        cfg.worker_process.cwd = Some(CString::new(path).expect("from a C string"));
+        Ok(0)
+    })
+}
+
+/// Adds `NAME=value` to the workers' environment.
+///
+/// # Safety
+/// `name_value` is a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_config_add_env(cfg: *mut cluster_config, name_value: *const c_char) -> i32 {
+    guard(|| {
+        let cfg = cfg_mut(cfg)?;
+        // SAFETY: the caller's contract above.
+        let kv = unsafe { str_arg(name_value, "name_value") }?;
+        match kv.split_once('=') {
+            Some((k, _)) if !k.is_empty() => {
+                cfg.worker_process.env.push(CString::new(kv).expect("from a C string"));
+                Ok(0)
+            }
+            _ => fail(Code::Inval, format!("{kv:?} is not NAME=value")),
+        }
+    })
+}
+
+/// Workers' stdin, stdout and stderr go to /dev/null (default: inherited from the primary).
+#[no_mangle]
+pub extern "C" fn cluster_config_set_silent(cfg: *mut cluster_config, on: bool) -> i32 {
+    guard(|| {
+        cfg_mut(cfg)?.worker_process.silent = on;
+        Ok(0)
+    })
+}

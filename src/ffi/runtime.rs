@@ -6,7 +6,7 @@ use std::os::fd::IntoRawFd;
 use super::boundary::{bytes_arg, guard, guard_or, last_error_ptr, non_null};
 use super::config::cluster_config;
 use super::types::*;
-use crate::error::{fail, Code, Error};
+use crate::error::{Code, Error};
 use crate::event::{Event, Handler};
 use crate::runtime;
 
@@ -159,13 +159,38 @@ pub extern "C" fn cluster_worker_disconnect(id: u32) -> i32 {
     guard(|| runtime::worker_disconnect(id).map(|()| 0))
 }
 
-/// Rolling restart of every worker, never with fewer ready workers. Not available yet:
-/// returns CLUSTER_E_STATE.
+/// Rolling restart of every worker, one slot at a time: the replacement starts, and the old
+/// worker drains only once the replacement is READY, so the ready count never drops. A
+/// replacement that fails aborts the reload and the old worker stays. CLUSTER_EVENT_RELOADED
+/// reports the end. In EXEC mode the replacements run the program now on disk.
 #[no_mangle]
 pub extern "C" fn cluster_reload() -> i32 {
+    guard(|| runtime::reload().map(|()| 0))
+}
+
+/// Writes the counters as JSON (per worker: id, pid, slot, state, connections, in_flight,
+/// messages_in, messages_out, restarts, uptime_ms; and totals) into `buf`, NUL-terminated,
+/// truncated to `cap`. Returns the JSON's full length, like snprintf: call again with a bigger
+/// buffer when it is >= `cap`. `buf` may be NULL when `cap` is 0.
+///
+/// # Safety
+/// `buf` is NULL or valid for writes of `cap` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_stats(buf: *mut libc::c_char, cap: usize) -> i32 {
     guard(|| {
-        runtime::workers()?;
-        fail(Code::State, "rolling reload is not available in this version")
+        if cap > 0 {
+            non_null(buf, "buf")?;
+        }
+        let json = runtime::stats()?;
+        if cap > 0 {
+            let n = json.len().min(cap - 1);
+            // SAFETY: `buf` has room for `cap` bytes and n < cap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(json.as_ptr(), buf.cast::<u8>(), n);
+                *buf.add(n) = 0;
+            }
+        }
+        Ok(json.len().min(i32::MAX as usize) as i32)
     })
 }
 

@@ -74,6 +74,12 @@ pub const CLUSTER_EVENT_DRAIN: cluster_event_kind = 8;
 /// both: a failure no call returned (`data`/`len`: the sentence; `worker_id`: who).
 pub const CLUSTER_EVENT_ERROR: cluster_event_kind = 9;
 
+/// primary: a slot is given up after a crash loop (`worker_id`: its last worker; `data`: why).
+pub const CLUSTER_EVENT_SLOT_FAILED: cluster_event_kind = 10;
+/// primary: a rolling reload ended: `exit_code` 0 when every worker was replaced, -1 when it was
+/// aborted (`data`: why; the old workers keep serving).
+pub const CLUSTER_EVENT_RELOADED: cluster_event_kind = 11;
+
 /// A worker's state: `CLUSTER_WORKER_*`.
 pub type cluster_worker_state = u32;
 /// Started, its runtime not up yet.

@@ -8,7 +8,9 @@
 mod accept;
 pub mod balance;
 pub mod handoff;
+mod lifecycle;
 mod relay;
+pub mod restart;
 pub mod spawn;
 mod supervise;
 pub mod workers;
@@ -44,6 +46,16 @@ pub enum Timer {
     ReapPoll,
     /// Resume accepting after running out of fds.
     ResumeAccept,
+    /// Start a worker in this slot again (after its backoff).
+    Respawn(u32),
+    /// Worker `id` must be READY by now.
+    Startup(u32),
+    /// Check every worker's last heartbeat.
+    Watchdog,
+    /// Worker `id` ignored SIGABRT from the watchdog: SIGKILL it.
+    KillStuck(u32),
+    /// Feed systemd's watchdog.
+    SdWatchdog,
 }
 
 /// Where the primary is in its life.
@@ -79,6 +91,19 @@ pub struct Primary {
     reap_poll: bool,
     exec_plan: Option<ExecPlan>,
     reader: Reader,
+    /// Restart history per slot.
+    histories: BTreeMap<u32, restart::History>,
+    /// Slots waiting for their backoff before a replacement starts.
+    pending_respawns: std::collections::BTreeSet<u32>,
+    /// Queued starts that go into a given slot (respawns, replacements) instead of a free one.
+    slot_for: BTreeMap<u32, u32>,
+    /// The rolling reload (or max-requests recycle) in progress.
+    reload: Option<lifecycle::Reload>,
+    /// systemd's notification socket, when NOTIFY_SOCKET is set.
+    notifier: Option<crate::net::notify::Notifier>,
+    /// READY=1 was sent to systemd.
+    ready_notified: bool,
+    started_ms: u64,
 }
 
 impl Primary {
@@ -128,7 +153,15 @@ impl Primary {
             grace_timer: None,
             reap_poll: false,
             exec_plan,
+            histories: BTreeMap::new(),
+            pending_respawns: std::collections::BTreeSet::new(),
+            slot_for: BTreeMap::new(),
+            reload: None,
+            notifier: crate::net::notify::Notifier::from_env(|k| std::env::var(k).ok()),
+            ready_notified: false,
+            started_ms: sys::monotonic_ms(),
         };
+        p.start_timers();
         for _ in 0..p.cfg.effective_workers() {
             p.request_spawn()?;
         }
@@ -202,10 +235,12 @@ impl Primary {
             manual_ready: self.cfg.manual_ready,
             send_limits: self.cfg.send_limits,
             accept: self.accept_plan(),
+            heartbeat_ms: self.cfg.heartbeat_ms,
         };
+        let slot = self.slot_for.remove(&id).unwrap_or_else(|| self.free_slot());
         let spawned = match &self.exec_plan {
-            Some(plan) => spawn::exec_worker(plan, template)?,
-            None => spawn::fork_worker(template)?,
+            Some(plan) => spawn::exec_worker(plan, template, &self.cfg.worker_process)?,
+            None => spawn::fork_worker(template, &self.cfg.worker_process)?,
         };
         let (pid, channel) = match spawned {
             Spawned::Child(env) => return Ok(Some(env)),
@@ -222,8 +257,11 @@ impl Primary {
             self.start_reap_poll();
         }
         self.shared.insert(id, outbox.clone());
-        let slot = self.free_slot();
-        self.slots.insert(id, Slot::new(id, slot, pid, outbox, pidfd));
+        let mut entry = Slot::new(id, slot, pid, outbox, pidfd);
+        entry.restarts = self.histories.get(&slot).map_or(0, |h| h.restarts);
+        entry.request_limit = self.request_limit();
+        self.slots.insert(id, entry);
+        self.worker_started(id);
         log::info!("worker {id} started, pid {pid}");
         let ev = self.event(EventKind::Fork, id);
         self.events.push(ev);
@@ -271,10 +309,13 @@ impl Primary {
         self.cfg.worker_main.take()
     }
 
-    /// Reports a failed start as an ERROR event (starts queued by the primary itself).
+    /// Reports a failed start as an ERROR event (starts queued by the primary itself), and
+    /// counts it like a worker that died before READY.
     pub fn spawn_failed(&mut self, id: u32, err: &Error) {
         log::error!("worker {id} failed to start: {err}");
         self.events.push(Event::error(id, format!("worker {id} failed to start: {err}")));
+        let slot = self.slot_for.remove(&id).unwrap_or_else(|| self.free_slot());
+        self.start_failed(id, slot);
     }
 
     /// An event about worker `id`, with its pid.
@@ -349,7 +390,7 @@ impl Primary {
             return fail(Code::Inval, format!("{n} workers is more than the 4096 allowed"));
         }
         let active: Vec<u32> = self.slots.values().filter(|s| !s.disconnect_requested).map(|s| s.id).collect();
-        let have = active.len() + self.spawn_queue.len();
+        let have = active.len() + self.spawn_queue.len() + self.pending_respawns.len();
         let want = n as usize;
         if want > have {
             for _ in have..want {
@@ -357,6 +398,9 @@ impl Primary {
             }
         } else {
             let mut surplus = have - want;
+            while surplus > 0 && self.pending_respawns.pop_last().is_some() {
+                surplus -= 1;
+            }
             while surplus > 0 && self.spawn_queue.pop_back().is_some() {
                 surplus -= 1;
             }

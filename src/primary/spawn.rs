@@ -9,6 +9,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
+use crate::config::WorkerProcess;
 use crate::error::{fail, Code, Error, Result};
 use crate::net::activation;
 use crate::signals;
@@ -43,8 +44,9 @@ fn die_with_parent(parent: libc::pid_t) {
 /// FORK mode: forks a worker. Refused with `Threads` when this process has other threads,
 /// since only the forking thread survives in the child and locks held by the others never
 /// come back.
-pub fn fork_worker(template: WorkerEnv) -> Result<Spawned> {
+pub fn fork_worker(template: WorkerEnv, process: &WorkerProcess) -> Result<Spawned> {
     ensure_single_threaded()?;
+    let setup = Setup::new(process)?;
     let (ours, theirs) = sys::seqpacket_pair()?;
     sys::grow_sndbuf(ours.as_raw_fd(), 1 << 20);
     sys::grow_sndbuf(theirs.as_raw_fd(), 1 << 20);
@@ -59,6 +61,17 @@ pub fn fork_worker(template: WorkerEnv) -> Result<Spawned> {
     if pid == 0 {
         die_with_parent(parent);
         signals::reset_in_child(&signals::PRIMARY_SIGNALS);
+        // SAFETY: a freshly forked child of a single-threaded process.
+        if let Err((stage, errno)) = unsafe { setup.apply() } {
+            eprintln!("rcluster worker {}: {}: {}", template.id, stage, io::Error::from_raw_os_error(errno));
+            // SAFETY: leaving the child without running the primary's atexit handlers.
+            unsafe { libc::_exit(126) };
+        }
+        for var in &process.env {
+            if let Some((k, v)) = var.to_str().ok().and_then(|s| s.split_once('=')) {
+                std::env::set_var(k, v);
+            }
+        }
         drop(ours);
         let channel = std::os::fd::IntoRawFd::into_raw_fd(theirs);
         return Ok(Spawned::Child(WorkerEnv { channel, ..template }));
@@ -128,7 +141,8 @@ fn cstring(s: &OsStr) -> Result<CString> {
 /// EXEC mode: forks and execs `plan` as worker `template.id`. Safe in a multi-threaded process.
 /// An exec failure ("exec /bad/path: No such file or directory") comes back as an error, and
 /// the failed child is reaped.
-pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv) -> Result<Spawned> {
+pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv, process: &WorkerProcess) -> Result<Spawned> {
+    let setup = Setup::new(process)?;
     let (ours, theirs) = sys::seqpacket_pair()?;
     sys::grow_sndbuf(ours.as_raw_fd(), 1 << 20);
     sys::grow_sndbuf(theirs.as_raw_fd(), 1 << 20);
@@ -139,7 +153,11 @@ pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv) -> Result<Spawned> {
         _ => Vec::new(),
     };
     let we = WorkerEnv { channel: theirs.as_raw_fd(), ..template };
-    let mut envp: Vec<CString> = plan.base_env.clone();
+    let key = |c: &CString| c.as_bytes().split(|&b| b == b'=').next().map(<[u8]>::to_vec);
+    let overridden: Vec<Vec<u8>> = process.env.iter().filter_map(key).collect();
+    let mut envp: Vec<CString> =
+        plan.base_env.iter().filter(|c| !key(c).is_some_and(|k| overridden.contains(&k))).cloned().collect();
+    envp.extend(process.env.iter().cloned());
     for (k, v) in we.to_env(parent) {
         envp.push(CString::new(format!("{k}={v}")).expect("no NUL in our variables"));
     }
@@ -168,21 +186,24 @@ pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv) -> Result<Spawned> {
                 let flags = libc::fcntl(fd, libc::F_GETFD);
                 libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
             }
-            libc::execve(plan.path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
-            let errno = *libc::__errno_location();
-            libc::write(err_fd, (&errno as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>());
+            let failure = match setup.apply() {
+                Err((stage, errno)) => [stage as libc::c_int, errno],
+                Ok(()) => {
+                    libc::execve(plan.path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
+                    [Stage::Exec as libc::c_int, *libc::__errno_location()]
+                }
+            };
+            libc::write(err_fd, failure.as_ptr().cast(), std::mem::size_of_val(&failure));
             libc::_exit(127);
         }
     }
     drop(err_w);
     drop(theirs);
     // The pipe's write end closes on a successful exec (CLOEXEC): EOF means the worker runs.
-    let mut errno: libc::c_int = 0;
+    let mut failure: [libc::c_int; 2] = [0; 2];
     let n = loop {
-        // SAFETY: reading into a live c_int.
-        let n = unsafe {
-            libc::read(err_r.as_raw_fd(), (&mut errno as *mut libc::c_int).cast(), std::mem::size_of::<libc::c_int>())
-        };
+        // SAFETY: reading into a live array of two c_ints.
+        let n = unsafe { libc::read(err_r.as_raw_fd(), failure.as_mut_ptr().cast(), std::mem::size_of_val(&failure)) };
         if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
             continue;
         }
@@ -192,9 +213,108 @@ pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv) -> Result<Spawned> {
         let mut status = 0;
         // SAFETY: reaping our own, just-failed child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        return Err(Error::sys(format!("exec {}", plan.program()), io::Error::from_raw_os_error(errno)));
+        let what = match failure[0] {
+            x if x == Stage::Exec as libc::c_int => format!("exec {}", plan.program()),
+            x => format!("worker {}: {}", we.id, Stage::name(x)),
+        };
+        return Err(Error::sys(what, io::Error::from_raw_os_error(failure[1])));
     }
     Ok(Spawned::Parent { pid, channel: ours })
+}
+
+/// The step of a worker's setup that failed (reported through the exec error pipe).
+#[derive(Clone, Copy)]
+#[repr(i32)]
+enum Stage {
+    Chdir = 1,
+    Setgroups = 2,
+    Setgid = 3,
+    Setuid = 4,
+    Stdio = 5,
+    Exec = 6,
+}
+
+impl Stage {
+    fn name(raw: libc::c_int) -> &'static str {
+        match raw {
+            1 => "chdir",
+            2 => "setgroups",
+            3 => "setgid",
+            4 => "setuid",
+            5 => "redirecting stdio to /dev/null",
+            _ => "exec",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(Stage::name(*self as libc::c_int))
+    }
+}
+
+/// A worker's process settings, prepared before the fork so the child applies them with
+/// async-signal-safe calls only.
+struct Setup {
+    cwd: Option<CString>,
+    groups: Option<Vec<libc::gid_t>>,
+    gid: Option<libc::gid_t>,
+    uid: Option<libc::uid_t>,
+    devnull: Option<OwnedFd>,
+}
+
+impl Setup {
+    fn new(p: &WorkerProcess) -> Result<Setup> {
+        let devnull = if p.silent {
+            // SAFETY: a constant NUL-terminated path.
+            Some(
+                owned(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })
+                    .map_err(|e| Error::sys("open /dev/null", e))?,
+            )
+        } else {
+            None
+        };
+        // Dropping to a user without naming groups drops the supplementary groups too.
+        let groups = p.groups.clone().or_else(|| (p.uid.is_some() || p.gid.is_some()).then(Vec::new));
+        Ok(Setup { cwd: p.cwd.clone(), groups, gid: p.gid, uid: p.uid, devnull })
+    }
+
+    /// Applies the settings in a freshly forked child: directory, groups, gid, uid (in that
+    /// order: the uid last, while we may still change groups), stdio.
+    ///
+    /// # Safety
+    /// Only async-signal-safe calls are made; call it in the child between fork and exec.
+    unsafe fn apply(&self) -> std::result::Result<(), (Stage, libc::c_int)> {
+        let errno = || *libc::__errno_location();
+        if let Some(cwd) = &self.cwd {
+            if libc::chdir(cwd.as_ptr()) != 0 {
+                return Err((Stage::Chdir, errno()));
+            }
+        }
+        if let Some(groups) = &self.groups {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+                return Err((Stage::Setgroups, errno()));
+            }
+        }
+        if let Some(gid) = self.gid {
+            if libc::setgid(gid) != 0 {
+                return Err((Stage::Setgid, errno()));
+            }
+        }
+        if let Some(uid) = self.uid {
+            if libc::setuid(uid) != 0 {
+                return Err((Stage::Setuid, errno()));
+            }
+        }
+        if let Some(null) = &self.devnull {
+            for fd in 0..3 {
+                if libc::dup2(null.as_raw_fd(), fd) < 0 {
+                    return Err((Stage::Stdio, errno()));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd)> {

@@ -73,6 +73,7 @@ impl Primary {
                 }
             }
             Timer::ResumeAccept => self.accept_paused = false,
+            other => self.on_lifecycle_timer(other),
         }
     }
 
@@ -102,7 +103,11 @@ impl Primary {
                     self.disconnect(id).ok();
                 }
             }
-            libc::SIGHUP => log::warn!("SIGHUP: rolling reload is not available yet; ignored"),
+            libc::SIGHUP => {
+                if let Err(e) = self.reload() {
+                    log::warn!("SIGHUP ignored: {e}");
+                }
+            }
             _ => {}
         }
     }
@@ -150,6 +155,7 @@ impl Primary {
 
     fn on_frame(&mut self, id: u32, frame: Incoming) {
         let Some(slot) = self.slots.get_mut(&id) else { return };
+        slot.last_heard_ms = sys::monotonic_ms();
         match frame.header.kind {
             Kind::Hello => {
                 if slot.state == WorkerState::Starting {
@@ -165,6 +171,7 @@ impl Primary {
                     log::debug!("worker {id} ready");
                     let ev = self.event(EventKind::Ready, id);
                     self.events.push(ev);
+                    self.on_ready(id);
                 }
             }
             Kind::Message => {
@@ -204,6 +211,9 @@ impl Primary {
             } else {
                 log::warn!("worker {id}: {} for unknown connection {conn} ignored", if ack { "ACK" } else { "NACK" });
             }
+        }
+        if ack {
+            self.check_recycle(id);
         }
     }
 
@@ -245,6 +255,7 @@ impl Primary {
             ..Event::new(EventKind::Exit, id)
         });
         self.retry_stalled();
+        self.after_exit(&slot, status);
     }
 
     /// The channel to `id` is gone (EOF, error, or we dropped it): no more sends, its
@@ -294,6 +305,9 @@ impl Primary {
             Phase::Running => {}
         }
         log::info!("shutting down: {} worker(s), {} ms grace", self.slots.len(), grace_ms);
+        self.abort_reload("the cluster is shutting down".into());
+        self.notify("STOPPING=1");
+        self.pending_respawns.clear();
         self.events.push(Event::new(EventKind::Shutdown, 0));
         self.spawn_queue.clear();
         self.accept_remaining();

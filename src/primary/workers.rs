@@ -85,6 +85,16 @@ pub struct Slot {
     pub disconnect_requested: bool,
     /// A relay waiting for room.
     pub stalled: Option<Stalled>,
+    /// Start time on the monotonic clock, ms.
+    pub started_mono_ms: u64,
+    /// It reported READY at some point.
+    pub ever_ready: bool,
+    /// Last frame from it, monotonic ms (the watchdog's clock).
+    pub last_heard_ms: u64,
+    /// The watchdog already sent it SIGABRT.
+    pub watchdog_fired: bool,
+    /// Connections after which it is recycled (0: never).
+    pub request_limit: u64,
 }
 
 impl Slot {
@@ -106,6 +116,11 @@ impl Slot {
             started_at_ms: crate::sys::realtime_ms(),
             disconnect_requested: false,
             stalled: None,
+            started_mono_ms: crate::sys::monotonic_ms(),
+            ever_ready: false,
+            last_heard_ms: crate::sys::monotonic_ms(),
+            watchdog_fired: false,
+            request_limit: 0,
         }
     }
 

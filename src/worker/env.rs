@@ -23,10 +23,12 @@ pub const ENV_MANUAL_READY: &str = "RCLUSTER_MANUAL_READY";
 pub const ENV_SEND_QUEUE: &str = "RCLUSTER_SEND_QUEUE";
 /// Where the worker accepts by itself: "shared:INDEX=FD,..." or "reuseport:INDEX=ADDR,...".
 pub const ENV_ACCEPT: &str = "RCLUSTER_ACCEPT";
+/// Heartbeat interval in ms (0: none).
+pub const ENV_HEARTBEAT: &str = "RCLUSTER_HEARTBEAT_MS";
 
 /// All the names above (stripped from a worker's environment before new ones are set).
-pub const ALL: [&str; 8] =
-    [ENV_ID, ENV_FD, ENV_PPID, ENV_MAX, ENV_SIGNALS, ENV_MANUAL_READY, ENV_SEND_QUEUE, ENV_ACCEPT];
+pub const ALL: [&str; 9] =
+    [ENV_ID, ENV_FD, ENV_PPID, ENV_MAX, ENV_SIGNALS, ENV_MANUAL_READY, ENV_SEND_QUEUE, ENV_ACCEPT, ENV_HEARTBEAT];
 
 /// Where a worker's connections come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +89,8 @@ pub struct WorkerEnv {
     pub send_limits: Limits,
     /// Where connections come from.
     pub accept: AcceptFrom,
+    /// Send a heartbeat this often, ms (0: never).
+    pub heartbeat_ms: u32,
 }
 
 impl WorkerEnv {
@@ -100,6 +104,7 @@ impl WorkerEnv {
             (ENV_SIGNALS.into(), u8::from(self.signals).to_string()),
             (ENV_MANUAL_READY.into(), u8::from(self.manual_ready).to_string()),
             (ENV_SEND_QUEUE.into(), format!("{}:{}", self.send_limits.max_bytes, self.send_limits.max_frames)),
+            (ENV_HEARTBEAT.into(), self.heartbeat_ms.to_string()),
         ]
         .into_iter()
         .chain(self.accept.encode().map(|v| (ENV_ACCEPT.to_string(), v)))
@@ -130,6 +135,7 @@ impl WorkerEnv {
                 })
                 .filter(|l| l.max_bytes > 0 && l.max_frames > 0)
                 .unwrap_or_default(),
+            heartbeat_ms: get(ENV_HEARTBEAT).and_then(|v| v.parse().ok()).unwrap_or(0),
             accept: match get(ENV_ACCEPT) {
                 None => AcceptFrom::Primary,
                 Some(v) => AcceptFrom::decode(&v)?,
@@ -155,6 +161,7 @@ mod tests {
             manual_ready: false,
             send_limits: Limits { max_bytes: 100, max_frames: 7 },
             accept: AcceptFrom::ReusePort(vec![(0, "127.0.0.1:80".parse().unwrap()), (2, "[::1]:81".parse().unwrap())]),
+            heartbeat_ms: 250,
         };
         let vars: HashMap<String, String> = w.to_env(sys::getppid()).into_iter().collect();
         assert_eq!(WorkerEnv::from_env(|k| vars.get(k).cloned()), Some(w.clone()));

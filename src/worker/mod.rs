@@ -30,9 +30,12 @@ enum Phase {
     Disconnected,
 }
 
-/// Worker timers (none yet; the heartbeat will live here).
+/// Worker timers.
 #[derive(Clone, Copy, Debug)]
-pub enum Timer {}
+pub enum Timer {
+    /// Tell the primary the loop is alive.
+    Heartbeat,
+}
 
 /// The worker runtime.
 pub struct Worker {
@@ -117,6 +120,7 @@ impl Worker {
         if !manual_ready {
             w.ready()?;
         }
+        w.heartbeat();
         log::debug!("worker {} (pid {}) online", w.env.id, sys::getpid());
         Ok(w)
     }
@@ -228,12 +232,24 @@ impl Worker {
                     }
                 }
                 Source::Timer => {
-                    self.reactor.expired(sys::monotonic_ms());
+                    for Timer::Heartbeat in self.reactor.expired(sys::monotonic_ms()) {
+                        self.heartbeat();
+                    }
                 }
                 Source::Listener(index) => self.accept_from(index),
                 Source::Child(_) => {}
             }
         }
+    }
+
+    /// Sends a heartbeat (the watchdog in the primary kills a worker whose loop stops) and
+    /// schedules the next.
+    fn heartbeat(&mut self) {
+        if self.phase == Phase::Disconnected || self.env.heartbeat_ms == 0 {
+            return;
+        }
+        self.push(Frame::control(Kind::Heartbeat, Vec::new()));
+        self.reactor.add_timer(sys::monotonic_ms() + u64::from(self.env.heartbeat_ms), Timer::Heartbeat);
     }
 
     fn accept_from(&mut self, index: u32) {

@@ -1,0 +1,343 @@
+//! Supervision over time: respawn with backoff and crash-loop detection, startup timeouts,
+//! the heartbeat watchdog, rolling reloads and max-requests recycling, sd_notify, and stats.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+
+use crate::error::{fail, Code, Result};
+use crate::event::{Event, EventKind};
+use crate::sys::{self, ExitStatus};
+
+use super::restart::Decision;
+use super::workers::{Slot, WorkerState};
+use super::{Phase, Primary, Timer};
+
+/// A rolling replacement of workers, one slot at a time: start the replacement, wait for its
+/// READY, then drain the old worker. Also used for a single max-requests recycle.
+pub struct Reload {
+    pending: VecDeque<u32>,
+    /// (old worker, its replacement) being swapped now.
+    current: Option<(u32, u32)>,
+    /// A max-requests recycle: no RELOADED event, no sd_notify.
+    recycle: bool,
+}
+
+/// How long a worker gets after the watchdog's SIGABRT before SIGKILL.
+const ABORT_GRACE_MS: u64 = 2000;
+
+impl Primary {
+    /// Arms the periodic timers (heartbeat watchdog, systemd watchdog).
+    pub(super) fn start_timers(&mut self) {
+        if self.cfg.heartbeat_ms > 0 && self.cfg.heartbeat_timeout_ms > 0 {
+            self.reactor.add_timer(sys::monotonic_ms() + u64::from(self.cfg.heartbeat_ms), Timer::Watchdog);
+        }
+        if let Some(usec) = self.notifier.as_ref().and_then(|n| n.watchdog_usec) {
+            self.reactor.add_timer(sys::monotonic_ms() + usec / 2000, Timer::SdWatchdog);
+        }
+    }
+
+    /// The connection count after which a new worker is recycled (0: never).
+    pub(super) fn request_limit(&self) -> u64 {
+        if self.cfg.max_requests == 0 {
+            return 0;
+        }
+        // Jitter spreads the recycles so workers started together do not restart together.
+        let mut x = sys::monotonic_ms() ^ (u64::from(self.next_id) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.cfg.max_requests + x % (self.cfg.max_requests_jitter + 1)
+    }
+
+    /// Bookkeeping for a just-started worker.
+    pub(super) fn worker_started(&mut self, id: u32) {
+        if self.cfg.startup_timeout_ms > 0 {
+            self.reactor.add_timer(sys::monotonic_ms() + u64::from(self.cfg.startup_timeout_ms), Timer::Startup(id));
+        }
+    }
+
+    /// A start that failed before a process existed: counts as a death before READY.
+    pub(super) fn start_failed(&mut self, id: u32, slot: u32) {
+        if self.reload.as_ref().is_some_and(|r| r.current.is_some_and(|(_, new)| new == id)) {
+            self.abort_reload(format!("replacement worker {id} failed to start"));
+            return;
+        }
+        self.decide_restart(id, slot, 0, false);
+    }
+
+    /// Timers of this module.
+    pub(super) fn on_lifecycle_timer(&mut self, timer: Timer) {
+        let now = sys::monotonic_ms();
+        match timer {
+            Timer::Respawn(slot) => self.respawn(slot),
+            Timer::Startup(id) => {
+                if let Some(s) = self.slots.get(&id).filter(|s| !s.ever_ready && !s.disconnect_requested) {
+                    let msg = format!(
+                        "worker {id} not ready {} ms after it started: killing it",
+                        self.cfg.startup_timeout_ms
+                    );
+                    log::error!("{msg}");
+                    let pid = s.pid;
+                    self.events.push(Event { pid, ..Event::error(id, msg) });
+                    sys::kill(pid, libc::SIGKILL).ok();
+                }
+            }
+            Timer::Watchdog => {
+                let timeout = u64::from(self.cfg.heartbeat_timeout_ms);
+                let stuck: Vec<(u32, i32, u64)> = self
+                    .slots
+                    .values()
+                    .filter(|s| s.channel_open && !s.watchdog_fired && s.state != WorkerState::Starting)
+                    .filter(|s| now.saturating_sub(s.last_heard_ms) > timeout)
+                    .map(|s| (s.id, s.pid, now - s.last_heard_ms))
+                    .collect();
+                for (id, pid, silent) in stuck {
+                    let msg = format!("worker {id} (pid {pid}) silent for {silent} ms: its loop is stuck; SIGABRT");
+                    log::error!("{msg}");
+                    self.events.push(Event { pid, ..Event::error(id, msg) });
+                    sys::kill(pid, libc::SIGABRT).ok();
+                    if let Some(s) = self.slots.get_mut(&id) {
+                        s.watchdog_fired = true;
+                    }
+                    self.reactor.add_timer(now + ABORT_GRACE_MS, Timer::KillStuck(id));
+                }
+                self.reactor.add_timer(now + u64::from(self.cfg.heartbeat_ms), Timer::Watchdog);
+            }
+            Timer::KillStuck(id) => {
+                if let Some(s) = self.slots.get(&id) {
+                    log::error!("worker {id} (pid {}) survived SIGABRT: SIGKILL", s.pid);
+                    sys::kill(s.pid, libc::SIGKILL).ok();
+                }
+            }
+            Timer::SdWatchdog => {
+                self.notify("WATCHDOG=1");
+                if let Some(usec) = self.notifier.as_ref().and_then(|n| n.watchdog_usec) {
+                    self.reactor.add_timer(now + usec / 2000, Timer::SdWatchdog);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The backoff of `slot` is over: start its replacement (unless scaling or a shutdown
+    /// cancelled it meanwhile).
+    fn respawn(&mut self, slot: u32) {
+        if !self.pending_respawns.remove(&slot) || self.phase != Phase::Running {
+            return;
+        }
+        match self.request_spawn() {
+            Ok(id) => {
+                self.slot_for.insert(id, slot);
+            }
+            Err(e) => log::error!("respawn in slot {slot}: {e}"),
+        }
+    }
+
+    /// After worker `slot.id` exited (and was removed): reload bookkeeping, then a respawn
+    /// unless it was stopped on purpose or the cluster is stopping.
+    pub(super) fn after_exit(&mut self, slot: &Slot, status: ExitStatus) {
+        if let Some((old, new)) = self.reload.as_ref().and_then(|r| r.current) {
+            if new == slot.id {
+                let how = if status.signal != 0 {
+                    format!("signal {}", status.signal)
+                } else {
+                    format!("code {}", status.code)
+                };
+                self.abort_reload(format!("replacement worker {} exited ({how}) before it was ready", slot.id));
+                return;
+            }
+            if old == slot.id {
+                return; // its replacement is taking over the slot
+            }
+        }
+        if slot.disconnect_requested || self.phase != Phase::Running || self.cfg.restart.is_none() {
+            return;
+        }
+        let uptime = sys::monotonic_ms().saturating_sub(slot.started_mono_ms);
+        self.decide_restart(slot.id, slot.slot, uptime, slot.ever_ready);
+    }
+
+    fn decide_restart(&mut self, id: u32, slot: u32, uptime_ms: u64, was_ready: bool) {
+        let Some(policy) = self.cfg.restart else { return };
+        if self.phase != Phase::Running {
+            return;
+        }
+        let now = sys::monotonic_ms();
+        let history = self.histories.entry(slot).or_default();
+        if history.given_up {
+            return;
+        }
+        match history.on_death(&policy, now, uptime_ms, was_ready) {
+            Decision::RespawnAfter(delay) => {
+                log::info!("slot {slot}: restarting in {delay} ms (restart {})", history.restarts);
+                self.pending_respawns.insert(slot);
+                self.reactor.add_timer(now + delay, Timer::Respawn(slot));
+            }
+            Decision::GiveUp(why) => {
+                let msg = format!("slot {slot} (last worker {id}): {why}");
+                log::error!("{msg}");
+                self.events.push(Event { data: msg.into_bytes(), ..Event::new(EventKind::SlotFailed, id) });
+            }
+        }
+    }
+
+    /// Worker `id` reported READY.
+    pub(super) fn on_ready(&mut self, id: u32) {
+        if let Some(s) = self.slots.get_mut(&id) {
+            s.ever_ready = true;
+        }
+        if let Some((old, new)) = self.reload.as_ref().and_then(|r| r.current) {
+            if new == id {
+                log::info!("reload: worker {new} is ready, draining worker {old}");
+                self.disconnect(old).ok();
+                if let Some(r) = self.reload.as_mut() {
+                    r.current = None;
+                }
+                self.step_reload();
+            }
+        }
+        if !self.ready_notified && self.ready_count() >= self.cfg.effective_workers() as usize {
+            self.ready_notified = true;
+            let status = format!("READY=1\nSTATUS={} workers ready", self.ready_count());
+            self.notify(&status);
+        }
+    }
+
+    fn ready_count(&self) -> usize {
+        self.slots.values().filter(|s| s.state == WorkerState::Ready && !s.disconnect_requested).count()
+    }
+
+    /// Starts a rolling reload: every worker is replaced, one slot at a time, the ready count
+    /// never dropping; a replacement that fails aborts it and the old worker stays.
+    pub fn reload(&mut self) -> Result<()> {
+        if self.phase != Phase::Running {
+            return fail(Code::State, "the cluster is shutting down: no reload");
+        }
+        if self.reload.as_ref().is_some_and(|r| !r.recycle) {
+            return fail(Code::State, "a reload is already in progress");
+        }
+        let pending: VecDeque<u32> = self.slots.values().filter(|s| !s.disconnect_requested).map(|s| s.id).collect();
+        log::info!("rolling reload of {} worker(s)", pending.len());
+        let usec = sys::monotonic_ms() * 1000;
+        self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
+        if let Some(r) = self.reload.as_mut() {
+            // A recycle in progress becomes part of the reload.
+            r.recycle = false;
+            r.pending.extend(pending.into_iter().filter(|id| r.current.is_none_or(|(old, _)| old != *id)));
+        } else {
+            self.reload = Some(Reload { pending, current: None, recycle: false });
+        }
+        self.step_reload();
+        Ok(())
+    }
+
+    /// Recycles worker `id` if it reached its max-requests limit.
+    pub(super) fn check_recycle(&mut self, id: u32) {
+        let Some(s) = self.slots.get(&id) else { return };
+        if s.request_limit == 0 || s.connections < s.request_limit || s.disconnect_requested || self.reload.is_some() {
+            return;
+        }
+        if self.phase != Phase::Running {
+            return;
+        }
+        log::info!("worker {id} served {} connections (limit {}): recycling it", s.connections, s.request_limit);
+        self.reload = Some(Reload { pending: VecDeque::from([id]), current: None, recycle: true });
+        self.step_reload();
+    }
+
+    fn step_reload(&mut self) {
+        loop {
+            let Some(r) = self.reload.as_mut() else { return };
+            if r.current.is_some() {
+                return;
+            }
+            let Some(old) = r.pending.pop_front() else {
+                let recycle = r.recycle;
+                self.reload = None;
+                if !recycle {
+                    log::info!("rolling reload complete");
+                    self.events.push(Event { data: b"reload complete".to_vec(), ..Event::new(EventKind::Reloaded, 0) });
+                    self.notify("READY=1\nSTATUS=reload complete");
+                }
+                return;
+            };
+            let Some(slot) = self.slots.get(&old).filter(|s| !s.disconnect_requested).map(|s| s.slot) else { continue };
+            match self.request_spawn() {
+                Ok(new) => {
+                    self.slot_for.insert(new, slot);
+                    log::info!("reload: starting worker {new} to replace worker {old}");
+                    if let Some(r) = self.reload.as_mut() {
+                        r.current = Some((old, new));
+                    }
+                    return;
+                }
+                Err(e) => return self.abort_reload(format!("cannot start a replacement: {e}")),
+            }
+        }
+    }
+
+    pub(super) fn abort_reload(&mut self, why: String) {
+        let Some(r) = self.reload.take() else { return };
+        if r.recycle {
+            log::warn!("recycle aborted: {why}; the old worker keeps serving");
+            return;
+        }
+        let msg = format!("reload aborted: {why}; the old workers keep serving");
+        log::error!("{msg}");
+        self.events.push(Event { exit_code: -1, data: msg.into_bytes(), ..Event::new(EventKind::Reloaded, 0) });
+        if self.phase == Phase::Running {
+            self.notify("READY=1\nSTATUS=reload aborted");
+        }
+    }
+
+    /// Sends an sd_notify message when NOTIFY_SOCKET is set.
+    pub(super) fn notify(&self, state: &str) {
+        if let Some(n) = &self.notifier {
+            n.send(state);
+        }
+    }
+
+    /// Per-worker and total counters as JSON.
+    pub fn stats_json(&self) -> String {
+        let now = sys::monotonic_ms();
+        let mut out = String::from("{\"workers\":[");
+        let (mut conns, mut min, mut mout, mut restarts) = (0u64, 0u64, 0u64, 0u64);
+        for (i, s) in self.slots.values().enumerate() {
+            let info = s.info();
+            conns += info.connections;
+            min += info.messages_in;
+            mout += info.messages_out;
+            restarts += u64::from(info.restarts);
+            let state = match info.state {
+                WorkerState::Starting => "starting",
+                WorkerState::Online => "online",
+                WorkerState::Ready => "ready",
+                WorkerState::Disconnecting => "disconnecting",
+                WorkerState::Dead => "dead",
+            };
+            let _ = write!(
+                out,
+                "{}{{\"id\":{},\"pid\":{},\"slot\":{},\"state\":\"{state}\",\"connections\":{},\"in_flight\":{},\"messages_in\":{},\"messages_out\":{},\"restarts\":{},\"uptime_ms\":{}}}",
+                if i > 0 { "," } else { "" },
+                info.id,
+                info.pid,
+                s.slot,
+                info.connections,
+                s.unacked,
+                info.messages_in,
+                info.messages_out,
+                info.restarts,
+                now.saturating_sub(s.started_mono_ms)
+            );
+        }
+        let _ = write!(
+            out,
+            "],\"total\":{{\"workers\":{},\"connections\":{conns},\"messages_in\":{min},\"messages_out\":{mout},\"restarts\":{restarts},\"dropped\":{},\"waiting\":{}}},\"uptime_ms\":{}}}",
+            self.slots.len(),
+            self.handoff.dropped,
+            self.handoff.waiting.len(),
+            now.saturating_sub(self.started_ms)
+        );
+        out
+    }
+}
