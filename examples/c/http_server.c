@@ -7,7 +7,8 @@
  * policy, hands each connection to one of them in turn (least: to the one holding the fewest;
  * sticky: the same client address to the same worker; shared/reuseport: the workers accept by
  * themselves). The worker code is the same whatever the policy. Each worker answers with its id and pid, and logs what it answered.
- * Ctrl-C or SIGTERM: a graceful stop (in-flight requests finish), exit 0.
+ * Ctrl-C or SIGTERM: a graceful stop (in-flight requests finish), exit 0. SIGHUP: a rolling
+ * reload (every worker replaced, never fewer ready). A crashed worker is replaced.
  * Try it: curl http://127.0.0.1:8080/   (RCLUSTER_LOG=debug shows the library's view) */
 #define _GNU_SOURCE
 #include <rcluster.h>
@@ -106,7 +107,9 @@ int main(int argc, char **argv) {
     cluster_config_set_mode(cfg, exec_mode ? CLUSTER_MODE_EXEC : CLUSTER_MODE_FORK);
     cluster_config_set_grace(cfg, 10000);
     cluster_config_set_policy(cfg, policy);
-    if (cluster_config_listen_tcp(cfg, "127.0.0.1", (uint16_t)port) < 0 ||
+    /* Under systemd socket activation (examples/systemd/) the socket comes from systemd. */
+    int inherited = cluster_config_listen_systemd(cfg);
+    if ((inherited <= 0 && cluster_config_listen_tcp(cfg, "127.0.0.1", (uint16_t)port) < 0) ||
         cluster_primary_start(cfg, on_primary, NULL) < 0) {
         fprintf(stderr, "http_server: %s\n", cluster_last_error());
         cluster_config_free(cfg);
