@@ -87,7 +87,10 @@ impl Primary {
                 let stuck: Vec<(u32, i32, u64)> = self
                     .slots
                     .values()
-                    .filter(|s| s.channel_open && !s.watchdog_fired && s.state != WorkerState::Starting)
+                    // A worker whose channel we stopped reading (a relay waiting for room) is
+                    // not silent, we are not listening: it is not judged.
+                    .filter(|s| s.channel_open && !s.watchdog_fired && s.stalled.is_none())
+                    .filter(|s| s.state != WorkerState::Starting)
                     .filter(|s| now.saturating_sub(s.last_heard_ms) > timeout)
                     .map(|s| (s.id, s.pid, now - s.last_heard_ms))
                     .collect();

@@ -86,8 +86,10 @@ impl Primary {
         for from in senders {
             let Some(st) = self.slots.get_mut(&from).and_then(|s| s.stalled.take()) else { continue };
             self.relay(from, st);
-            if let Some(slot) = self.slots.get(&from) {
+            if let Some(slot) = self.slots.get_mut(&from) {
                 if slot.stalled.is_none() && slot.channel_open {
+                    // Its heartbeats waited unread in the channel while we did not read it.
+                    slot.last_heard_ms = crate::sys::monotonic_ms();
                     let fd = slot.outbox.fd();
                     self.reactor.modify(fd, Source::Channel(from), true, slot.outbox.queued() > 0).ok();
                     // Frames may have been waiting while we did not read: level-triggered epoll
