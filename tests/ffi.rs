@@ -190,3 +190,18 @@ fn least_connections_sends_new_connections_to_the_idle_worker() {
 fn connections_queued_with_a_dying_worker_are_answered_by_others() {
     run_c("worker_death", &[], Duration::from_secs(60));
 }
+
+#[test]
+fn three_rolling_reloads_under_load_lose_no_request_and_a_failed_one_aborts() {
+    run_c("lifecycle", &["reload"], Duration::from_secs(60));
+}
+
+#[test]
+fn random_sigkills_under_load_the_cluster_returns_to_full_size() {
+    run_c("lifecycle", &["chaos"], Duration::from_secs(60));
+}
+
+#[test]
+fn sd_notify_ready_reloading_stopping_watchdog() {
+    run_c("lifecycle", &["notify"], Duration::from_secs(60));
+}
