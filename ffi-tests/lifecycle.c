@@ -577,9 +577,11 @@ static long stats_restarts(const char *json, int *entries, long *total) {
     const char *w = strstr(json, "\"workers\":[");
     const char *t = strstr(json, "\"total\":");
     if (!w || !t || t < w) return -1;
+    const char *end = strstr(w, "\"slots\":"); /* per-slot history follows the workers */
+    if (!end || end > t) end = t;
     long sum = 0;
     *entries = 0;
-    for (const char *p = strstr(w, "\"restarts\":"); p && p < t; p = strstr(p + 1, "\"restarts\":")) {
+    for (const char *p = strstr(w, "\"restarts\":"); p && p < end; p = strstr(p + 1, "\"restarts\":")) {
         char *e;
         long v = strtol(p + 11, &e, 10);
         if (e == p + 11) return -1;

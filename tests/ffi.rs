@@ -205,3 +205,38 @@ fn random_sigkills_under_load_the_cluster_returns_to_full_size() {
 fn sd_notify_ready_reloading_stopping_watchdog() {
     run_c("lifecycle", &["notify"], Duration::from_secs(60));
 }
+
+#[test]
+fn a_crash_looping_slot_backs_off_then_is_given_up() {
+    run_c("supervision", &["crashloop"], Duration::from_secs(60));
+}
+
+#[test]
+fn a_worker_not_ready_in_time_is_killed() {
+    run_c("supervision", &["startup"], Duration::from_secs(60));
+}
+
+#[test]
+fn a_stuck_worker_is_aborted_and_replaced_an_idle_one_is_not() {
+    run_c("supervision", &["stuck"], Duration::from_secs(60));
+}
+
+#[test]
+fn scaling_by_api_and_by_signal() {
+    run_c("supervision", &["scale"], Duration::from_secs(60));
+}
+
+#[test]
+fn max_requests_recycles_workers_without_failed_requests() {
+    run_c("supervision", &["maxreq"], Duration::from_secs(60));
+}
+
+#[test]
+fn worker_user_cwd_env_and_silent_stdio_fork_mode() {
+    run_c("supervision", &["process", "fork"], Duration::from_secs(60));
+}
+
+#[test]
+fn worker_user_cwd_env_and_silent_stdio_exec_mode() {
+    run_c("supervision", &["process", "exec"], Duration::from_secs(60));
+}

@@ -304,13 +304,12 @@ impl Primary {
     pub fn stats_json(&self) -> String {
         let now = sys::monotonic_ms();
         let mut out = String::from("{\"workers\":[");
-        let (mut conns, mut min, mut mout, mut restarts) = (0u64, 0u64, 0u64, 0u64);
+        let (mut conns, mut min, mut mout) = (0u64, 0u64, 0u64);
         for (i, s) in self.slots.values().enumerate() {
             let info = s.info();
             conns += info.connections;
             min += info.messages_in;
             mout += info.messages_out;
-            restarts += u64::from(info.restarts);
             let state = match info.state {
                 WorkerState::Starting => "starting",
                 WorkerState::Online => "online",
@@ -333,6 +332,18 @@ impl Primary {
                 now.saturating_sub(s.started_mono_ms)
             );
         }
+        out.push_str("],\"slots\":[");
+        for (i, (slot, h)) in self.histories.iter().enumerate() {
+            let _ = write!(
+                out,
+                "{}{{\"slot\":{slot},\"restarts\":{},\"given_up\":{}}}",
+                if i > 0 { "," } else { "" },
+                h.restarts,
+                h.given_up
+            );
+        }
+        // Restarts of every slot, including those whose workers are gone (a given-up slot).
+        let restarts: u64 = self.histories.values().map(|h| u64::from(h.restarts)).sum();
         let _ = write!(
             out,
             "],\"total\":{{\"workers\":{},\"connections\":{conns},\"messages_in\":{min},\"messages_out\":{mout},\"restarts\":{restarts},\"dropped\":{},\"waiting\":{}}},\"uptime_ms\":{}}}",

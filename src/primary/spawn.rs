@@ -67,6 +67,8 @@ pub fn fork_worker(template: WorkerEnv, process: &WorkerProcess) -> Result<Spawn
             // SAFETY: leaving the child without running the primary's atexit handlers.
             unsafe { libc::_exit(126) };
         }
+        // Changing the uid or gid clears the parent-death signal: set it again.
+        die_with_parent(parent);
         for var in &process.env {
             if let Some((k, v)) = var.to_str().ok().and_then(|s| s.split_once('=')) {
                 std::env::set_var(k, v);
@@ -189,6 +191,8 @@ pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv, process: &WorkerProcess
             let failure = match setup.apply() {
                 Err((stage, errno)) => [stage as libc::c_int, errno],
                 Ok(()) => {
+                    // Changing the uid or gid clears the parent-death signal: set it again.
+                    die_with_parent(parent);
                     libc::execve(plan.path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
                     [Stage::Exec as libc::c_int, *libc::__errno_location()]
                 }
