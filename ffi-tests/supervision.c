@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #define MAX_IDS 64
 
@@ -98,26 +99,48 @@ static int worker_main(void *ud) {
     return cluster_run() == 0 ? 0 : 3;
 }
 
+/* manual: READY only once the worker calls cluster_ready() (after the primary says "go"). */
+static void on_manual_worker(void *ud, const cluster_event *ev) {
+    (void)ud;
+    if (ev->kind == CLUSTER_EVENT_MESSAGE && ev->len == 2 && memcmp(ev->data, "go", 2) == 0) OK(cluster_ready());
+}
+
+static int manual_worker_main(void *ud) {
+    OK(cluster_worker_start(on_manual_worker, ud));
+    return cluster_run() == 0 ? 0 : 3;
+}
+
+/* exec-reload: an EXEC-mode worker started through a script names the version the script
+ * passed it. */
+static const char *version_arg;
+static int version_worker_main(void *ud) {
+    OK(cluster_worker_start(on_http_worker, ud));
+    char m[64];
+    int n = snprintf(m, sizeof m, "version %s", version_arg);
+    OK(cluster_send(0, (const uint8_t *)m, (size_t)n));
+    return cluster_run() == 0 ? 0 : 3;
+}
+
 /* ================================================================ primary side ==== */
 
 struct wrec {
     pid_t pid;
     int forked, ready, exited, errors;
     long long fork_ms, ready_ms, exit_ms, error_ms;
-    int code, sig, after_disconnect;
+    int code, sig, after_disconnect, online;
     char msg[4 * PATH_MAX + 256];
     int has_msg;
 };
 
 static struct wrec W[MAX_IDS + 1];
-static int n_forks, n_ready, n_exits, n_errors, n_msgs;
+static int n_forks, n_ready, n_exits, n_errors, n_msgs, n_reloaded, reloaded_code;
 static int n_slot_failed, slot_failed_id, slot_failed_after_exit;
 static long long slot_failed_ms;
 static char slot_failed_why[512];
 
 static void reset_records(void) {
     memset(W, 0, sizeof W);
-    n_forks = n_ready = n_exits = n_errors = n_msgs = 0;
+    n_forks = n_ready = n_exits = n_errors = n_msgs = n_reloaded = reloaded_code = 0;
     n_slot_failed = slot_failed_id = slot_failed_after_exit = 0;
     slot_failed_ms = 0;
     slot_failed_why[0] = '\0';
@@ -159,6 +182,13 @@ static void on_primary(void *ud, const cluster_event *ev) {
             W[id].errors++;
         }
         n_errors++;
+        break;
+    case CLUSTER_EVENT_ONLINE:
+        if (id >= 1 && id <= MAX_IDS) W[id].online = 1;
+        break;
+    case CLUSTER_EVENT_RELOADED:
+        n_reloaded++;
+        reloaded_code = ev->exit_code;
         break;
     case CLUSTER_EVENT_SLOT_FAILED:
         printf("SLOT_FAILED (worker %u): %.*s\n", id, (int)ev->len, (const char *)ev->data);
@@ -766,8 +796,73 @@ static int case_process(const char *mode) {
 
 /* ---------------------------------------------------------------- main ---- */
 
+/* ---------------------------------------------------------------- manual ---- */
+
+static int case_manual(void) {
+    cluster_config *cfg = base_config(1, manual_worker_main);
+    OK(cluster_config_set_manual_ready(cfg, true));
+    start(cfg);
+    WAIT_FOR(W[1].online, 10000, "worker 1 ONLINE");
+    dispatch_for(300);
+    CHECK(!W[1].ready, "READY before the worker called cluster_ready()");
+    struct cluster_worker_info info;
+    OK(cluster_worker_info(1, &info));
+    CHECK(info.state == CLUSTER_WORKER_ONLINE, "state %u, expected ONLINE", info.state);
+    OK(cluster_send(1, (const uint8_t *)"go", 2));
+    WAIT_FOR(W[1].ready, 10000, "READY after cluster_ready()");
+    stop_and_check();
+    return 0;
+}
+
+/* ---------------------------------------------------------------- exec-reload ---- */
+
+static void write_script(const char *dir, const char *self, const char *version) {
+    char tmp[PATH_MAX], path[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s/app.new", dir);
+    snprintf(path, sizeof path, "%s/app", dir);
+    FILE *f = fopen(tmp, "w");
+    CHECK(f != NULL, "create %s", tmp);
+    fprintf(f, "#!/bin/sh\nexec '%s' version-worker %s\n", self, version);
+    CHECK(fclose(f) == 0 && chmod(tmp, 0755) == 0, "write %s", tmp);
+    CHECK(rename(tmp, path) == 0, "install %s", path); /* as a deploy does: a new file, renamed over */
+}
+
+static int case_exec_reload(void) {
+    char dir[] = "/tmp/rcluster-exec-reload-XXXXXX", self[PATH_MAX], app[PATH_MAX];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    CHECK(n > 0, "readlink /proc/self/exe");
+    self[n] = '\0';
+    snprintf(app, sizeof app, "%s/app", dir);
+    write_script(dir, self, "v1");
+    cluster_config *cfg = base_config(2, http_worker_main);
+    OK(cluster_config_set_mode(cfg, CLUSTER_MODE_EXEC));
+    const char *const argv[] = {app, NULL};
+    OK(cluster_config_set_exec(cfg, app, argv));
+    start(cfg);
+    WAIT_FOR(W[1].has_msg && W[2].has_msg, 20000, "both v1 workers' versions");
+    CHECK(!strcmp(W[1].msg, "version v1") && !strcmp(W[2].msg, "version v1"), "v1 workers say '%s' '%s'", W[1].msg, W[2].msg);
+    write_script(dir, self, "v2");
+    OK(cluster_reload());
+    WAIT_FOR(n_reloaded == 1, 20000, "the reload's end");
+    CHECK(reloaded_code == 0, "the reload completed (%d)", reloaded_code);
+    WAIT_FOR(W[3].has_msg && W[4].has_msg, 20000, "the replacements' versions");
+    CHECK(!strcmp(W[3].msg, "version v2") && !strcmp(W[4].msg, "version v2"), "replacements run the program now on disk: '%s' '%s'",
+          W[3].msg, W[4].msg);
+    stop_and_check();
+    unlink(app);
+    rmdir(dir);
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    if (cluster_is_worker()) return worker_main(NULL);
+    if (cluster_is_worker()) {
+        if (argc > 2 && strcmp(argv[1], "version-worker") == 0) {
+            version_arg = argv[2];
+            return version_worker_main(NULL);
+        }
+        return worker_main(NULL);
+    }
     test_deadline(60);
     setvbuf(stdout, NULL, _IONBF, 0);
     if (getenv("RCLUSTER_LOG")) cluster_log_init();
@@ -786,10 +881,14 @@ int main(int argc, char **argv) {
         rc = case_scale();
     else if (strcmp(c, "maxreq") == 0)
         rc = case_maxreq();
+    else if (strcmp(c, "manual") == 0)
+        rc = case_manual();
+    else if (strcmp(c, "exec-reload") == 0)
+        rc = case_exec_reload();
     else if (strcmp(c, "process") == 0)
         rc = case_process(argc > 2 ? argv[2] : "");
     else {
-        fprintf(stderr, "usage: %s crashloop|startup|stuck|scale|maxreq|process fork|process exec\n", argv[0]);
+        fprintf(stderr, "usage: %s crashloop|startup|stuck|scale|maxreq|manual|exec-reload|process fork|process exec\n", argv[0]);
         return 2;
     }
     printf("supervision %s%s%s: ok (%lld ms)\n", c, argc > 2 ? " " : "", argc > 2 ? argv[2] : "", now_ms() - t0);

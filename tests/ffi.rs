@@ -240,3 +240,13 @@ fn worker_user_cwd_env_and_silent_stdio_fork_mode() {
 fn worker_user_cwd_env_and_silent_stdio_exec_mode() {
     run_c("supervision", &["process", "exec"], Duration::from_secs(60));
 }
+
+#[test]
+fn manual_readiness_waits_for_cluster_ready() {
+    run_c("supervision", &["manual"], Duration::from_secs(60));
+}
+
+#[test]
+fn an_exec_mode_reload_runs_the_program_now_on_disk() {
+    run_c("supervision", &["exec-reload"], Duration::from_secs(60));
+}
