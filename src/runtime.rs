@@ -256,12 +256,20 @@ pub fn dispatch(timeout_ms: i32) -> Result<usize> {
         match &mut *rt {
             Runtime::Primary(p) => {
                 p.process(&ready);
+                if p.finished() {
+                    // The next dispatch reports the end: make the fd say so to hosts that
+                    // only dispatch when it is readable.
+                    p.shared().wake();
+                }
                 let ev = p.take_events();
                 drive_spawns(rt);
                 ev
             }
             Runtime::Worker(w) => {
                 w.process(&ready);
+                if w.finished() {
+                    w.shared().wake();
+                }
                 w.take_events()
             }
             _ => Vec::new(),

@@ -184,7 +184,10 @@ pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv, process: &WorkerProcess
         // (the NUL-terminated argv/envp arrays point into CStrings that the copy-on-write child
         // still holds).
         unsafe {
-            for &fd in std::iter::once(&child_fd).chain(inherit.iter()) {
+            // stdio too: some hosts (Node) mark 0-2 close-on-exec, and a worker without its
+            // stdout would lose every line it prints.
+            let stdio: &[RawFd] = if setup.devnull.is_none() { &[0, 1, 2] } else { &[] };
+            for &fd in std::iter::once(&child_fd).chain(inherit.iter()).chain(stdio) {
                 let flags = libc::fcntl(fd, libc::F_GETFD);
                 libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
             }

@@ -1,0 +1,62 @@
+'use strict';
+// rcluster for Node.js: node:cluster's API on the rcluster library (librcluster.so).
+//
+//   const cluster = require('rcluster');
+//   if (cluster.isPrimary) { cluster.setupPrimary({ listen: [{ host: '127.0.0.1', port: 8080 }] }); cluster.fork(); }
+//   else { cluster.worker.on('connection', (socket) => server.emit('connection', socket)); }
+//
+// Workers are started in EXEC mode only (fork(2) is unsafe in a V8 process): the same Node,
+// with the same flags, on the script (settings.exec, default process.argv[1]).
+
+const EventEmitter = require('events');
+const { isMainThread } = require('worker_threads');
+
+const native = require('./lib/native');
+const codec = require('./lib/codec');
+
+const cluster = new EventEmitter();
+const isWorker = native.isWorker();
+
+cluster.isWorker = isWorker;
+cluster.isPrimary = !isWorker;
+cluster.isMaster = !isWorker;
+cluster.constants = native.constants;
+/** The message codec (tag byte + payload), for peers written in other languages. */
+cluster.encodeMessage = (value) => {
+  const [tag, payload] = codec.encode(value);
+  let body;
+  if (typeof payload === 'string') body = Buffer.from(payload, 'utf8');
+  else if (ArrayBuffer.isView(payload)) body = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+  else body = Buffer.from(payload); // an ArrayBuffer
+  return Buffer.concat([Buffer.from([tag]), body]);
+};
+cluster.decodeMessage = (buf) => codec.decode(buf);
+
+module.exports = cluster;
+
+// The runtime is process-global: only the main thread drives it.
+if (isMainThread && native.claim()) {
+  const LEVELS = ['', 'ERROR', 'WARN', 'INFO', 'DEBUG', 'TRACE'];
+  const role = isWorker ? `worker ${native.workerId()}` : 'primary';
+  /** Default log sink: errors and warnings (everything RCLUSTER_LOG lets through when set). */
+  const defaultLogger = (level, target, message) => {
+    if (level > 2 && !process.env.RCLUSTER_LOG) return;
+    process.stderr.write(`rcluster ${LEVELS[level] || level} [${role} ${process.pid}] ${target}: ${message}\n`);
+  };
+  /** Routes the library's log records to fn(level, target, message); null silences them. */
+  cluster.setLogger = (fn) => native.setLogger(fn === undefined ? defaultLogger : fn);
+  cluster.setLogger(defaultLogger);
+
+  if (isWorker) require('./lib/worker')(cluster, native);
+  else require('./lib/primary')(cluster, native);
+} else {
+  cluster.setLogger = () => {};
+  const notHere = () => {
+    const err = new Error('rcluster: the cluster runtime belongs to the main thread of the process');
+    err.code = 'ERR_RCLUSTER_THREAD';
+    throw err;
+  };
+  for (const name of ['setupPrimary', 'setupMaster', 'fork', 'disconnect', 'shutdown', 'reload', 'scale', 'port', 'stats', 'broadcast']) {
+    cluster[name] = notHere;
+  }
+}

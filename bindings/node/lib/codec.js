@@ -1,0 +1,54 @@
+'use strict';
+// Messages on the wire: one tag byte, then the payload.
+//
+//   0x01  raw bytes   (sent: Buffer, any TypedArray, DataView, ArrayBuffer; received: Buffer)
+//   0x02  UTF-8 text  (sent and received: string)
+//   0x03  JSON text   (anything else JSON can carry; received: JSON.parse of it)
+//
+// A payload that is empty, or whose first byte is none of these, is delivered whole as a
+// Buffer: a C or Python peer can send plain bytes (not starting with 0x01-0x03) and a Node
+// receiver gets them as they are. To send to such a peer, prefix nothing and use sendRaw.
+
+const TAG_BYTES = 0x01;
+const TAG_STRING = 0x02;
+const TAG_JSON = 0x03;
+const RAW = -1; // no tag byte at all (sendRaw)
+
+function invalid(message) {
+  const err = new TypeError(message);
+  err.code = 'ERR_INVALID_ARG_TYPE';
+  return err;
+}
+
+/** [tag, payload]: the payload is a string or bytes, as the addon takes them. */
+function encode(value) {
+  if (typeof value === 'string') return [TAG_STRING, value];
+  if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) return [TAG_BYTES, value];
+  if (value === undefined || typeof value === 'function' || typeof value === 'symbol') {
+    throw invalid(`rcluster: a message cannot be ${typeof value} (send a Buffer, a string, or a JSON value)`);
+  }
+  const json = JSON.stringify(value);
+  if (json === undefined) throw invalid('rcluster: this message has no JSON form');
+  return [TAG_JSON, json];
+}
+
+/** The value a sender's encode() carried; `buf` is a Buffer (or undefined for empty). */
+function decode(buf) {
+  if (!buf || buf.length === 0) return Buffer.alloc(0);
+  switch (buf[0]) {
+    case TAG_BYTES:
+      return buf.subarray(1);
+    case TAG_STRING:
+      return buf.toString('utf8', 1);
+    case TAG_JSON:
+      try {
+        return JSON.parse(buf.toString('utf8', 1));
+      } catch {
+        return buf; // not ours after all: as it came
+      }
+    default:
+      return buf;
+  }
+}
+
+module.exports = { encode, decode, TAG_BYTES, TAG_STRING, TAG_JSON, RAW };

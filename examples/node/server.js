@@ -1,0 +1,50 @@
+// server.js: a plain `http` server on rcluster: 4 workers, each answer says which worker
+// answered. server_node_cluster.js beside it is the same program on node:cluster.
+//
+//   node server.js [port]      (default 8080; 0 picks a free port)
+//
+// On start the primary sends 8 requests to itself and prints who answered them, then keeps
+// serving: try `curl http://127.0.0.1:8080/`. Ctrl-C or SIGTERM: a graceful stop (requests in
+// flight finish), exit 0. SIGHUP: a rolling reload (every worker replaced, never fewer ready).
+'use strict';
+const http = require('http');
+const cluster = require('rcluster'); // <- the switch: require('node:cluster')
+
+const PORT = Number(process.argv[2] || process.env.PORT || 8080);
+const WORKERS = 4;
+
+if (cluster.isPrimary) {
+  // rcluster: the primary binds the port and hands each connection to a worker in turn.
+  cluster.setupPrimary({ listen: [{ host: '127.0.0.1', port: PORT }] });
+  for (let i = 0; i < WORKERS; i++) cluster.fork();
+
+  let listening = 0;
+  cluster.on('listening', (worker, address) => {
+    console.log(`primary: worker ${worker.id} (pid ${worker.process.pid}) is ready`);
+    if (++listening === WORKERS) demo(address.port);
+  });
+  cluster.on('exit', (worker, code, signal) => console.log(`primary: worker ${worker.id} exited (${signal || `code ${code}`})`));
+  console.log(`primary ${process.pid}: starting ${WORKERS} workers`);
+} else {
+  const server = http.createServer((req, res) => {
+    res.setHeader('content-type', 'text/plain');
+    res.end(`Hello from worker ${cluster.worker.id} (pid ${process.pid})\n`);
+  });
+  // rcluster: connections come from the primary, as net.Sockets.
+  cluster.worker.on('connection', (socket) => server.emit('connection', socket));
+}
+
+// Eight requests, one after the other, each on a new connection: who answered?
+async function demo(port) {
+  console.log(`primary: serving http://127.0.0.1:${port}/ (Ctrl-C stops)`);
+  for (let i = 1; i <= 8; i++) {
+    const body = await new Promise((resolve, reject) => {
+      http.get({ host: '127.0.0.1', port, agent: false }, (res) => {
+        let text = '';
+        res.on('data', (d) => (text += d));
+        res.on('end', () => resolve(text.trim()));
+      }).on('error', reject);
+    });
+    console.log(`request ${i} -> ${body}`);
+  }
+}
