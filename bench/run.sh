@@ -43,6 +43,7 @@ measure() {
 
 policy_server() { local policy=$1; shift; exec "$out/rcluster_server" "$1" "$2" "$policy"; }
 node_server() { exec node bench/node_cluster.js "$1" "$2"; }
+node_rcluster_server() { exec node bench/node_rcluster.js "$1" "$2"; }
 
 echo "new connection per request, $workers workers, $conns connections, ${secs}s each ($(nproc) cores)"
 measure plain-reuseport "$out/reuseport_server"
@@ -50,9 +51,19 @@ measure rcluster-rr policy_server rr
 measure rcluster-least policy_server least
 measure rcluster-shared policy_server shared
 measure rcluster-reuseport policy_server reuseport
-if command -v node >/dev/null; then measure node-cluster-rr node_server; fi
+if command -v node >/dev/null; then
+  measure node-cluster-rr node_server
+  if [ -f bindings/node/build/rcluster.node ]; then measure node-rcluster-rr node_rcluster_server; fi
+fi
 
 ratio() { awk -v a="${rps[$1]:-0}" -v b="${rps[$2]:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
 echo "rcluster-rr / plain-reuseport = $(ratio rcluster-rr plain-reuseport)   (target >= 0.85)"
 echo "rcluster-rr / node-cluster-rr = $(ratio rcluster-rr node-cluster-rr)   (target >= 1.8)"
+if [ -n "${rps[node-rcluster-rr]:-}" ]; then
+  echo "same JS handler: rcluster / node:cluster = $(ratio node-rcluster-rr node-cluster-rr)   (target >= 1.3)"
+  echo
+  a=$(node bench/ipc_echo.js node 3 | awk '{print $4}')
+  b=$(node bench/ipc_echo.js rcluster 3 | awk '{print $4}')
+  echo "ipc echo 64 B: node:cluster $a/s, rcluster $b/s, ratio $(awk -v a="$b" -v b="$a" 'BEGIN { printf "%.2f", a / b }')   (target >= 2)"
+fi

@@ -1,0 +1,19 @@
+// The same raw net handler as node_cluster.js, on rcluster (require('rcluster') instead of
+// node:cluster): the "same JavaScript handler" comparison.   node node_rcluster.js PORT WORKERS
+'use strict';
+const cluster = require('../bindings/node');
+const net = require('node:net');
+const RESPONSE = 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok';
+const [port, workers] = process.argv.slice(2).map(Number);
+if (cluster.isPrimary) {
+  cluster.setupPrimary({ listen: [{ host: '127.0.0.1', port }], policy: 'rr' });
+  let ready = 0;
+  for (let i = 0; i < workers; i++) cluster.fork();
+  cluster.on('listening', () => { if (++ready === workers) console.log('ready'); });
+} else {
+  const server = net.createServer((s) => {
+    s.once('data', () => s.end(RESPONSE));
+    s.on('error', () => {});
+  });
+  cluster.worker.on('connection', (socket) => server.emit('connection', socket));
+}
