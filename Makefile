@@ -1,13 +1,13 @@
 # The two commands a newcomer needs:
 #   make demo   - the demo cluster: 4 workers serving HTTP on 127.0.0.1:8080, showing who answered
-#   make test   - every test (Rust unit + C ABI tests, lints; Python and Node when present)
+#   make test   - every test: lints, Rust unit tests, the C ABI tests, Python, Node
 CARGO ?= cargo
 CC ?= cc
 CFLAGS ?= -std=gnu11 -O2 -g -Wall -Wextra -Werror
 PORT ?= 8080
 LIB := target/release/librcluster.so
 
-.PHONY: all lib demo test test-rust lint header examples bench clean
+.PHONY: all lib demo test test-rust test-python test-node lint header examples bench clean
 
 all: lib examples
 
@@ -23,10 +23,22 @@ examples: target/examples/http_server
 demo: target/examples/http_server
 	PORT=$(PORT) examples/c/demo.sh target/examples/http_server
 
-test: lint test-rust
+DEBUG_LIB := $(CURDIR)/target/debug
+
+test: lint test-rust test-python test-node
 
 test-rust:
 	$(CARGO) test
+
+# The bindings test against the debug library that test-rust built.
+test-python:
+	$(CARGO) build --lib --quiet
+	RCLUSTER_LIB=$(DEBUG_LIB)/librcluster.so python3 -m pytest -q bindings/python/tests
+
+test-node:
+	$(CARGO) build --lib --quiet
+	cd bindings/node && RCLUSTER_LIB_DIR=$(DEBUG_LIB) npm install --no-audit --no-fund --loglevel=error
+	cd bindings/node && RCLUSTER_LIB_DIR=$(DEBUG_LIB) node --test test/
 
 lint:
 	$(CARGO) fmt --check

@@ -1,0 +1,93 @@
+"""rcluster: a process cluster (a primary supervising worker processes, IPC with fd passing,
+accept handoff), like Node's ``cluster`` module, on the rcluster C library.
+
+::
+
+    import rcluster
+
+    def worker():                                   # runs in every worker process
+        w = rcluster.Worker()
+        @w.on("connection")
+        def _(sock, listener, peer):                # sock: socket.socket, owned by the handler
+            sock.recv(4096); sock.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok"); sock.close()
+        @w.on("message")
+        def _(data, sender):                        # data: bytes; sender: 0 = primary
+            w.send(0, b"pong")
+        return w.run()                              # returns when the primary says stop
+
+    if rcluster.is_worker():                        # EXEC mode re-runs the script: land here
+        raise SystemExit(worker())
+    c = rcluster.Cluster(workers=4, mode="fork", worker=worker, listen=[("127.0.0.1", 0)])
+    @c.on("ready")
+    def _(worker_id): c.send(worker_id, b"ping")
+    c.start(); print(c.port(0)); c.run()            # SIGTERM: graceful stop, run() returns 0
+
+Library records go to the ``logging`` logger ``"rcluster"``. See ``rcluster.aio`` for asyncio.
+"""
+
+from __future__ import annotations
+
+from . import _lib
+from ._cluster import Cluster, WorkerInfo, WorkerState
+from ._events import PICKLE_PREFIX, Peer
+from ._lib import ClusterError
+from ._worker import Worker
+
+__all__ = [
+    "Cluster",
+    "Worker",
+    "WorkerInfo",
+    "WorkerState",
+    "ClusterError",
+    "PICKLE_PREFIX",
+    "Peer",
+    "is_worker",
+    "is_primary",
+    "worker_id",
+    "library_path",
+    "E_INVAL",
+    "E_ROLE",
+    "E_NOWORKER",
+    "E_AGAIN",
+    "E_TOOBIG",
+    "E_CLOSED",
+    "E_THREADS",
+    "E_STATE",
+    "E_SYS",
+    "E_PANIC",
+    "E_TIMEOUT",
+]
+
+__version__ = "0.1.0"
+
+#: Result codes (``ClusterError.code``).
+E_INVAL = _lib.CLUSTER_E_INVAL
+E_ROLE = _lib.CLUSTER_E_ROLE
+E_NOWORKER = _lib.CLUSTER_E_NOWORKER
+E_AGAIN = _lib.CLUSTER_E_AGAIN
+E_TOOBIG = _lib.CLUSTER_E_TOOBIG
+E_CLOSED = _lib.CLUSTER_E_CLOSED
+E_THREADS = _lib.CLUSTER_E_THREADS
+E_STATE = _lib.CLUSTER_E_STATE
+E_SYS = _lib.CLUSTER_E_SYS
+E_PANIC = _lib.CLUSTER_E_PANIC
+E_TIMEOUT = _lib.CLUSTER_E_TIMEOUT
+
+#: The path of the loaded librcluster.
+library_path: str = _lib.path
+
+
+def is_worker() -> bool:
+    """True in a worker process (EXEC mode: from the environment at load; FORK mode: in the
+    forked child)."""
+    return bool(_lib.cdll.cluster_is_worker())
+
+
+def is_primary() -> bool:
+    """True in any process that is not a worker."""
+    return bool(_lib.cdll.cluster_is_primary())
+
+
+def worker_id() -> int:
+    """This worker's id (ids start at 1, never reused); 0 in the primary."""
+    return int(_lib.cdll.cluster_worker_id())

@@ -1,0 +1,216 @@
+"""What Cluster and Worker share: event handler lists, the C event callback that stores the
+exceptions of handlers, message decoding (raw bytes, pickled objects, passed fds), peers."""
+
+from __future__ import annotations
+
+import ctypes
+import inspect
+import os
+import pickle
+import socket
+import struct
+import sys
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, TypeVar, Union
+
+from . import _lib
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+#: A descriptor to pass: an int, or anything with ``fileno()`` (a socket, a file).
+FdLike = Union[int, HasFileno]
+
+#: Prefix that marks a ``send_obj`` message: the rest is a pickle. Any other message (from C,
+#: Node, or ``send``) is delivered raw to ``on("message")``.
+PICKLE_PREFIX = b"\x00rcluster-pickle\x00"
+
+#: Type of a peer address: ``(host, port)`` (IPv4), ``(host, port, flowinfo, scope_id)``
+#: (IPv6), a path (a named Unix socket), or None (unknown / unnamed).
+Peer = Union[Tuple[str, int], Tuple[str, int, int, int], str, None]
+
+
+def max_positional(fn: Callable[..., Any]) -> Tuple[Optional[int], int]:
+    """(how many positional arguments `fn` takes at most, None = any; how many it needs)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None, 0
+    most = 0
+    need = 0
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            return None, need
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            most += 1
+            if p.default is p.empty:
+                need += 1
+    return most, need
+
+
+class Handlers:
+    """Handlers per event name. A handler may take fewer (trailing) arguments than its event
+    carries: it gets only as many as it accepts."""
+
+    def __init__(self, owner: str, events: Dict[str, Tuple[str, ...]]) -> None:
+        self._owner = owner
+        self._events = events
+        self._by_name: Dict[str, List[Tuple[Callable[..., Any], Optional[int]]]] = {n: [] for n in events}
+
+    def add(self, event: str, fn: Callable[..., Any]) -> None:
+        if event not in self._events:
+            known = ", ".join(sorted(self._events))
+            raise ValueError(f"{self._owner}: unknown event {event!r} (known: {known})")
+        if not callable(fn):
+            raise TypeError(f"{self._owner}.on({event!r}): handler is not callable")
+        most, need = max_positional(fn)
+        params = self._events[event]
+        if need > len(params):
+            raise TypeError(
+                f"{self._owner}.on({event!r}): the handler needs {need} arguments, "
+                f"the event gives {len(params)}: ({', '.join(params)})"
+            )
+        self._by_name[event].append((fn, most))
+
+    def remove(self, event: str, fn: Optional[Callable[..., Any]] = None) -> None:
+        lst = self._by_name.get(event, [])
+        lst[:] = [] if fn is None else [(f, n) for (f, n) in lst if f is not fn]
+
+    def has(self, event: str) -> bool:
+        return bool(self._by_name.get(event))
+
+    def takes(self, event: str, index: int) -> bool:
+        """True when some handler of `event` accepts argument number `index` (0-based)."""
+        return any(n is None or n > index for (_, n) in self._by_name.get(event, []))
+
+    def emit(self, event: str, *args: Any) -> None:
+        for fn, most in list(self._by_name.get(event, [])):
+            fn(*(args if most is None else args[:most]))
+
+
+def on_decorator(handlers: Handlers, event: str, fn: Optional[F]) -> Any:
+    if fn is not None:
+        handlers.add(event, fn)
+        return fn
+
+    def deco(f: F) -> F:
+        handlers.add(event, f)
+        return f
+
+    return deco
+
+
+def as_bytes(data: Any) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"message data must be bytes-like, not {type(data).__name__} (encode str first)")
+
+
+def pickled(obj: Any) -> bytes:
+    return PICKLE_PREFIX + pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def event_data(ev: _lib.cluster_event) -> bytes:
+    return ctypes.string_at(ev.data, ev.len) if ev.len and ev.data else b""
+
+
+def parse_peer(ptr: Optional[int], length: int) -> Peer:
+    if not ptr or length < 2:
+        return None
+    raw = ctypes.string_at(ptr, length)
+    family = struct.unpack_from("=H", raw, 0)[0]
+    try:
+        if family == socket.AF_INET and length >= 8:
+            port = struct.unpack_from("!H", raw, 2)[0]
+            return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
+        if family == socket.AF_INET6 and length >= 24:
+            port, flow = struct.unpack_from("!HI", raw, 2)
+            scope = struct.unpack_from("=I", raw, 24)[0] if length >= 28 else 0
+            return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flow, scope)
+        if family == socket.AF_UNIX:
+            path = raw[2:].split(b"\0", 1)[0] if raw[2:3] != b"\0" else b""
+            return os.fsdecode(path) if path else None
+    except (OSError, ValueError, struct.error):
+        return None
+    return None
+
+
+def close_fd(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+class Errors:
+    """Exceptions raised by handlers, kept until the dispatch that ran them returns."""
+
+    def __init__(self) -> None:
+        self._pending: List[BaseException] = []
+
+    def add(self, e: BaseException) -> None:
+        self._pending.append(e)
+
+    def raise_first(self) -> None:
+        """Raises the oldest stored exception (the others wait for the next call)."""
+        if self._pending:
+            e = self._pending.pop(0)
+            try:
+                raise e.with_traceback(e.__traceback__)
+            finally:
+                del e
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
+
+
+def flush_stdio() -> None:
+    for f in (sys.stdout, sys.stderr):
+        try:
+            if f is not None:
+                f.flush()
+        except Exception:
+            pass
+
+
+def exit_code(value: Any) -> int:
+    """Like SystemExit: None -> 0, an int -> itself, anything else is printed -> 1."""
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    try:
+        print(value, file=sys.stderr)
+    except Exception:
+        pass
+    return 1
+
+
+def fds_ok(fd: Any) -> int:
+    """A descriptor number from an int or an object with fileno()."""
+    if hasattr(fd, "fileno"):
+        fd = fd.fileno()
+    if not isinstance(fd, int) or fd < 0:
+        raise ValueError(f"fd must be a non-negative int or have fileno(), not {fd!r}")
+    return fd
+
+
+def send(lib: Any, to: int, data: Any, fd: Any) -> None:
+    b = as_bytes(data)
+    if fd is None:
+        _lib.call(lib.cluster_send, to, b, len(b))
+    else:
+        _lib.call(lib.cluster_send_fd, to, b, len(b), fds_ok(fd))
+
+
+def broadcast(lib: Any, data: Any) -> int:
+    b = as_bytes(data)
+    return _lib.call(lib.cluster_broadcast, b, len(b))
+

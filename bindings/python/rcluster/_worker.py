@@ -1,0 +1,258 @@
+"""The worker side: ``Worker``."""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import socket
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from . import _events, _lib, _log
+from ._events import Errors, Handlers, on_decorator
+from ._cluster import RUN_WAIT_MS
+from ._lib import ClusterError
+
+_KEEP_ALIVE: List[Any] = []
+
+
+class Worker:
+    """This worker process's runtime (only in a worker: ``rcluster.is_worker()``).
+
+    Events (``@w.on(name)``; a handler may take fewer trailing arguments than listed):
+
+    * ``connection(sock, listener, peer)``: a connection to serve. ``sock`` is a blocking
+      ``socket.socket`` that the handler owns (close it when done, possibly later or in
+      another thread; call ``conn_done()`` then if the policy is least_connections).
+      ``listener`` is the listener index, ``peer`` the client address (``(host, port)``,
+      ``(host, port, flowinfo, scope_id)``, a Unix path, or None).
+    * ``message(data, sender, fd)``: bytes from the primary (sender 0) or from worker
+      ``sender``. ``fd`` is a passed descriptor (an int the handler then owns and must close)
+      or None; when no handler takes a third argument the binding closes it.
+    * ``object(obj, sender)``: an object sent with ``send_obj``.
+    * ``shutdown()``: the primary asked this worker to stop: finish what you hold; the loop
+      ends once this is handled (``run()`` returns).
+    * ``disconnect()``: the channel to the primary closed.
+    * ``drain()``: a send queue that was full has emptied.
+    * ``error(worker_id, text)``: a failure no call returned (e.g. a message to an unknown
+      worker).
+
+    An exception raised by a handler is re-raised from the ``run()``/``dispatch()`` that ran it.
+    """
+
+    EVENTS: Dict[str, Tuple[str, ...]] = {
+        "connection": ("sock", "listener", "peer"),
+        "message": ("data", "sender", "fd"),
+        "object": ("obj", "sender"),
+        "shutdown": (),
+        "disconnect": (),
+        "drain": (),
+        "error": ("worker_id", "text"),
+    }
+
+    def __init__(self) -> None:
+        if not _lib.cdll.cluster_is_worker():
+            raise ClusterError(
+                _lib.CLUSTER_E_ROLE,
+                "rcluster.Worker() is for worker processes (rcluster.is_worker() is False here)",
+            )
+        self._handlers = Handlers("Worker", self.EVENTS)
+        self._errors = Errors()
+        self._started = False
+        self._finished = False
+        self._signals_saved: Dict[int, Any] = {}
+        self._deferred: List[int] = []
+        self._cb = _lib.EVENT_CB(self._on_event)
+        _KEEP_ALIVE.extend((self._cb, self))
+        _log.install()
+
+    @property
+    def id(self) -> int:
+        """This worker's id (>= 1)."""
+        return int(_lib.cdll.cluster_worker_id())
+
+    # ---- events ----
+
+    def on(self, event: str, fn: Optional[Callable[..., Any]] = None) -> Any:
+        """Registers `fn` for `event`; usable as ``@w.on("connection")``. Returns `fn`."""
+        return on_decorator(self._handlers, event, fn)
+
+    def off(self, event: str, fn: Optional[Callable[..., Any]] = None) -> None:
+        """Removes `fn` (or every handler) from `event`."""
+        self._handlers.remove(event, fn)
+
+    def _on_event(self, _userdata: Optional[int], evp: Any) -> None:
+        fd = -1
+        try:
+            ev = evp.contents
+            fd = ev.fd
+            kind = ev.kind
+            if kind == _lib.CLUSTER_EVENT_CONNECTION:
+                fd = -1
+                self._on_connection(ev.fd, ev.listener, _events.parse_peer(ev.peer, ev.peer_len))
+            elif kind == _lib.CLUSTER_EVENT_MESSAGE:
+                fd = -1
+                self._on_message(ev.worker_id, _events.event_data(ev), ev.fd)
+            elif kind == _lib.CLUSTER_EVENT_SHUTDOWN:
+                self._handlers.emit("shutdown")
+            elif kind == _lib.CLUSTER_EVENT_DISCONNECT:
+                self._handlers.emit("disconnect")
+            elif kind == _lib.CLUSTER_EVENT_DRAIN:
+                self._handlers.emit("drain")
+            elif kind == _lib.CLUSTER_EVENT_ERROR:
+                self._handlers.emit("error", ev.worker_id, _events.event_data(ev).decode("utf-8", "replace"))
+            elif fd >= 0:
+                _events.close_fd(fd)
+        except BaseException as e:
+            if fd >= 0:
+                _events.close_fd(fd)
+            self._errors.add(e)
+
+    def _on_connection(self, fd: int, listener: int, peer: _events.Peer) -> None:
+        if not self._handlers.has("connection"):
+            _events.close_fd(fd)
+            _lib.cdll.cluster_conn_done()
+            return
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            _events.close_fd(fd)
+            _lib.cdll.cluster_conn_done()
+            raise
+        self._handlers.emit("connection", sock, listener, peer)
+
+    def _on_message(self, sender: int, data: bytes, fd: int) -> None:
+        owned = fd if fd >= 0 else None
+        if data.startswith(_events.PICKLE_PREFIX) and self._handlers.has("object"):
+            if owned is not None:
+                _events.close_fd(owned)
+            obj = pickle.loads(data[len(_events.PICKLE_PREFIX) :])
+            self._handlers.emit("object", obj, sender)
+            return
+        taken = owned is not None and self._handlers.takes("message", 2)
+        try:
+            self._handlers.emit("message", data, sender, owned)
+        finally:
+            if owned is not None and not taken:
+                _events.close_fd(owned)
+
+    # ---- loop ----
+
+    def start(self) -> None:
+        """Connects to the primary and reports ONLINE (and READY, unless the cluster was
+        configured with manual_ready). ``run()`` calls it when needed."""
+        if self._started:
+            return
+        _lib.call(_lib.cdll.cluster_worker_start, self._cb, None)
+        self._started = True
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def finished(self) -> bool:
+        """True once the worker's runtime has ended."""
+        return self._finished
+
+    def _after_dispatch(self, rc: int) -> int:
+        if rc == _lib.CLUSTER_E_CLOSED:
+            self._finished = True
+        elif rc < 0:
+            raise _lib.error(rc)
+        _lib.raise_pending()
+        return int(rc)
+
+    def dispatch(self, timeout_ms: int = 0) -> int:
+        """One loop turn (see ``Cluster.dispatch``). Returns the events delivered."""
+        if not self._started:
+            self.start()
+        if self._finished:
+            self._errors.raise_first()
+            return 0
+        rc = self._after_dispatch(_lib.cdll.cluster_dispatch(int(timeout_ms)))
+        self._errors.raise_first()
+        return max(rc, 0)
+
+    def run(self) -> int:
+        """Serves until the primary says stop (or goes away); returns 0. From the main
+        thread, SIGTERM/SIGINT make this worker leave gracefully (``shutdown()``)."""
+        self.start()
+        self._install_signals()
+        fn = _lib.cdll.cluster_dispatch
+        try:
+            while not self._finished:
+                self._after_dispatch(fn(0 if self._deferred else RUN_WAIT_MS))
+                self._run_deferred()
+                self._errors.raise_first()
+        finally:
+            self._restore_signals()
+        self._errors.raise_first()
+        return 0
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if sig not in self._signals_saved:
+                self._signals_saved[sig] = signal.signal(sig, self._on_signal)
+
+    def _restore_signals(self) -> None:
+        saved, self._signals_saved = self._signals_saved, {}
+        for sig, old in saved.items():
+            try:
+                signal.signal(sig, old if old is not None else signal.SIG_DFL)
+            except (ValueError, OSError, TypeError):
+                pass
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        # Queued, never a library call from here (see Cluster._on_signal).
+        self._deferred.append(signum)
+
+    def _run_deferred(self) -> None:
+        while self._deferred:
+            signum = self._deferred.pop(0)
+            try:
+                self.shutdown()
+            except ClusterError as e:
+                _log.logger.warning("worker signal %d: %s", signum, e)
+
+    def fileno(self) -> int:
+        """The loop's pollable fd: readable when ``dispatch(0)`` has work."""
+        if not self._started:
+            self.start()
+        return _lib.call(_lib.cdll.cluster_fd)
+
+    # ---- calls ----
+
+    def ready(self) -> None:
+        """Reports READY (only needed when the cluster has manual_ready=True)."""
+        _lib.call(_lib.cdll.cluster_ready)
+
+    def conn_done(self) -> None:
+        """Reports that one connection it was handed is finished (least_connections counts
+        them). Any thread."""
+        _lib.call(_lib.cdll.cluster_conn_done)
+
+    def shutdown(self) -> None:
+        """Leaves gracefully: the primary stops sending connections, a ``shutdown`` event
+        follows, then the loop ends. The primary does not replace this worker."""
+        _lib.call(_lib.cdll.cluster_shutdown, 0)
+
+    def send(self, to: int, data: Any, fd: Optional[_events.FdLike] = None) -> None:
+        """Sends bytes to the primary (`to` = 0) or to worker `to` (relayed by the primary,
+        which stamps this worker as the sender), and a duplicate of `fd` when given. Any
+        thread. ClusterError E_AGAIN when the queue is full (a ``drain`` event follows)."""
+        _events.send(_lib.cdll, to, data, fd)
+
+    def send_obj(self, to: int, obj: Any) -> None:
+        """Sends a picklable object (received in ``on("object")``)."""
+        _events.send(_lib.cdll, to, _events.pickled(obj), None)
+
+    def broadcast(self, data: Any) -> None:
+        """Sends bytes to every other worker (through the primary)."""
+        _events.broadcast(_lib.cdll, data)
+
+    def broadcast_obj(self, obj: Any) -> None:
+        """Sends a picklable object to every other worker."""
+        _events.broadcast(_lib.cdll, _events.pickled(obj))
