@@ -1,8 +1,12 @@
 /* Log records reach a host callback (level, target, message), and NULL stops them. */
 #include "harness.h"
 
-static volatile int records, started_lines, bad_levels;
+static volatile int records, started_lines, bad_levels, reentry_refused, reentry_other;
 static void on_log(void *ud, int32_t level, const char *target, const char *message) {
+    /* Calling rcluster from here is refused, never a deadlock. */
+    int32_t rc = cluster_workers(NULL, 0);
+    if (rc == CLUSTER_E_STATE) reentry_refused++;
+    else reentry_other++;
     CHECK(ud == (void *)&records, "userdata is passed through");
     if (level < 1 || level > 5 || strncmp(target, "rcluster", 8) != 0) bad_levels++;
     if (strstr(message, "worker 1 started, pid ")) started_lines++;
@@ -33,6 +37,8 @@ int main(void) {
     dispatch_until(&ready, 10000, "READY");
     CHECK(started_lines == 1, "the 'worker 1 started' record arrived once (%d)", started_lines);
     CHECK(bad_levels == 0, "levels are 1..5 and targets are rcluster's");
+    CHECK(reentry_refused > 0 && reentry_other == 0, "calls from the log callback: %d refused, %d not", reentry_refused,
+          reentry_other);
     OK(cluster_set_log_callback(NULL, NULL));
     int before = records;
     OK(cluster_shutdown(5000));

@@ -538,7 +538,8 @@ int32_t cluster_log_init(void);
 /**
  * Sends log records to `cb(userdata, level, target, message)` (level 1 error .. 5 trace, up
  * to the level in `RCLUSTER_LOG`, default info), from whichever thread logs. NULL `cb`
- * stops logging.
+ * stops logging. The callback runs while the runtime is busy: it must not call rcluster
+ * (such calls fail with CLUSTER_E_STATE rather than deadlock); queue the record instead.
  */
 int32_t cluster_set_log_callback(cluster_log_cb cb, void *userdata);
 

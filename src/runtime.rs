@@ -42,6 +42,8 @@ static WORKER_ENV: Mutex<Option<WorkerEnv>> = Mutex::new(None);
 
 thread_local! {
     static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
+    /// This thread holds `RUNTIME` (see `Rt`).
+    static HOLDING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Runs when the library is loaded: an exec'd worker knows it is one before `main`.
@@ -71,8 +73,37 @@ pub fn worker_id() -> u32 {
     sync::lock(&WORKER_ENV).as_ref().map_or(0, |e| e.id)
 }
 
-fn runtime() -> MutexGuard<'static, Runtime> {
-    sync::lock(&RUNTIME)
+/// The locked runtime. The lock is not reentrant, and a host's log callback runs while it is
+/// held (the runtime logs as it works): a call back into rcluster from there gets `State`
+/// instead of a deadlock.
+struct Rt(MutexGuard<'static, Runtime>);
+
+impl std::ops::Deref for Rt {
+    type Target = Runtime;
+    fn deref(&self) -> &Runtime {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Rt {
+    fn deref_mut(&mut self) -> &mut Runtime {
+        &mut self.0
+    }
+}
+
+impl Drop for Rt {
+    fn drop(&mut self) {
+        HOLDING.with(|h| h.set(false));
+    }
+}
+
+fn runtime() -> Result<Rt> {
+    if HOLDING.with(Cell::get) {
+        return fail(Code::State, "rcluster was called from inside its log callback, which must not call rcluster");
+    }
+    let guard = sync::lock(&RUNTIME);
+    HOLDING.with(|h| h.set(true));
+    Ok(Rt(guard))
 }
 
 fn ensure_primary_role() -> Result<()> {
@@ -93,14 +124,14 @@ fn as_primary(rt: &mut Runtime) -> Result<&mut Primary> {
 
 fn with_primary<T>(f: impl FnOnce(&mut Primary) -> Result<T>) -> Result<T> {
     ensure_primary_role()?;
-    f(as_primary(&mut runtime())?)
+    f(as_primary(&mut *runtime()?)?)
 }
 
 fn with_worker<T>(f: impl FnOnce(&mut Worker) -> Result<T>) -> Result<T> {
     if !is_worker() {
         return fail(Code::Role, "this call is for a worker, and this process is the primary");
     }
-    match &mut *runtime() {
+    match &mut *runtime()? {
         Runtime::Worker(w) => f(w),
         Runtime::Finished(_) => fail(Code::Closed, "the worker runtime has stopped"),
         _ => fail(Code::State, "the worker is not started (call cluster_worker_start first)"),
@@ -118,7 +149,7 @@ fn check_startable(rt: &Runtime) -> Result<()> {
 /// `handler` on the thread that runs the loop.
 pub fn primary_start(cfg: Config, handler: Handler) -> Result<()> {
     ensure_primary_role()?;
-    let mut rt = runtime();
+    let mut rt = runtime()?;
     check_startable(&rt)?;
     let primary = Primary::start(cfg)?;
     *sync::write(&SHARED) = Some(primary.shared().clone());
@@ -129,7 +160,7 @@ pub fn primary_start(cfg: Config, handler: Handler) -> Result<()> {
 }
 
 /// Starts the queued worker starts, here, on the loop thread. A FORK-mode child never returns.
-fn drive_spawns(mut rt: MutexGuard<'static, Runtime>) {
+fn drive_spawns(mut rt: Rt) {
     loop {
         let Runtime::Primary(p) = &mut *rt else { return };
         let Some(id) = p.next_spawn() else {
@@ -150,7 +181,7 @@ fn drive_spawns(mut rt: MutexGuard<'static, Runtime>) {
 /// and exits: it never returns from here.
 pub fn fork() -> Result<u32> {
     ensure_primary_role()?;
-    let mut rt = runtime();
+    let mut rt = runtime()?;
     let p = as_primary(&mut rt)?;
     let id = p.request_spawn()?;
     p.unqueue_spawn(id);
@@ -167,7 +198,7 @@ pub fn fork() -> Result<u32> {
 /// In a FORK-mode child: drops every piece of the primary (closing its epoll fd, the other
 /// workers' channels, the listeners, the pidfds, the signal handlers), becomes worker
 /// `env.id`, runs the worker main and exits with its return value.
-fn become_worker(mut rt: MutexGuard<'static, Runtime>, mut env: WorkerEnv) -> ! {
+fn become_worker(mut rt: Rt, mut env: WorkerEnv) -> ! {
     let main = match &mut *rt {
         Runtime::Primary(p) => p.take_worker_main(),
         _ => None,
@@ -191,7 +222,9 @@ fn become_worker(mut rt: MutexGuard<'static, Runtime>, mut env: WorkerEnv) -> ! 
         Some(f) => f(),
         None => 0,
     };
-    *runtime() = Runtime::Idle;
+    if let Ok(mut rt) = runtime() {
+        *rt = Runtime::Idle;
+    }
     sys::flush_stdio();
     // SAFETY: exit(3) runs the C atexit handlers and flushes stdio, as returning from main would.
     unsafe { libc::exit(code) }
@@ -204,7 +237,7 @@ pub fn worker_start(handler: Handler) -> Result<()> {
     let Some(env) = env_slot.as_mut() else {
         return fail(Code::Role, "this process is not a worker (cluster_worker_start is for workers)");
     };
-    let mut rt = runtime();
+    let mut rt = runtime()?;
     check_startable(&rt)?;
     if env.channel < 0 {
         return fail(Code::State, "the worker runtime already ran in this process");
@@ -224,7 +257,7 @@ pub fn ready() -> Result<()> {
 
 /// The loop's pollable fd: readable when `dispatch` has work.
 pub fn fd() -> Result<RawFd> {
-    match &*runtime() {
+    match &*runtime()? {
         Runtime::Primary(p) => Ok(p.poll_fd()),
         Runtime::Worker(w) => Ok(w.poll_fd()),
         Runtime::Finished(Some(fd)) => Ok(std::os::fd::AsRawFd::as_raw_fd(fd)),
@@ -241,7 +274,7 @@ pub fn dispatch(timeout_ms: i32) -> Result<usize> {
         return fail(Code::State, "cluster_dispatch/cluster_run called from inside an event callback");
     }
     let (epfd, timeout) = {
-        let mut rt = runtime();
+        let mut rt = runtime()?;
         finish_if_done(&mut rt)?;
         match &*rt {
             Runtime::Primary(p) => (p.poll_fd(), if p.has_events() { 0 } else { timeout_ms }),
@@ -252,7 +285,7 @@ pub fn dispatch(timeout_ms: i32) -> Result<usize> {
     let mut ready: Vec<Ready> = Vec::new();
     event_loop::wait(epfd, timeout, &mut ready).map_err(|e| Error::sys("epoll_wait", e))?;
     let events = {
-        let mut rt = runtime();
+        let mut rt = runtime()?;
         match &mut *rt {
             Runtime::Primary(p) => {
                 p.process(&ready);
@@ -343,7 +376,7 @@ fn shared() -> Result<Arc<Shared>> {
     if let Some(s) = sync::read(&SHARED).as_ref() {
         return Ok(s.clone());
     }
-    match &*runtime() {
+    match &*runtime()? {
         Runtime::Finished(_) => fail(Code::Closed, "the runtime has stopped"),
         _ => fail(Code::State, "not started (call cluster_primary_start or cluster_worker_start first)"),
     }
@@ -412,7 +445,7 @@ pub fn broadcast(data: &[u8]) -> Result<usize> {
 /// Stops gracefully. Primary: the whole cluster, killing what is left after `grace_ms` (0:
 /// now). Worker: tells the primary it leaves and finishes after the SHUTDOWN event.
 pub fn shutdown(grace_ms: u32) -> Result<()> {
-    let mut rt = runtime();
+    let mut rt = runtime()?;
     match &mut *rt {
         Runtime::Primary(p) => {
             p.shutdown(grace_ms);
@@ -461,7 +494,7 @@ pub fn worker_disconnect(id: u32) -> Result<()> {
 /// Sets the number of workers: starts more, or stops the newest gracefully.
 pub fn scale(n: u32) -> Result<()> {
     ensure_primary_role()?;
-    let mut rt = runtime();
+    let mut rt = runtime()?;
     let p = as_primary(&mut rt)?;
     p.scale(n)?;
     p.shared().wake();
@@ -485,7 +518,7 @@ pub fn reload() -> Result<()> {
         p.shared().wake();
         Ok(())
     })?;
-    drive_spawns(runtime());
+    drive_spawns(runtime()?);
     Ok(())
 }
 
