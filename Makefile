@@ -7,7 +7,7 @@ CFLAGS ?= -std=gnu11 -O2 -g -Wall -Wextra -Werror
 PORT ?= 8080
 LIB := target/release/librcluster.so
 
-.PHONY: all lib demo test test-rust test-python test-node lint header examples bench clean
+.PHONY: all lib demo test test-rust test-python test-node lint header examples bench bench-python clean
 
 all: lib examples
 
@@ -47,6 +47,12 @@ lint:
 # Requests/s of every policy against plain SO_REUSEPORT workers and node:cluster (needs wrk).
 bench:
 	bench/run.sh
+
+# The WSGI example against gunicorn's sync workers (needs wrk and gunicorn), and Python IPC echo.
+bench-python:
+	bench/run_python.sh
+	RCLUSTER_LIB=$(CURDIR)/target/release/librcluster.so PYTHONPATH=bindings/python python3 bench/py_ipc_echo.py 3
+	node bench/ipc_echo.js node 3
 
 # Regenerates the checked-in header after a change to src/ffi (tests/header.rs checks it).
 header:

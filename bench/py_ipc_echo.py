@@ -1,0 +1,54 @@
+"""IPC echo from Python: the primary sends 64-byte messages to one worker, which sends each
+back; prints round trips per second with 64 in flight (compare: bench/ipc_echo.js node).
+
+    python3 bench/py_ipc_echo.py [seconds]
+"""
+import sys
+import time
+
+import rcluster
+
+SECS = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
+WINDOW = 64
+PAYLOAD = bytes(64)
+
+
+def worker() -> int:
+    w = rcluster.Worker()
+
+    @w.on("message")
+    def _(data, sender):
+        w.send(0, data)
+
+    return w.run()
+
+
+if rcluster.is_worker():
+    raise SystemExit(worker())
+
+c = rcluster.Cluster(workers=1, mode="fork", worker=worker, listen=[])
+state = {"done": 0, "inflight": 0, "end": 0.0}
+
+
+@c.on("ready")
+def _(worker_id):
+    state["end"] = time.monotonic() + SECS
+    for _ in range(WINDOW):
+        state["inflight"] += 1
+        c.send(worker_id, PAYLOAD)
+
+
+@c.on("message")
+def _(worker_id, data):
+    state["done"] += 1
+    state["inflight"] -= 1
+    if time.monotonic() < state["end"]:
+        state["inflight"] += 1
+        c.send(worker_id, PAYLOAD)
+    elif state["inflight"] == 0:
+        print(f"python rcluster ipc echo: {round(state['done'] / SECS)} round trips/s")
+        c.shutdown(1000)
+
+
+c.start()
+c.run()
