@@ -63,6 +63,29 @@ impl Shared {
         Ok(())
     }
 
+    /// Holds every send until `uncork_all` (the loop does this around a turn, so what a turn
+    /// sends leaves batched).
+    pub fn cork_all(&self) {
+        for (_, outbox) in self.all() {
+            outbox.cork();
+        }
+    }
+
+    /// Sends what was held since `cork_all`; queues that could not be written completely are
+    /// handed to the loop to watch.
+    pub fn uncork_all(&self) {
+        for (id, outbox) in self.all() {
+            match outbox.uncork() {
+                Ok(f) if f.empty => {}
+                // Not all written, or the channel failed: the loop's watch finds out which.
+                _ => {
+                    self.to_arm.push(id);
+                    self.waker.wake();
+                }
+            }
+        }
+    }
+
     /// Wakes the loop.
     pub fn wake(&self) {
         self.waker.wake();

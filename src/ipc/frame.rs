@@ -52,6 +52,9 @@ pub enum Kind {
     Undeliverable = 10,
     /// worker -> primary: connections handed to it have finished (payload: u32 count).
     ConnDone = 11,
+    /// Several fd-less frames in one datagram (see [`encode_batch`]): small messages sent in
+    /// one loop turn cost one system call on each side instead of one each.
+    Batch = 12,
 }
 
 impl Kind {
@@ -68,6 +71,7 @@ impl Kind {
             9 => Kind::Heartbeat,
             10 => Kind::Undeliverable,
             11 => Kind::ConnDone,
+            12 => Kind::Batch,
             _ => return None,
         })
     }
@@ -148,7 +152,8 @@ impl Header {
             return Err(FrameError::FdCount { announced: h.nfds, received: fds_received });
         }
         let payload = &datagram[HEADER_LEN..];
-        if h.len > max_len {
+        // A batch is bounded by its datagram; each frame inside is checked against max_len.
+        if h.len > max_len && kind != Kind::Batch {
             return Err(FrameError::TooBig { len: h.len, max: max_len });
         }
         let big = h.flags & FLAG_BIG != 0;
@@ -284,6 +289,40 @@ pub fn decode_conns(mut payload: &[u8], count: usize) -> Result<Vec<ConnEntry>, 
     Ok(out)
 }
 
+/// Encodes frames (header bytes + payload, no fds) as one Batch datagram: a Batch header, then
+/// per frame its length (u32) and its bytes.
+pub fn encode_batch<'a>(frames: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Vec<u8> {
+    let mut out = vec![0u8; HEADER_LEN];
+    for (head, payload) in frames {
+        out.extend_from_slice(&((head.len() + payload.len()) as u32).to_le_bytes());
+        out.extend_from_slice(head);
+        out.extend_from_slice(payload);
+    }
+    let header = Header { len: (out.len() - HEADER_LEN) as u64, ..Header::new(Kind::Batch) };
+    out[..HEADER_LEN].copy_from_slice(&header.encode());
+    out
+}
+
+/// The inner datagrams of a Batch payload (each still to be checked with `Header::decode`).
+pub fn decode_batch(mut payload: &[u8]) -> Result<Vec<&[u8]>, FrameError> {
+    let mut out = Vec::new();
+    while !payload.is_empty() {
+        if payload.len() < 4 {
+            return Err(FrameError::Payload("truncated batch entry"));
+        }
+        let len = u32::from_le_bytes(payload[..4].try_into().expect("4 bytes")) as usize;
+        if len < HEADER_LEN || payload.len() < 4 + len {
+            return Err(FrameError::Payload("bad batch entry length"));
+        }
+        out.push(&payload[4..4 + len]);
+        payload = &payload[4 + len..];
+    }
+    if out.is_empty() {
+        return Err(FrameError::Payload("empty batch"));
+    }
+    Ok(out)
+}
+
 /// Encodes a list of u64 ids (ACK/NACK payloads).
 pub fn encode_ids(ids: &[u64]) -> Vec<u8> {
     ids.iter().flat_map(|id| id.to_le_bytes()).collect()
@@ -402,6 +441,22 @@ mod tests {
             }
             assert!(decode_conns(&enc[..cut], 2).is_err() || cut == enc.len());
         }
+    }
+
+    #[test]
+    fn batches_round_trip_and_refuse_bad_entries() {
+        let a = Header { len: 3, ..Header::new(Kind::Message) }.encode();
+        let b = Header::new(Kind::Heartbeat).encode();
+        let d = encode_batch([(&a[..], &b"abc"[..]), (&b[..], &[][..])].into_iter());
+        let (h, p) = Header::decode(&d, 0, 1 << 20).unwrap();
+        assert_eq!(h.kind, Kind::Batch);
+        let inner = decode_batch(p).unwrap();
+        assert_eq!(inner.len(), 2);
+        assert_eq!(Header::decode(inner[0], 0, 1024).unwrap().1, b"abc");
+        assert_eq!(Header::decode(inner[1], 0, 1024).unwrap().0.kind, Kind::Heartbeat);
+        assert!(decode_batch(&p[..p.len() - 1]).is_err());
+        assert!(decode_batch(&[]).is_err());
+        assert!(decode_batch(&[1, 0, 0, 0, 9]).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::channel::{self, INLINE_MAX};
-use super::frame::{Header, Kind, FLAG_BIG, FLAG_FD};
+use super::frame::{encode_batch, Header, Kind, FLAG_BIG, FLAG_FD, HEADER_LEN};
 use super::payload;
 use crate::error::{fail, Code, Error, Result};
 
@@ -100,6 +100,22 @@ impl Frame {
     }
 }
 
+/// How many frames at the front of `frames` fit one Batch datagram: fd-less frames, up to the
+/// inline limit in all.
+fn batchable_prefix(frames: &VecDeque<Frame>) -> usize {
+    let mut size = HEADER_LEN;
+    let mut n = 0;
+    for f in frames {
+        let entry = 4 + HEADER_LEN + f.payload.len();
+        if !f.fds.is_empty() || !f.borrowed.is_empty() || size + entry > HEADER_LEN + INLINE_MAX {
+            break;
+        }
+        size += entry;
+        n += 1;
+    }
+    n
+}
+
 /// Bounds of one outbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -145,6 +161,9 @@ struct Queue {
     want_drain: bool,
     closed: bool,
     armed: bool,
+    /// Hold frames until `uncork` (the loop corks during a turn, so what the turn sends
+    /// leaves in as few datagrams as possible).
+    corked: bool,
 }
 
 /// The send side of one channel.
@@ -205,7 +224,7 @@ impl Outbox {
         if frame.user_bytes > 0 {
             self.messages.fetch_add(1, Ordering::Relaxed);
         }
-        if q.frames.is_empty() {
+        if q.frames.is_empty() && !q.corked {
             match frame.send(self.fd()) {
                 Ok(()) => return Ok(Pushed::Sent),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -219,24 +238,45 @@ impl Outbox {
         q.user_bytes += frame.user_bytes;
         q.user_frames += usize::from(frame.user_bytes > 0);
         q.frames.push_back(frame);
-        let arm = !q.armed;
-        q.armed = true;
+        // A corked queue is flushed by `uncork`, whose caller arms the loop if needed.
+        let arm = !q.armed && !q.corked;
+        q.armed |= arm;
         Ok(Pushed::Queued { arm })
     }
 
-    /// Writes queued frames until the socket is full or the queue empty (loop thread).
+    /// Holds pushes in the queue until `uncork`.
+    pub fn cork(&self) {
+        self.lock().corked = true;
+    }
+
+    /// Sends what was held since `cork` (batched). When the result is not `empty`, the caller
+    /// must have the loop watch the channel for writability.
+    pub fn uncork(&self) -> io::Result<Flushed> {
+        self.lock().corked = false;
+        self.flush()
+    }
+
+    /// Writes queued frames until the socket is full or the queue empty (loop thread). Runs of
+    /// small fd-less frames leave together in one Batch datagram.
     pub fn flush(&self) -> io::Result<Flushed> {
         let mut q = self.lock();
-        while let Some(frame) = q.frames.pop_front() {
-            match frame.send(self.fd()) {
+        while !q.frames.is_empty() {
+            let n = batchable_prefix(&q.frames);
+            let sent = if n >= 2 {
+                let heads: Vec<[u8; HEADER_LEN]> = q.frames.iter().take(n).map(|f| f.header.encode()).collect();
+                let batch = encode_batch(heads.iter().zip(&q.frames).map(|(h, f)| (&h[..], &f.payload[..])));
+                channel::send(self.fd(), &batch, &[], &[])
+            } else {
+                q.frames.front().expect("not empty").send(self.fd())
+            };
+            match sent {
                 Ok(()) => {
-                    q.user_bytes -= frame.user_bytes;
-                    q.user_frames -= usize::from(frame.user_bytes > 0);
+                    for frame in q.frames.drain(..n.max(1)).collect::<Vec<_>>() {
+                        q.user_bytes -= frame.user_bytes;
+                        q.user_frames -= usize::from(frame.user_bytes > 0);
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    q.frames.push_front(frame);
-                    return Ok(Flushed { empty: false, drained: false });
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed { empty: false, drained: false }),
                 Err(e) => {
                     q.closed = true;
                     q.frames.clear();
@@ -270,7 +310,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipc::channel::{recv, Recv, RECV_BUF};
+    use crate::ipc::reader::Read;
     use crate::sys;
 
     fn msg(n: usize) -> Frame {
@@ -303,24 +343,24 @@ mod tests {
         // Control frames are never refused.
         assert!(out.push(Frame::control(Kind::Ack, vec![0; 8])).is_ok());
         // Read everything on the other side, flushing as room appears: DRAIN is owed once.
-        let mut buf = Vec::with_capacity(RECV_BUF);
-        let mut fds = Vec::new();
+        // Count frames, not datagrams: the flush batches what was queued.
+        let mut reader = crate::ipc::reader::Reader::new(64 << 20);
         let mut received = 0;
         let mut drained = 0;
         for _ in 0..100_000 {
-            match recv(b.as_raw_fd(), &mut buf, &mut fds).unwrap() {
-                Recv::Datagram { .. } => received += 1,
-                Recv::WouldBlock => {
+            match reader.read(b.as_raw_fd()).unwrap() {
+                Read::Frame(_) => received += 1,
+                Read::WouldBlock => {
                     let f = out.flush().unwrap();
                     drained += usize::from(f.drained);
                     if f.empty && out.queued() == 0 {
                         break;
                     }
                 }
-                Recv::Closed => panic!("closed"),
+                other => panic!("{other:?}"),
             }
         }
-        while let Recv::Datagram { .. } = recv(b.as_raw_fd(), &mut buf, &mut fds).unwrap() {
+        while let Read::Frame(_) = reader.read(b.as_raw_fd()).unwrap() {
             received += 1;
         }
         assert_eq!(received, sent + queued + 1, "nothing lost, nothing duplicated");

@@ -4,7 +4,9 @@ use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 
 use super::channel::{self, Recv, RECV_BUF};
-use super::frame::{FrameError, Header, Kind, FLAG_BIG, HEADER_LEN, MAX_FDS};
+use std::collections::VecDeque;
+
+use super::frame::{decode_batch, FrameError, Header, Kind, FLAG_BIG, HEADER_LEN, MAX_FDS};
 use super::payload;
 
 /// A frame that passed every check.
@@ -39,16 +41,26 @@ pub struct Reader {
     buf: Vec<u8>,
     fds: Vec<OwnedFd>,
     max_message: u64,
+    /// Frames of a Batch datagram not handed out yet.
+    pending: VecDeque<Incoming>,
 }
 
 impl Reader {
     /// A reader accepting payloads up to `max_message` bytes.
     pub fn new(max_message: u64) -> Reader {
-        Reader { buf: Vec::with_capacity(RECV_BUF), fds: Vec::with_capacity(MAX_FDS), max_message }
+        Reader {
+            buf: Vec::with_capacity(RECV_BUF),
+            fds: Vec::with_capacity(MAX_FDS),
+            max_message,
+            pending: VecDeque::new(),
+        }
     }
 
-    /// Reads and checks one frame from `fd`.
+    /// Reads and checks one frame from `fd` (or hands out the next frame of a batch).
     pub fn read(&mut self, fd: RawFd) -> io::Result<Read> {
+        if let Some(f) = self.pending.pop_front() {
+            return Ok(Read::Frame(f));
+        }
         self.fds.clear();
         let (truncated, fds_truncated) = match channel::recv(fd, &mut self.buf, &mut self.fds)? {
             Recv::WouldBlock => return Ok(Read::WouldBlock),
@@ -73,6 +85,9 @@ impl Reader {
             Ok(v) => v,
             Err(e) => return Ok(Read::Bad(e)),
         };
+        if header.kind == Kind::Batch {
+            return Ok(self.unbatch(header.len as usize));
+        }
         let mut fds = fds;
         let payload = if header.flags & FLAG_BIG != 0 && header.kind == Kind::Message {
             let memfd = fds.remove(0);
@@ -88,6 +103,29 @@ impl Reader {
             inline.to_vec()
         };
         Ok(Read::Frame(Incoming { header, payload, fds }))
+    }
+}
+
+impl Reader {
+    /// Splits the Batch datagram in `buf` into its frames; every one must be a valid fd-less,
+    /// inline frame (no nested batch).
+    fn unbatch(&mut self, len: usize) -> Read {
+        let frames = match decode_batch(&self.buf[HEADER_LEN..HEADER_LEN + len]) {
+            Ok(f) => f,
+            Err(e) => return Read::Bad(e),
+        };
+        let mut out = VecDeque::with_capacity(frames.len());
+        for inner in frames {
+            match Header::decode(inner, 0, self.max_message) {
+                Ok((h, _)) if h.kind == Kind::Batch || h.flags != 0 => {
+                    return Read::Bad(FrameError::Payload("a batch holds a batch or a flagged frame"));
+                }
+                Ok((header, payload)) => out.push_back(Incoming { header, payload: payload.to_vec(), fds: Vec::new() }),
+                Err(e) => return Read::Bad(e),
+            }
+        }
+        self.pending = out;
+        Read::Frame(self.pending.pop_front().expect("decode_batch refuses empty batches"))
     }
 }
 
@@ -113,6 +151,42 @@ mod tests {
             }
             other => panic!("expected a frame, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn corked_frames_leave_in_one_batch_and_arrive_one_by_one_in_order() {
+        let (a, b) = sys::seqpacket_pair().unwrap();
+        let out = Outbox::new(a, Limits::default());
+        out.cork();
+        for i in 0..100u32 {
+            out.push(Frame::message(1, 0, &i.to_le_bytes(), None, 1024).unwrap()).unwrap();
+        }
+        out.push(Frame::message(1, 0, &vec![9u8; 100_000], None, 1 << 20).unwrap()).unwrap();
+        out.push(Frame::control(Kind::Heartbeat, Vec::new())).unwrap();
+        assert!(out.uncork().unwrap().empty);
+        let mut r = Reader::new(1 << 20);
+        let mut datagrams = 0;
+        for i in 0..100u32 {
+            match r.read(b.as_raw_fd()).unwrap() {
+                Read::Frame(f) => assert_eq!(f.payload, i.to_le_bytes(), "frame {i} in order"),
+                other => panic!("frame {i}: {other:?}"),
+            }
+            datagrams += usize::from(r.pending.is_empty());
+        }
+        assert_eq!(datagrams, 1, "100 small messages in one datagram");
+        assert!(matches!(r.read(b.as_raw_fd()).unwrap(), Read::Frame(f) if f.payload.len() == 100_000));
+        assert!(matches!(r.read(b.as_raw_fd()).unwrap(), Read::Frame(f) if f.header.kind == Kind::Heartbeat));
+        assert!(matches!(r.read(b.as_raw_fd()).unwrap(), Read::WouldBlock));
+    }
+
+    #[test]
+    fn a_batch_inside_a_batch_is_refused() {
+        let (a, b) = sys::seqpacket_pair().unwrap();
+        let inner_head = Header::new(Kind::Heartbeat).encode();
+        let inner = crate::ipc::frame::encode_batch([(&inner_head[..], &[][..])].into_iter());
+        let outer = crate::ipc::frame::encode_batch([(&inner[..HEADER_LEN], &inner[HEADER_LEN..])].into_iter());
+        crate::ipc::channel::send(a.as_raw_fd(), &outer, &[], &[]).unwrap();
+        assert!(matches!(Reader::new(1024).read(b.as_raw_fd()).unwrap(), Read::Bad(_)));
     }
 
     #[test]

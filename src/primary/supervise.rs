@@ -192,7 +192,7 @@ impl Primary {
                 Err(_) => self.drop_worker(id, "malformed ConnDone"),
             },
             Kind::Heartbeat => {}
-            Kind::NewConn | Kind::Shutdown | Kind::Undeliverable => {
+            Kind::NewConn | Kind::Shutdown | Kind::Undeliverable | Kind::Batch => {
                 let kind = frame.header.kind;
                 self.drop_worker(id, &format!("sent a {kind:?} frame, which only the primary sends"));
             }
