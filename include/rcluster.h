@@ -688,6 +688,20 @@ int32_t cluster_send(uint32_t to, const uint8_t *data, size_t len);
 int32_t cluster_send_fd(uint32_t to, const uint8_t *data, size_t len, int32_t fd);
 
 /**
+ * Holds every message this process sends from now on (from any thread) until
+ * `cluster_uncork()`, which sends them in as few datagrams as possible: a burst of small
+ * messages then costs one system call on each side instead of one per message. Order is
+ * kept. For hosts that deliver a batch of events themselves (the Node binding corks around
+ * one), or for a loop that sends many messages at once. Never hold it across a wait.
+ */
+int32_t cluster_cork(void);
+
+/**
+ * Sends what `cluster_cork()` held, batched.
+ */
+int32_t cluster_uncork(void);
+
+/**
  * Primary: sends to every worker (returns how many). Worker: to every other worker through
  * the primary (returns 0).
  *

@@ -526,3 +526,15 @@ pub fn reload() -> Result<()> {
 pub fn stats() -> Result<String> {
     with_primary(|p| Ok(p.stats_json()))
 }
+
+/// Holds what this process sends from now on (any thread) until `uncork`.
+pub fn cork() -> Result<()> {
+    shared()?.cork_all();
+    Ok(())
+}
+
+/// Sends what was held since `cork`, batched.
+pub fn uncork() -> Result<()> {
+    shared()?.uncork_all();
+    Ok(())
+}

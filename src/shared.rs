@@ -21,13 +21,23 @@ pub struct Shared {
     /// Outboxes that queued frames from another thread and need the loop to watch for
     /// writability.
     pub to_arm: SegQueue<u32>,
+    /// Outboxes that emptied outside the loop (`uncork_all`) after refusing a send with
+    /// AGAIN: the loop owes their DRAIN events.
+    pub drained: SegQueue<u32>,
     waker: Arc<Waker>,
 }
 
 impl Shared {
     /// Shared state for process `self_id`.
     pub fn new(self_id: u32, max_message: u64, waker: Arc<Waker>) -> Shared {
-        Shared { self_id, max_message, outboxes: RwLock::new(HashMap::new()), to_arm: SegQueue::new(), waker }
+        Shared {
+            self_id,
+            max_message,
+            outboxes: RwLock::new(HashMap::new()),
+            to_arm: SegQueue::new(),
+            drained: SegQueue::new(),
+            waker,
+        }
     }
 
     /// Makes the outbox to `id` reachable from every thread.
@@ -76,7 +86,12 @@ impl Shared {
     pub fn uncork_all(&self) {
         for (id, outbox) in self.all() {
             match outbox.uncork() {
-                Ok(f) if f.empty => {}
+                Ok(f) if f.empty => {
+                    if f.drained {
+                        self.drained.push(id);
+                        self.waker.wake();
+                    }
+                }
                 // Not all written, or the channel failed: the loop's watch finds out which.
                 _ => {
                     self.to_arm.push(id);

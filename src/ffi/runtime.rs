@@ -271,6 +271,22 @@ pub unsafe extern "C" fn cluster_send_fd(to: u32, data: *const u8, len: usize, f
     })
 }
 
+/// Holds every message this process sends from now on (from any thread) until
+/// `cluster_uncork()`, which sends them in as few datagrams as possible: a burst of small
+/// messages then costs one system call on each side instead of one per message. Order is
+/// kept. For hosts that deliver a batch of events themselves (the Node binding corks around
+/// one), or for a loop that sends many messages at once. Never hold it across a wait.
+#[no_mangle]
+pub extern "C" fn cluster_cork() -> i32 {
+    guard(|| runtime::cork().map(|()| 0))
+}
+
+/// Sends what `cluster_cork()` held, batched.
+#[no_mangle]
+pub extern "C" fn cluster_uncork() -> i32 {
+    guard(|| runtime::uncork().map(|()| 0))
+}
+
 /// Primary: sends to every worker (returns how many). Worker: to every other worker through
 /// the primary (returns 0).
 ///

@@ -368,6 +368,18 @@ mod tests {
     }
 
     #[test]
+    fn a_corked_queue_refuses_over_its_bound_and_owes_a_drain_at_uncork() {
+        let (a, _b) = sys::seqpacket_pair().unwrap();
+        let out = Outbox::new(a, Limits { max_bytes: 1 << 20, max_frames: 8 });
+        out.cork();
+        for _ in 0..8 {
+            assert_eq!(out.push(msg(100)).unwrap(), Pushed::Queued { arm: false }, "corked: held, no arming");
+        }
+        assert_eq!(out.push(msg(100)).unwrap_err().code, Code::Again);
+        assert_eq!(out.uncork().unwrap(), Flushed { empty: true, drained: true });
+    }
+
+    #[test]
     fn a_single_large_message_fits_an_empty_queue() {
         let (a, _b) = sys::seqpacket_pair().unwrap();
         let out = Outbox::new(a, Limits { max_bytes: 10, max_frames: 1 });

@@ -52,6 +52,10 @@ impl Primary {
         while let Some(id) = self.shared.to_arm.pop() {
             self.arm_if_queued(id);
         }
+        while let Some(id) = self.shared.drained.pop() {
+            let ev = self.event(EventKind::Drain, id);
+            self.events.push(ev);
+        }
     }
 
     fn on_timer(&mut self, timer: Timer) {

@@ -215,6 +215,9 @@ impl Worker {
                     while self.shared.to_arm.pop().is_some() {
                         self.watch_writable(true);
                     }
+                    while self.shared.drained.pop().is_some() {
+                        self.events.push(Event::new(EventKind::Drain, 0));
+                    }
                 }
                 Source::Signals => {
                     let sigs = self.signals.as_ref().map(|s| s.take()).unwrap_or_default();

@@ -486,7 +486,12 @@ static void deliver(void) {
     g.n = 0; /* everything is JS's now (payloads in Buffers, fds as numbers) */
     TRY(napi_get_reference_value(env, g.handler, &fn));
     TRY(napi_get_global(env, &recv));
-    if (napi_make_callback(env, g.actx, recv, fn, 1, &arr, &result) != napi_ok) raise_pending(env);
+    /* What the handlers send in reply to this batch leaves batched (node's sends are
+     * asynchronous anyway): one datagram instead of one per message. */
+    bool corked = cluster_cork() == 0;
+    napi_status st = napi_make_callback(env, g.actx, recv, fn, 1, &arr, &result);
+    if (corked) cluster_uncork();
+    if (st != napi_ok) raise_pending(env);
     napi_close_handle_scope(env, scope);
     return;
 fail:
