@@ -7,7 +7,7 @@ CFLAGS ?= -std=gnu11 -O2 -g -Wall -Wextra -Werror
 PORT ?= 8080
 LIB := target/release/librcluster.so
 
-.PHONY: all lib demo test test-rust test-python test-node lint header examples bench bench-python clean
+.PHONY: all lib demo test test-rust test-python test-node lint header examples bench bench-python install clean
 
 all: lib examples
 
@@ -53,6 +53,25 @@ bench-python:
 	bench/run_python.sh
 	RCLUSTER_LIB=$(CURDIR)/target/release/librcluster.so PYTHONPATH=bindings/python python3 bench/py_ipc_echo.py 3
 	node bench/ipc_echo.js node 3
+
+# make install [PREFIX=/usr/local] [DESTDIR=] [PROFILE=release]: the shared library with its
+# soname (librcluster.so.<ABI>), the static library, the header and rcluster.pc.
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+PROFILE ?= release
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+ABI := $(shell sed -n 's/^\#define RCLUSTER_ABI_VERSION //p' include/rcluster.h)
+
+install:
+	$(CARGO) build --lib $(if $(filter release,$(PROFILE)),--release,)
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(PREFIX)/include
+	install -m 755 target/$(PROFILE)/librcluster.so $(DESTDIR)$(LIBDIR)/librcluster.so.$(VERSION)
+	ln -sf librcluster.so.$(VERSION) $(DESTDIR)$(LIBDIR)/librcluster.so.$(ABI)
+	ln -sf librcluster.so.$(ABI) $(DESTDIR)$(LIBDIR)/librcluster.so
+	install -m 644 target/$(PROFILE)/librcluster.a $(DESTDIR)$(LIBDIR)/librcluster.a
+	install -m 644 include/rcluster.h $(DESTDIR)$(PREFIX)/include/rcluster.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@VERSION@|$(VERSION)|' rcluster.pc.in \
+		> $(DESTDIR)$(LIBDIR)/pkgconfig/rcluster.pc
 
 # Regenerates the checked-in header after a change to src/ffi (tests/header.rs checks it).
 header:

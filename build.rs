@@ -14,8 +14,28 @@ fn main() {
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=RCLUSTER_UPDATE_HEADER");
 
-    let config =
+    let mut config =
         cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml is readable and valid");
+    // The version macros come from Cargo.toml, so the header can never disagree with it.
+    let version = |part: &str| env::var(format!("CARGO_PKG_VERSION_{part}")).expect("cargo sets the version");
+    let (major, minor, patch) = (version("MAJOR"), version("MINOR"), version("PATCH"));
+    config.after_includes = Some(format!(
+        "{}\n/** The rcluster version this header belongs to (cluster_version() gives the library's). */\n\
+         #define RCLUSTER_VERSION_MAJOR {major}\n#define RCLUSTER_VERSION_MINOR {minor}\n\
+         #define RCLUSTER_VERSION_PATCH {patch}\n#define RCLUSTER_VERSION_STRING \"{major}.{minor}.{patch}\"\n",
+        config.after_includes.clone().unwrap_or_default().trim_end()
+    ));
+    // The soname follows the ABI version (RCLUSTER_ABI_VERSION): it changes exactly when a
+    // contract name or signature does.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,librcluster.so.{ABI_VERSION}");
+    // Programs linked against the build tree (tests, examples, the Node addon) look for the
+    // soname at run time: give target/<profile>/ the link an installed library has.
+    if let Some(profile_dir) = out_dir.ancestors().nth(3) {
+        let link = profile_dir.join(format!("librcluster.so.{ABI_VERSION}"));
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink("librcluster.so", &link).ok();
+        }
+    }
     // Only the C ABI layer is parsed (cbindgen follows its `mod` declarations): the core's
     // own `pub` items are not part of the header.
     let builder = cbindgen::Builder::new().with_config(config).with_src(crate_dir.join("src/ffi/mod.rs"));
@@ -29,6 +49,9 @@ fn main() {
         std::fs::write(crate_dir.join("include/rcluster.h"), &header).expect("write include/rcluster.h");
     }
 }
+
+/// Bumped with `RCLUSTER_ABI_VERSION` in cbindgen.toml (see docs/ABI.md).
+const ABI_VERSION: u32 = 1;
 
 /// `cluster_worker_info` names both a function and a struct in the contract. C gives typedefs
 /// and functions one namespace, so the struct can only be a tag: `struct cluster_worker_info`.

@@ -13,6 +13,11 @@
 #include <sys/socket.h>
 /** ABI version of this header: bumped when a contract name or signature changes. */
 #define RCLUSTER_ABI_VERSION 1
+/** The rcluster version this header belongs to (cluster_version() gives the library's). */
+#define RCLUSTER_VERSION_MAJOR 0
+#define RCLUSTER_VERSION_MINOR 1
+#define RCLUSTER_VERSION_PATCH 0
+#define RCLUSTER_VERSION_STRING "0.1.0"
 
 
 /**
@@ -716,6 +721,12 @@ int32_t cluster_broadcast(const uint8_t *data, size_t len);
  * primary this worker leaves; the loop ends after the SHUTDOWN event.
  */
 int32_t cluster_shutdown(uint32_t grace_ms);
+
+/**
+ * The library's version, "MAJOR.MINOR.PATCH" (compare with RCLUSTER_VERSION_STRING, the
+ * version of the header a program was built with). Never NULL.
+ */
+const char *cluster_version(void);
 
 /**
  * A fixed description of a result code ("invalid argument", ...). Never NULL.

@@ -13,6 +13,19 @@ fn checked_in_header_matches_the_generated_one() {
 }
 
 #[test]
+fn the_version_macros_match_cargo_toml() {
+    let header = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/include/rcluster.h"));
+    for (name, value) in [
+        ("RCLUSTER_VERSION_MAJOR", env!("CARGO_PKG_VERSION_MAJOR")),
+        ("RCLUSTER_VERSION_MINOR", env!("CARGO_PKG_VERSION_MINOR")),
+        ("RCLUSTER_VERSION_PATCH", env!("CARGO_PKG_VERSION_PATCH")),
+    ] {
+        assert!(header.contains(&format!("#define {name} {value}\n")), "{name} is {value}");
+    }
+    assert!(header.contains(&format!("#define RCLUSTER_VERSION_STRING \"{}\"", env!("CARGO_PKG_VERSION"))));
+}
+
+#[test]
 fn every_contract_function_is_declared() {
     let header = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/include/rcluster.h"));
     let contract = [

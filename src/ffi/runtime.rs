@@ -309,6 +309,14 @@ pub extern "C" fn cluster_shutdown(grace_ms: u32) -> i32 {
     guard(|| runtime::shutdown(grace_ms).map(|()| 0))
 }
 
+/// The library's version, "MAJOR.MINOR.PATCH" (compare with RCLUSTER_VERSION_STRING, the
+/// version of the header a program was built with). Never NULL.
+#[no_mangle]
+pub extern "C" fn cluster_version() -> *const libc::c_char {
+    const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+    VERSION.as_ptr().cast()
+}
+
 /// A fixed description of a result code ("invalid argument", ...). Never NULL.
 #[no_mangle]
 pub extern "C" fn cluster_strerror(code: i32) -> *const libc::c_char {

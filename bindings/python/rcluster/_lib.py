@@ -232,6 +232,7 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "cluster_shutdown": (I32, [c_uint32]),
     # errors
     "cluster_strerror": (c_char_p, [c_int32]),
+    "cluster_version": (c_char_p, []),
     "cluster_last_error": (c_char_p, []),
 }
 
