@@ -7,7 +7,7 @@ CFLAGS ?= -std=gnu11 -O2 -g -Wall -Wextra -Werror
 PORT ?= 8080
 LIB := target/release/librcluster.so
 
-.PHONY: all lib demo test test-rust test-python test-node lint header examples bench bench-python install clean
+.PHONY: all lib demo test test-rust test-python test-node lint header examples bench bench-python install doc clean
 
 all: lib examples
 
@@ -72,6 +72,10 @@ install:
 	install -m 644 include/rcluster.h $(DESTDIR)$(PREFIX)/include/rcluster.h
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@VERSION@|$(VERSION)|' rcluster.pc.in \
 		> $(DESTDIR)$(LIBDIR)/pkgconfig/rcluster.pc
+
+# The API reference: the crate docs (the Rust API and the C ABI layer) in target/doc/.
+doc:
+	$(CARGO) doc --no-deps
 
 # Regenerates the checked-in header after a change to src/ffi (tests/header.rs checks it).
 header:
