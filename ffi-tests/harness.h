@@ -169,4 +169,64 @@ static inline int pid_gone(pid_t pid) {
     return rp && rp[1] == ' ' && rp[2] == 'Z';
 }
 
+/* Forks a client process for a test whose loop runs here. In the child (returns 0): dies with
+ * the primary, has its own deadline, ignores SIGPIPE, and keeps only stdio and the fds in
+ * `keep` (a list ended by -1). */
+static inline pid_t fork_client(const int *keep) {
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    CHECK(pid >= 0, "fork client: %s", strerror(errno));
+    if (pid > 0) return pid;
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(98);
+    alarm(100);
+    signal(SIGPIPE, SIG_IGN);
+    for (int fd = 3; fd < 1024; fd++) {
+        int kept = 0;
+        for (const int *k = keep; *k >= 0; k++) kept |= *k == fd;
+        if (!kept) close(fd);
+    }
+    return 0;
+}
+
+/* Turns the loop until client `pid` exits (at most timeout_ms); returns its wait status. */
+static inline int dispatch_until_exit(pid_t pid, int timeout_ms, const char *what) {
+    long long end = now_ms() + timeout_ms;
+    int status;
+    for (;;) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid) return status;
+        CHECK(r == 0, "waitpid(client): %s", strerror(errno));
+        if (now_ms() > end) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            FAIL("timed out after %d ms waiting for %s", timeout_ms, what);
+        }
+        int32_t rc = cluster_dispatch(20);
+        CHECK(rc >= 0, "cluster_dispatch returned %d while waiting for %s", rc, what);
+    }
+}
+
+/* Reads until EOF within timeout_ms; NUL-terminates. Returns the length, -1 error, -2 timeout. */
+static inline ssize_t read_bounded(int fd, char *buf, size_t cap, int timeout_ms) {
+    long long end = now_ms() + timeout_ms;
+    size_t n = 0;
+    while (n + 1 < cap) {
+        long long left = end - now_ms();
+        if (left <= 0) return -2;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int pr = poll(&p, 1, (int)left);
+        if (pr < 0 && errno == EINTR) continue;
+        if (pr < 0) return -1;
+        if (pr == 0) return -2;
+        ssize_t r = read(fd, buf + n, cap - 1 - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -1;
+        if (r == 0) break;
+        n += (size_t)r;
+    }
+    buf[n] = '\0';
+    return (ssize_t)n;
+}
+
 #endif

@@ -188,61 +188,6 @@ static void check_all_gone(void) {
 
 /* ---------------------------------------------------------------- clients ---- */
 
-/* Forks a client process. In the child (returns 0): dies with the primary, has its own
- * deadline, ignores SIGPIPE, and keeps only stdio and the two fds given. */
-static pid_t fork_client(int keep1, int keep2) {
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    CHECK(pid >= 0, "fork client: %s", strerror(errno));
-    if (pid > 0) return pid;
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(98);
-    alarm(60);
-    signal(SIGPIPE, SIG_IGN);
-    for (int fd = 3; fd < 1024; fd++)
-        if (fd != keep1 && fd != keep2) close(fd);
-    return 0;
-}
-
-/* Turns the loop until client `pid` exits (at most timeout_ms); returns its status. */
-static int dispatch_until_exit(pid_t pid, int timeout_ms, const char *what) {
-    long long end = now_ms() + timeout_ms;
-    int status;
-    for (;;) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid) return status;
-        CHECK(r == 0, "waitpid(client): %s", strerror(errno));
-        if (now_ms() > end) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            FAIL("timed out after %d ms waiting for %s", timeout_ms, what);
-        }
-        cluster_dispatch(20);
-    }
-}
-
-/* Reads until EOF within timeout_ms; NUL-terminates. Returns the length, -1 error, -2 timeout. */
-static ssize_t read_bounded(int fd, char *buf, size_t cap, int timeout_ms) {
-    long long end = now_ms() + timeout_ms;
-    size_t n = 0;
-    while (n + 1 < cap) {
-        long long left = end - now_ms();
-        if (left <= 0) return -2;
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        int pr = poll(&p, 1, (int)left);
-        if (pr < 0 && errno == EINTR) continue;
-        if (pr < 0) return -1;
-        if (pr == 0) return -2;
-        ssize_t r = read(fd, buf + n, cap - 1 - n);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) return -1;
-        if (r == 0) break;
-        n += (size_t)r;
-    }
-    buf[n] = '\0';
-    return (ssize_t)n;
-}
-
 /* One request on a new connection; 1 when answered "worker N", else 0 with the reason. */
 static int one_request(int port, char *why, size_t cap) {
     int fd = tcp_connect("127.0.0.1", port);
@@ -328,7 +273,7 @@ struct load {
 static struct load start_load(int port) {
     int stop[2], report[2];
     CHECK(pipe2(stop, O_CLOEXEC) == 0 && pipe2(report, O_CLOEXEC) == 0, "pipe: %s", strerror(errno));
-    pid_t pid = fork_client(stop[0], report[1]);
+    pid_t pid = fork_client((const int[]){stop[0], report[1], -1});
     if (pid == 0) {
         load_client(port, stop[0], report[1]);
         _exit(0);
@@ -362,7 +307,7 @@ static void stop_load(struct load *l, long *ok, long *failed) {
 static int probe(int port, int n, uint32_t *ids) {
     int p[2];
     CHECK(pipe2(p, O_CLOEXEC) == 0, "pipe");
-    pid_t pid = fork_client(p[1], -1);
+    pid_t pid = fork_client((const int[]){p[1], -1});
     if (pid == 0) {
         char line[512];
         int len = 0;

@@ -178,41 +178,6 @@ static void finish(void) {
     for (int id = 1; id <= nworkers; id++) CHECK(pid_gone(pids[id]), "worker %d (pid %d) is gone", id, pids[id]);
 }
 
-/* Forks a client process. In the child (returns 0): dies with the primary, has its own
- * deadline, and keeps only stdio and the fds in `keep` (-1 ends the list). */
-static pid_t fork_client(const int *keep) {
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    CHECK(pid >= 0, "fork client: %s", strerror(errno));
-    if (pid > 0) return pid;
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(98);
-    alarm(100);
-    for (int fd = 3; fd < 1024; fd++) {
-        int k = 0;
-        for (const int *p = keep; *p >= 0; p++) k |= *p == fd;
-        if (!k) close(fd);
-    }
-    return 0;
-}
-
-/* Turns the loop until client `pid` exits (at most timeout_ms); returns its status. */
-static int dispatch_until_exit(pid_t pid, int timeout_ms, const char *what) {
-    long long end = now_ms() + timeout_ms;
-    int status;
-    for (;;) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid) return status;
-        CHECK(r == 0, "waitpid(client): %s", strerror(errno));
-        if (now_ms() > end) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            FAIL("timed out after %d ms waiting for %s", timeout_ms, what);
-        }
-        cluster_dispatch(50);
-    }
-}
-
 static void check_client_status(int status, const char *what) {
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s failed: %s %d (its message is above)", what,
           WIFEXITED(status) ? "exit code" : "signal", WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
@@ -222,7 +187,7 @@ static void check_client_status(int status, const char *what) {
 
 /* Reads into buf until EOF (line == 0) or the first '\n' (line == 1), within timeout_ms.
  * NUL-terminates. Returns the length; -1 on error, -2 on timeout. */
-static ssize_t read_bounded(int fd, char *buf, size_t cap, int line, int timeout_ms) {
+static ssize_t read_line_or_eof(int fd, char *buf, size_t cap, int line, int timeout_ms) {
     long long end = now_ms() + timeout_ms;
     size_t n = 0;
     buf[0] = '\0';
@@ -350,7 +315,7 @@ static void test_round_robin(void) {
     close(p[1]);
     int status = dispatch_until_exit(client, 80000, "the round-robin client");
     char line[256];
-    ssize_t n = read_bounded(p[0], line, sizeof line, 0, 1000);
+    ssize_t n = read_bounded(p[0], line, sizeof line, 1000);
     close(p[0]);
     if (n > 0) printf("round_robin: client in %s", line);
     check_client_status(status, "the round-robin client");
@@ -393,7 +358,7 @@ static int sticky_request(int last, int port) {
           "client: the connection's source address is 127.0.0.%d", last);
     CHECK(write(fd, "hello\n", 6) == 6, "client: write: %s", strerror(errno));
     char buf[64];
-    ssize_t n = read_bounded(fd, buf, sizeof buf, 0, 10000);
+    ssize_t n = read_bounded(fd, buf, sizeof buf, 10000);
     CHECK(n > 0, "client: no answer from 127.0.0.%d (%zd)", last, n);
     close(fd);
     int w = parse_worker(buf);
@@ -442,7 +407,7 @@ static void test_sticky(void) {
     close(p[1]);
     int status = dispatch_until_exit(client, 60000, "the sticky client");
     char line[512];
-    ssize_t n = read_bounded(p[0], line, sizeof line, 0, 1000);
+    ssize_t n = read_bounded(p[0], line, sizeof line, 1000);
     close(p[0]);
     if (n > 0) printf("sticky: %s", line);
     check_client_status(status, "the sticky client");
@@ -461,7 +426,7 @@ static int least_open(int port, int *fd_out) {
     int fd = tcp_connect("127.0.0.1", port);
     CHECK(fd >= 0, "client: connect: %s", strerror(errno));
     char buf[64];
-    ssize_t n = read_bounded(fd, buf, sizeof buf, 1, 10000);
+    ssize_t n = read_line_or_eof(fd, buf, sizeof buf, 1, 10000);
     CHECK(n > 0 && buf[n - 1] == '\n', "client: no first line (%zd: '%s')", n, n > 0 ? buf : "");
     int w = parse_worker(buf);
     CHECK(w >= 1 && w <= LC_WORKERS, "client: answer '%s'", buf);
@@ -493,7 +458,7 @@ static void least_client(int port, int in, int out) {
     for (int i = 0; i < n; i++) {
         char buf[16];
         if (owner[i] == 1) {
-            ssize_t r = read_bounded(fds[i], buf, sizeof buf, 0, 10000);
+            ssize_t r = read_bounded(fds[i], buf, sizeof buf, 10000);
             CHECK(r == 0, "client: worker 1's connection %d ended after the release (%zd)", i, r);
         } else {
             struct pollfd p = {.fd = fds[i], .events = POLLIN};

@@ -236,39 +236,6 @@ static int live_workers(void) {
     return OK(cluster_workers(NULL, 0));
 }
 
-/* Forks a client process. In the child (returns 0): dies with the primary, has its own
- * deadline, and keeps only stdio and `keep`. */
-static pid_t fork_client(int keep) {
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    CHECK(pid >= 0, "fork client: %s", strerror(errno));
-    if (pid > 0) return pid;
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(98);
-    alarm(60);
-    for (int fd = 3; fd < 1024; fd++)
-        if (fd != keep) close(fd);
-    return 0;
-}
-
-/* Turns the loop until client `pid` exits (at most timeout_ms); returns its status. */
-static int dispatch_until_exit(pid_t pid, int timeout_ms, const char *what) {
-    long long end = now_ms() + timeout_ms;
-    int status;
-    for (;;) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid) return status;
-        CHECK(r == 0, "waitpid(client): %s", strerror(errno));
-        if (now_ms() > end) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            FAIL("timed out after %d ms waiting for %s", timeout_ms, what);
-        }
-        int32_t rc = cluster_dispatch(50);
-        CHECK(rc >= 0, "cluster_dispatch returned %d while waiting for %s", rc, what);
-    }
-}
-
 /* Reads one line (without its '\n') within timeout_ms. 1: a line, 0: EOF, -1: error,
  * -2: timed out. Bytes after the line are kept for the next call. */
 static char rbuf[8192];
@@ -373,7 +340,7 @@ static int case_crashloop(void) {
     CHECK(OK(cluster_workers(ids, 8)) == 1 && ids[0] == 1, "only worker 1 is left (%d workers)", live_workers());
 
     /* The primary keeps serving with what it has. */
-    pid_t client = fork_client(-1);
+    pid_t client = fork_client((const int[]){-1});
     if (client == 0) {
         int w = http_worker("127.0.0.1", port);
         _exit(w < 0 ? 100 : w > 99 ? 99 : w);
@@ -643,7 +610,7 @@ static int case_maxreq(void) {
 
     int p[2];
     CHECK(pipe2(p, O_CLOEXEC) == 0, "pipe");
-    pid_t client = fork_client(p[1]);
+    pid_t client = fork_client((const int[]){p[1], -1});
     if (client == 0) {
         int counts[MAX_IDS + 1] = {0}, failed = 0;
         for (int i = 0; i < REQUESTS; i++) {

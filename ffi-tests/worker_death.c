@@ -92,60 +92,6 @@ static uint64_t acked(uint32_t id) {
     return info.connections;
 }
 
-/* Forks a client process. In the child (returns 0): dies with the primary, has its own
- * deadline, and keeps only stdio and `keep`. */
-static pid_t fork_client(int keep) {
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    CHECK(pid >= 0, "fork client: %s", strerror(errno));
-    if (pid > 0) return pid;
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(98);
-    alarm(100);
-    for (int fd = 3; fd < 1024; fd++)
-        if (fd != keep) close(fd);
-    return 0;
-}
-
-/* Turns the loop until client `pid` exits (at most timeout_ms); returns its status. */
-static int dispatch_until_exit(pid_t pid, int timeout_ms, const char *what) {
-    long long end = now_ms() + timeout_ms;
-    int status;
-    for (;;) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid) return status;
-        CHECK(r == 0, "waitpid(client): %s", strerror(errno));
-        if (now_ms() > end) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            FAIL("timed out after %d ms waiting for %s", timeout_ms, what);
-        }
-        cluster_dispatch(50);
-    }
-}
-
-/* Reads until EOF within timeout_ms; NUL-terminates. Returns the length, -1 error, -2 timeout. */
-static ssize_t read_bounded(int fd, char *buf, size_t cap, int timeout_ms) {
-    long long end = now_ms() + timeout_ms;
-    size_t n = 0;
-    while (n + 1 < cap) {
-        long long left = end - now_ms();
-        if (left <= 0) return -2;
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        int pr = poll(&p, 1, (int)left);
-        if (pr < 0 && errno == EINTR) continue;
-        if (pr < 0) return -1;
-        if (pr == 0) return -2;
-        ssize_t r = read(fd, buf + n, cap - 1 - n);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) return -1;
-        if (r == 0) break;
-        n += (size_t)r;
-    }
-    buf[n] = '\0';
-    return (ssize_t)n;
-}
-
 static int parse_worker(const char *buf) {
     unsigned w;
     return sscanf(buf, "worker %u", &w) == 1 && w >= 1 && w <= MAX_IDS ? (int)w : -1;
@@ -251,7 +197,7 @@ int main(void) {
     /* 90 clients at once. */
     int p[2];
     CHECK(pipe2(p, O_CLOEXEC) == 0, "pipe");
-    pid_t client = fork_client(p[1]);
+    pid_t client = fork_client((const int[]){p[1], -1});
     if (client == 0) {
         crash_client(port, p[1]);
         _exit(0);
@@ -312,7 +258,7 @@ int main(void) {
     CHECK(info.restarts == 1, "the replacement's slot restarted once (%u)", info.restarts);
 
     CHECK(pipe2(p, O_CLOEXEC) == 0, "pipe");
-    client = fork_client(p[1]);
+    client = fork_client((const int[]){p[1], -1});
     if (client == 0) {
         simple_client(port, p[1], 10);
         _exit(0);
