@@ -86,16 +86,11 @@ def _after_fork_in_child(cluster: "Cluster") -> None:
     except Exception:  # pragma: no cover - not on this platform
         pass
     if threading.current_thread() is threading.main_thread():
-        for sig, _old in cluster._signals_saved.items():
-            try:
-                signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
-            except (ValueError, OSError):
-                pass
+        cluster._signals.reset_in_child()
         try:
             signal.set_wakeup_fd(-1)
         except (ValueError, OSError):
             pass
-    cluster._signals_saved = {}
     aio = sys.modules.get("asyncio")
     if aio is not None:
         try:
@@ -212,8 +207,7 @@ class Cluster:
         self._started = False
         self._finished = False
         self._stop_requested = False
-        self._deferred: List[int] = []
-        self._signals_saved: Dict[int, Any] = {}
+        self._signals = _events.SignalQueue((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
         self.listeners: List[int] = []
         self._cb = _lib.EVENT_CB(self._on_event)
         self._main = _lib.WORKER_MAIN(self._worker_main)
@@ -481,48 +475,26 @@ class Cluster:
         restored on return."""
         if not self._started:
             self.start()
-        self._install_signals()
+        self._signals.install()
         fn = self._dispatch_fn()
         fork = self.mode == "fork"
         try:
             while not self._finished:
                 if fork:
                     _events.flush_stdio()
-                # A signal handler only queues its action (see _on_signal); a queued action
+                # A signal handler only queues its action (see SignalQueue); a queued action
                 # makes this turn non-blocking, and RUN_WAIT_MS bounds the wait of a signal
                 # that came just before the call.
-                self._after_dispatch(fn(0 if self._deferred else RUN_WAIT_MS))
+                self._after_dispatch(fn(0 if self._signals.pending else RUN_WAIT_MS))
                 self._run_deferred()
                 self._errors.raise_first()
         finally:
-            self._restore_signals()
+            self._signals.restore()
         self._errors.raise_first()
         return 0
 
-    def _install_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            if sig not in self._signals_saved:
-                self._signals_saved[sig] = signal.signal(sig, self._on_signal)
-
-    def _restore_signals(self) -> None:
-        saved, self._signals_saved = self._signals_saved, {}
-        for sig, old in saved.items():
-            try:
-                signal.signal(sig, old if old is not None else signal.SIG_DFL)
-            except (ValueError, OSError, TypeError):
-                pass
-
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        # Python runs this between any two bytecodes of the main thread, possibly inside the
-        # log callback, which the library calls with its runtime lock held: calling the
-        # library from here could deadlock. Queue it; run() acts after the current call.
-        self._deferred.append(signum)
-
     def _run_deferred(self) -> None:
-        while self._deferred:
-            signum = self._deferred.pop(0)
+        while (signum := self._signals.pop()) is not None:
             try:
                 if signum == signal.SIGHUP:
                     self.reload()

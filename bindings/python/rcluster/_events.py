@@ -7,9 +7,11 @@ import ctypes
 import inspect
 import os
 import pickle
+import signal
 import socket
 import struct
 import sys
+import threading
 from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, TypeVar, Union
 
 from . import _lib
@@ -214,3 +216,47 @@ def broadcast(lib: Any, data: Any) -> int:
     b = as_bytes(data)
     return _lib.call(lib.cluster_broadcast, b, len(b))
 
+
+class SignalQueue:
+    """Process signals turned into queued work. Python runs a handler between any two bytecodes
+    of the main thread, possibly inside the library's log callback, which runs with the
+    library's runtime lock held: a handler must never call the library. It only queues the
+    signal; the owner's run() loop acts on the queue after each library call."""
+
+    def __init__(self, signals: Tuple[int, ...]) -> None:
+        self.signals = signals
+        self.saved: Dict[int, Any] = {}
+        self.pending: List[int] = []
+
+    def install(self) -> None:
+        """Takes the signals over (main thread only; Python allows no other)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.signals:
+            if sig not in self.saved:
+                self.saved[sig] = signal.signal(sig, self._on_signal)
+
+    def restore(self) -> None:
+        """Puts back the handlers that were there before install()."""
+        saved, self.saved = self.saved, {}
+        for sig, old in saved.items():
+            try:
+                signal.signal(sig, old if old is not None else signal.SIG_DFL)
+            except (ValueError, OSError, TypeError):
+                pass
+
+    def reset_in_child(self) -> None:
+        """In a freshly forked worker: default dispositions for what the primary took over."""
+        for sig in self.saved:
+            try:
+                signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+            except (ValueError, OSError):
+                pass
+        self.saved = {}
+
+    def pop(self) -> Optional[int]:
+        """The oldest queued signal, or None."""
+        return self.pending.pop(0) if self.pending else None
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.pending.append(signum)

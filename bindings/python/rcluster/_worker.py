@@ -5,7 +5,6 @@ from __future__ import annotations
 import pickle
 import signal
 import socket
-import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import _events, _lib, _log
@@ -60,8 +59,7 @@ class Worker:
         self._errors = Errors()
         self._started = False
         self._finished = False
-        self._signals_saved: Dict[int, Any] = {}
-        self._deferred: List[int] = []
+        self._signals = _events.SignalQueue((signal.SIGTERM, signal.SIGINT))
         self._cb = _lib.EVENT_CB(self._on_event)
         _KEEP_ALIVE.extend((self._cb, self))
         _log.install()
@@ -178,40 +176,20 @@ class Worker:
         """Serves until the primary says stop (or goes away); returns 0. From the main
         thread, SIGTERM/SIGINT make this worker leave gracefully (``shutdown()``)."""
         self.start()
-        self._install_signals()
+        self._signals.install()
         fn = _lib.cdll.cluster_dispatch
         try:
             while not self._finished:
-                self._after_dispatch(fn(0 if self._deferred else RUN_WAIT_MS))
+                self._after_dispatch(fn(0 if self._signals.pending else RUN_WAIT_MS))
                 self._run_deferred()
                 self._errors.raise_first()
         finally:
-            self._restore_signals()
+            self._signals.restore()
         self._errors.raise_first()
         return 0
 
-    def _install_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            if sig not in self._signals_saved:
-                self._signals_saved[sig] = signal.signal(sig, self._on_signal)
-
-    def _restore_signals(self) -> None:
-        saved, self._signals_saved = self._signals_saved, {}
-        for sig, old in saved.items():
-            try:
-                signal.signal(sig, old if old is not None else signal.SIG_DFL)
-            except (ValueError, OSError, TypeError):
-                pass
-
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        # Queued, never a library call from here (see Cluster._on_signal).
-        self._deferred.append(signum)
-
     def _run_deferred(self) -> None:
-        while self._deferred:
-            signum = self._deferred.pop(0)
+        while (signum := self._signals.pop()) is not None:
             try:
                 self.shutdown()
             except ClusterError as e:
