@@ -7,7 +7,7 @@ CFLAGS ?= -std=gnu11 -O2 -g -Wall -Wextra -Werror
 PORT ?= 8080
 LIB := target/release/librcluster.so
 
-.PHONY: all lib demo test test-rust test-python test-node lint header examples bench bench-python install doc clean
+.PHONY: all lib demo test test-rust test-python test-node lint header examples bench bench-full bench-python install doc clean
 
 all: lib examples
 
@@ -47,6 +47,11 @@ lint:
 # Requests/s of every policy against plain SO_REUSEPORT workers and node:cluster (needs wrk).
 bench:
 	bench/run.sh
+
+# Every row of the benchmark table (handoff, keep-alive, IPC sizes, startup, balance, memory)
+# with its peer, ratio and target: about 90 s.
+bench-full:
+	bench/full.sh
 
 # The WSGI example against gunicorn's sync workers (needs wrk and gunicorn), and Python IPC echo.
 bench-python:

@@ -1,10 +1,17 @@
 // Node's own cluster module in round-robin mode, serving the same response: the peer that
-// rcluster is meant to replace.   node node_cluster.js PORT WORKERS
+// rcluster is meant to replace.   node node_cluster.js PORT WORKERS [keepalive]
 'use strict';
 const cluster = require('node:cluster');
 const net = require('node:net');
 const RESPONSE = 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok';
-const [port, workers] = process.argv.slice(2).map(Number);
+const [port, workers] = process.argv.slice(2, 4).map(Number);
+// A third argument "keepalive": many requests per connection (one response per request read).
+const keepalive = process.argv[4] === 'keepalive';
+const RESPONSE_KA = 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok';
+const onData = (s, d) => {
+  const n = Math.max(1, d.toString('latin1').split('\r\n\r\n').length - 1);
+  s.write(RESPONSE_KA.repeat(n));
+};
 cluster.schedulingPolicy = cluster.SCHED_RR;
 if (cluster.isPrimary) {
   let ready = 0;
@@ -13,7 +20,8 @@ if (cluster.isPrimary) {
 } else {
   // A raw net server, like the C contestants: the comparison is the cluster, not http parsing.
   net.createServer((s) => {
-    s.once('data', () => s.end(RESPONSE));
+    if (keepalive) s.on('data', (d) => onData(s, d));
+    else s.once('data', () => s.end(RESPONSE));
     s.on('error', () => {});
   }).listen(port, '127.0.0.1');
 }

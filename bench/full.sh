@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# The full benchmark: every measurement next to its peer measured in the same run on this
+# machine (these machines are noisy: read the ratios, not the absolute numbers), one table:
+#   name | value | peer value | ratio (value/peer) | target | met / NOT met
+# Sections:
+#   handoff     wrk, a new connection per request ("Connection: close"), WORKERS workers
+#   keep-alive  the same contestants with wrk's default keep-alive (servers in "keepalive" mode)
+#   ipc         bench/ipc_c.c: rcluster primary <-> one FORK worker echo vs a raw socketpair echo
+#               (64 in flight for msgs/s and MB/s; one in flight for the median RTT), and
+#               bench/ipc_echo.js for node:cluster (64 B, 64 in flight)
+#   startup     8 workers READY: rcluster FORK, rcluster EXEC (bench/startup_c.c) vs node:cluster
+#               'online' (bench/node_startup.js); median of 5 runs
+#   balance     10,000 connections (16 client threads) over 8 workers: max/min per-worker count
+#   memory      VmRSS of the primary and of one worker, 8 idle workers (from the startup runs)
+# Usage: bench/full.sh [seconds] [workers] [connections]     (defaults 3 2 32: about 2 minutes)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-3}
+workers=${2:-2}
+conns=${3:-32}
+out=target/bench
+mkdir -p "$out"
+
+command -v wrk >/dev/null || { echo "bench: wrk missing (apt-get install wrk)"; exit 2; }
+have_node=0; command -v node >/dev/null && have_node=1
+have_node_rc=0; [ $have_node = 1 ] && [ -f bindings/node/build/rcluster.node ] && have_node_rc=1
+cargo build --release --quiet
+CFLAGS=(-std=gnu11 -O2 -Wall -Wextra -Werror -Iinclude)
+LINK=(-Ltarget/release -Wl,-rpath,"$PWD/target/release" -lrcluster)
+for p in rcluster_server ipc_c startup_c; do cc "${CFLAGS[@]}" bench/$p.c -o $out/$p "${LINK[@]}"; done
+cc "${CFLAGS[@]}" bench/reuseport_server.c -o $out/reuseport_server
+cc "${CFLAGS[@]}" -pthread bench/balance_client.c -o $out/balance_client
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+
+declare -A v   # every measured number, by key
+
+# contestants: FUNC PORT WORKERS MODE (MODE: close | keepalive | id)
+c_plain()     { exec "$out/reuseport_server" "$1" "$2" "$3"; }
+c_rr()        { exec "$out/rcluster_server" "$1" "$2" rr "$3"; }
+c_least()     { exec "$out/rcluster_server" "$1" "$2" least "$3"; }
+c_shared()    { exec "$out/rcluster_server" "$1" "$2" shared "$3"; }
+c_reuseport() { exec "$out/rcluster_server" "$1" "$2" reuseport "$3"; }
+c_node()      { if [ "$3" = keepalive ]; then exec node bench/node_cluster.js "$1" "$2" keepalive; else exec node bench/node_cluster.js "$1" "$2"; fi; }
+c_node_rc()   { if [ "$3" = keepalive ]; then exec node bench/node_rcluster.js "$1" "$2" keepalive; else exec node bench/node_rcluster.js "$1" "$2"; fi; }
+
+# measure MODE NAME FUNC: req/s into v[MODE/NAME]
+measure() {
+  local mode=$1 name=$2 fn=$3 port hdr=()
+  port=$(free_port)
+  [ "$mode" = close ] && hdr=(-H 'Connection: close')
+  $fn "$port" "$workers" "$mode" > "$out/$mode-$name.log" 2>&1 &
+  local pid=$!
+  wait_port "$port" || true
+  sleep 0.2
+  wrk -t1 -c1 -d1s "${hdr[@]}" "http://127.0.0.1:$port/" > /dev/null 2>&1 || true # warm-up
+  local r
+  r=$(wrk -t2 -c"$conns" -d"${secs}s" "${hdr[@]}" "http://127.0.0.1:$port/" | tee "$out/$mode-$name.wrk" | awk '/Requests\/sec/ {print $2}')
+  local errors; errors=$(grep -E 'Socket errors|Non-2xx' "$out/$mode-$name.wrk" || true)
+  kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  v[$mode/$name]=${r:-0}
+  printf '  %-10s %-20s %12s req/s  %s\n' "$mode" "$name" "${r:-0}" "$errors" >&2
+}
+
+echo "$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); wrk ${secs}s, $workers workers, $conns connections" >&2
+for mode in close keepalive; do
+  echo "[$mode]" >&2
+  measure $mode plain-reuseport c_plain
+  measure $mode rcluster-rr c_rr
+  measure $mode rcluster-least c_least
+  measure $mode rcluster-shared c_shared
+  measure $mode rcluster-reuseport c_reuseport
+  [ $have_node = 1 ] && measure $mode node-cluster-rr c_node
+  [ $have_node_rc = 1 ] && measure $mode node-rcluster-rr c_node_rc
+done
+
+echo "[ipc]" >&2
+while read -r _ name size rate mbs rtt; do
+  v[ipc/$name/$size/rate]=$rate; v[ipc/$name/$size/mbs]=$mbs; v[ipc/$name/$size/rtt]=$rtt
+  echo "  $name $size B: $rate msg/s, $mbs MB/s, RTT median $rtt us" >&2
+done < <(timeout 120 "$out/ipc_c" 1 | grep '^ipc ')
+if [ $have_node = 1 ]; then
+  v[ipc/node-cluster/64/rate]=$(timeout 30 node bench/ipc_echo.js node 3 | awk '{print $4}')
+  echo "  node:cluster ipc echo 64 B: ${v[ipc/node-cluster/64/rate]} round trips/s" >&2
+fi
+if [ $have_node_rc = 1 ]; then
+  v[ipc/node-rcluster/64/rate]=$(timeout 30 node bench/ipc_echo.js rcluster 3 | awk '{print $4}')
+  echo "  rcluster (node binding) ipc echo 64 B: ${v[ipc/node-rcluster/64/rate]} round trips/s" >&2
+fi
+
+echo "[startup, memory]" >&2
+median() { sort -g | awk '{a[NR]=$1} END { if (NR) print a[int((NR+1)/2)]; else print 0 }'; }
+for kind in fork exec node; do
+  : > "$out/startup-$kind.txt"
+  for _ in 1 2 3 4 5; do
+    if [ $kind = node ]; then
+      [ $have_node = 1 ] || break
+      timeout 30 node bench/node_startup.js 8 >> "$out/startup-$kind.txt" || true
+    else
+      timeout 30 "$out/startup_c" $kind 8 >> "$out/startup-$kind.txt" || true
+    fi
+  done
+  v[startup/$kind]=$(awk '/^startup/ {print $3}' "$out/startup-$kind.txt" | median)
+  v[rss/$kind/primary]=$(awk '/^startup/ {print $4}' "$out/startup-$kind.txt" | median)
+  v[rss/$kind/worker]=$(awk '/^startup/ {print $5}' "$out/startup-$kind.txt" | median)
+  echo "  $kind: $(awk '/^startup/ {printf "%s ms  ", $3}' "$out/startup-$kind.txt")" >&2
+done
+
+echo "[balance]" >&2
+balance() { # NAME FUNC
+  local port; port=$(free_port)
+  $2 "$port" 8 id > "$out/balance-$1.log" 2>&1 &
+  local pid=$!
+  wait_port "$port" || true
+  sleep 0.3
+  local line; line=$("$out/balance_client" "$port" 10000 16)
+  kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  v[balance/$1]=$(awk '{print $4}' <<< "$line")
+  # rr/least: the primary's own count (cluster_worker_info().connections, printed at shutdown)
+  local info; info=$(awk '/^connections/ { mx=0; mn=-1; for (i=2;i<=NF;i++) { if ($i>mx) mx=$i; if (mn<0||$i<mn) mn=$i }; if (mn>0) printf "%.3f", mx/mn }' "$out/balance-$1.log")
+  [ -n "$info" ] && v[balance/$1]=$info
+  echo "  $1: client-side max/min $(awk '{ printf "%s, counts", $4; for (i = 5; i <= NF; i++) printf " %s", $i }' <<< "$line")${info:+  (cluster_worker_info max/min $info)}" >&2
+}
+balance plain-reuseport c_plain
+balance rcluster-rr c_rr
+balance rcluster-least c_least
+balance rcluster-shared c_shared
+balance rcluster-reuseport c_reuseport
+
+# ---- the table ----
+# row NAME VALUE PEER_NAME PEER_VALUE TARGET_TEXT CHECK   (CHECK: awk on r=ratio, x=value; "" = none)
+rows=()
+row() {
+  local name=$1 x=${2:-} pn=$3 p=${4:-} tt=$5 chk=$6
+  local ratio met
+  ratio=$(awk -v a="${x:-0}" -v b="${p:-0}" 'BEGIN { if (b > 0 && a > 0) printf "%.2f", a / b; else print "n/a" }')
+  if [ -z "$chk" ]; then met="-"
+  elif [ -z "$x" ] || [ "$x" = 0 ]; then met="NOT met (no value)"
+  else met=$(awk -v r="$ratio" -v x="$x" "BEGIN { if ($chk) print \"met\"; else print \"NOT met\" }"); fi
+  rows+=("$(printf '%-44s %12s  %-30s %12s  %7s  %-22s %s' "$name" "${x:-n/a}" "$pn" "${p:-n/a}" "$ratio" "$tt" "$met")")
+}
+for mode in close keepalive; do
+  label=handoff; [ $mode = keepalive ] && label=keep-alive
+  row "$label rcluster-rr req/s" "${v[$mode/rcluster-rr]:-}" plain-reuseport "${v[$mode/plain-reuseport]:-}" ">= 0.85x" "r >= 0.85"
+  row "$label rcluster-rr req/s" "${v[$mode/rcluster-rr]:-}" node-cluster-rr "${v[$mode/node-cluster-rr]:-}" ">= 1.8x" "r >= 1.8"
+  for pol in least shared reuseport; do
+    row "$label rcluster-$pol req/s" "${v[$mode/rcluster-$pol]:-}" plain-reuseport "${v[$mode/plain-reuseport]:-}" "(info)" ""
+  done
+  row "$label node-rcluster-rr req/s (same JS)" "${v[$mode/node-rcluster-rr]:-}" node-cluster-rr "${v[$mode/node-cluster-rr]:-}" ">= 1.3x (run.sh)" "r >= 1.3"
+done
+row "ipc 64 B windowed msg/s" "${v[ipc/rcluster/64/rate]:-}" raw-seqpacket "${v[ipc/raw-seqpacket/64/rate]:-}" ">= 0.8x" "r >= 0.8"
+row "ipc 64 B windowed msg/s" "${v[ipc/rcluster/64/rate]:-}" "node:cluster (ipc_echo.js)" "${v[ipc/node-cluster/64/rate]:-}" ">= 1.5x" "r >= 1.5"
+row "ipc 64 B node binding msg/s" "${v[ipc/node-rcluster/64/rate]:-}" "node:cluster (ipc_echo.js)" "${v[ipc/node-cluster/64/rate]:-}" "(info)" ""
+row "ipc 4 KiB windowed msg/s" "${v[ipc/rcluster/4096/rate]:-}" raw-seqpacket "${v[ipc/raw-seqpacket/4096/rate]:-}" "(info)" ""
+row "ipc 1 MiB windowed MB/s" "${v[ipc/rcluster/1048576/mbs]:-}" raw-stream "${v[ipc/raw-stream/1048576/mbs]:-}" ">= 1000 MB/s" "x >= 1000"
+row "ipc 64 B RTT median us (lower better)" "${v[ipc/rcluster/64/rtt]:-}" raw-seqpacket "${v[ipc/raw-seqpacket/64/rtt]:-}" "(info)" ""
+row "ipc 4 KiB RTT median us (lower better)" "${v[ipc/rcluster/4096/rtt]:-}" raw-seqpacket "${v[ipc/raw-seqpacket/4096/rtt]:-}" "(info)" ""
+row "ipc 1 MiB RTT median us (lower better)" "${v[ipc/rcluster/1048576/rtt]:-}" raw-stream "${v[ipc/raw-stream/1048576/rtt]:-}" "(info)" ""
+row "startup 8 READY FORK ms (median of 5)" "${v[startup/fork]:-}" "node:cluster online" "${v[startup/node]:-}" "< 20 ms" "x < 20"
+row "startup 8 READY EXEC (C) ms (median of 5)" "${v[startup/exec]:-}" "node:cluster online" "${v[startup/node]:-}" "< 100 ms" "x < 100"
+row "balance rr max/min (10k conns, 8 w)" "${v[balance/rcluster-rr]:-}" plain-reuseport "${v[balance/plain-reuseport]:-}" "<= 1.05" "x <= 1.05"
+for pol in least shared reuseport; do
+  row "balance $pol max/min (10k conns, 8 w)" "${v[balance/rcluster-$pol]:-}" plain-reuseport "${v[balance/plain-reuseport]:-}" "(info)" ""
+done
+row "memory primary RSS KiB (8 idle w, FORK)" "${v[rss/fork/primary]:-}" "node:cluster primary" "${v[rss/node/primary]:-}" "< 8192 KiB" "x < 8192"
+row "memory worker RSS KiB (FORK)" "${v[rss/fork/worker]:-}" "node:cluster worker" "${v[rss/node/worker]:-}" "(info)" ""
+row "memory worker RSS KiB (EXEC, C)" "${v[rss/exec/worker]:-}" "node:cluster worker" "${v[rss/node/worker]:-}" "(info)" ""
+
+echo
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+printf '%-44s %12s  %-30s %12s  %7s  %-22s %s\n' name value peer "peer value" ratio target result
+for r in "${rows[@]}"; do echo "$r"; done
