@@ -250,3 +250,8 @@ fn manual_readiness_waits_for_cluster_ready() {
 fn an_exec_mode_reload_runs_the_program_now_on_disk() {
     run_c("supervision", &["exec-reload"], Duration::from_secs(60));
 }
+
+#[test]
+fn connections_a_worker_cannot_receive_go_to_another() {
+    run_c("fd_limit", &[], Duration::from_secs(60));
+}
