@@ -8,7 +8,6 @@ import enum
 import json
 import logging
 import os
-import pickle
 import shutil
 import signal
 import sys
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _events, _lib, _log
-from ._events import Errors, Handlers, on_decorator
+from ._events import Errors, Handlers
 from ._lib import ClusterError
 
 ListenSpec = Union[Tuple[str, int], str, "os.PathLike[str]"]
@@ -99,7 +98,7 @@ def _after_fork_in_child(cluster: "Cluster") -> None:
             pass
 
 
-class Cluster:
+class Cluster(_events.Runtime):
     """The primary of a cluster: starts and supervises worker processes, carries messages,
     hands out connections. A process has one running cluster at a time.
 
@@ -216,14 +215,6 @@ class Cluster:
 
     # ---- events ----
 
-    def on(self, event: str, fn: Optional[Callable[..., Any]] = None) -> Any:
-        """Registers `fn` for `event`; usable as ``@c.on("ready")``. Returns `fn`."""
-        return on_decorator(self._handlers, event, fn)
-
-    def off(self, event: str, fn: Optional[Callable[..., Any]] = None) -> None:
-        """Removes `fn` (or every handler) from `event`."""
-        self._handlers.remove(event, fn)
-
     def _on_event(self, _userdata: Optional[int], evp: Any) -> None:
         # Runs inside cluster_dispatch/cluster_run: nothing may unwind into C.
         fd = -1
@@ -235,7 +226,7 @@ class Cluster:
             emit = self._handlers.emit
             if kind == _lib.CLUSTER_EVENT_MESSAGE:
                 fd = -1
-                self._on_message(wid, _events.event_data(ev), ev.fd)
+                self._deliver_message(wid, _events.event_data(ev), ev.fd, sender_first=True)
             elif kind == _lib.CLUSTER_EVENT_FORK:
                 emit("fork", wid, ev.pid)
             elif kind == _lib.CLUSTER_EVENT_ONLINE:
@@ -263,21 +254,6 @@ class Cluster:
             if fd >= 0:
                 _events.close_fd(fd)
             self._errors.add(e)
-
-    def _on_message(self, wid: int, data: bytes, fd: int) -> None:
-        owned = fd if fd >= 0 else None
-        if data.startswith(_events.PICKLE_PREFIX) and self._handlers.has("object"):
-            if owned is not None:
-                _events.close_fd(owned)
-            obj = pickle.loads(data[len(_events.PICKLE_PREFIX) :])
-            self._handlers.emit("object", wid, obj)
-            return
-        taken = owned is not None and self._handlers.takes("message", 2)
-        try:
-            self._handlers.emit("message", wid, data, owned)
-        finally:
-            if owned is not None and not taken:
-                _events.close_fd(owned)
 
     def _worker_main(self, _userdata: Optional[int]) -> int:
         # FORK mode, in the child: C calls exit() with what this returns, so the Python stack
@@ -432,26 +408,9 @@ class Cluster:
 
     # ---- loop ----
 
-    @property
-    def started(self) -> bool:
-        return self._started
-
-    @property
-    def finished(self) -> bool:
-        """True once the runtime has ended (after a shutdown, ``run()`` returned)."""
-        return self._finished
-
     def _dispatch_fn(self) -> Any:
         # FORK mode: a dispatch may fork a respawned worker, so the GIL stays held (PyDLL).
         return _lib.pydll.cluster_dispatch if self.mode == "fork" else _lib.cdll.cluster_dispatch
-
-    def _after_dispatch(self, rc: int) -> int:
-        if rc == _lib.CLUSTER_E_CLOSED:
-            self._finished = True
-        elif rc < 0:
-            raise _lib.error(rc)
-        _lib.raise_pending()
-        return int(rc)
 
     def dispatch(self, timeout_ms: int = 0) -> int:
         """One loop turn: waits up to `timeout_ms` (-1 forever), runs the handlers of what

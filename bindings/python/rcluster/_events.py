@@ -260,3 +260,58 @@ class SignalQueue:
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.pending.append(signum)
+
+
+class Runtime:
+    """What Cluster and Worker share: event handlers, errors raised in them, and the end of
+    the library's runtime."""
+
+    _handlers: Handlers
+    _errors: Errors
+    _started: bool
+    _finished: bool
+
+    def on(self, event: str, fn: Optional[Callable[..., Any]] = None) -> Any:
+        """Registers `fn` for `event`; usable as a decorator (``@c.on("ready")``). Returns `fn`."""
+        return on_decorator(self._handlers, event, fn)
+
+    def off(self, event: str, fn: Optional[Callable[..., Any]] = None) -> None:
+        """Removes `fn` (or every handler) from `event`."""
+        self._handlers.remove(event, fn)
+
+    @property
+    def finished(self) -> bool:
+        """True once the runtime has ended (``run()`` returned after a stop)."""
+        return self._finished
+
+    @property
+    def started(self) -> bool:
+        """True once ``start()`` ran."""
+        return self._started
+
+    def _after_dispatch(self, rc: int) -> int:
+        if rc == _lib.CLUSTER_E_CLOSED:
+            self._finished = True
+        elif rc < 0:
+            raise _lib.error(rc)
+        _lib.raise_pending()
+        return int(rc)
+
+    def _deliver_message(self, sender: int, data: bytes, fd: int, sender_first: bool) -> None:
+        """A MESSAGE event: "object" when it is a pickled object and someone listens for
+        those, else "message"; a passed fd goes to a handler that takes it, or is closed.
+        `sender_first`: the primary's handlers take (sender, ...), a worker's (..., sender)."""
+        owned = fd if fd >= 0 else None
+        if data.startswith(PICKLE_PREFIX) and self._handlers.has("object"):
+            if owned is not None:
+                close_fd(owned)
+            obj = pickle.loads(data[len(PICKLE_PREFIX) :])
+            self._handlers.emit("object", *((sender, obj) if sender_first else (obj, sender)))
+            return
+        taken = owned is not None and self._handlers.takes("message", 2)
+        try:
+            args = (sender, data, owned) if sender_first else (data, sender, owned)
+            self._handlers.emit("message", *args)
+        finally:
+            if owned is not None and not taken:
+                close_fd(owned)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import pickle
 import signal
 import socket
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import _events, _lib, _log
-from ._events import Errors, Handlers, on_decorator
+from ._events import Errors, Handlers
 from ._cluster import RUN_WAIT_MS
 from ._lib import ClusterError
 
 _KEEP_ALIVE: List[Any] = []
 
 
-class Worker:
+class Worker(_events.Runtime):
     """This worker process's runtime (only in a worker: ``rcluster.is_worker()``).
 
     Events (``@w.on(name)``; a handler may take fewer trailing arguments than listed):
@@ -71,14 +70,6 @@ class Worker:
 
     # ---- events ----
 
-    def on(self, event: str, fn: Optional[Callable[..., Any]] = None) -> Any:
-        """Registers `fn` for `event`; usable as ``@w.on("connection")``. Returns `fn`."""
-        return on_decorator(self._handlers, event, fn)
-
-    def off(self, event: str, fn: Optional[Callable[..., Any]] = None) -> None:
-        """Removes `fn` (or every handler) from `event`."""
-        self._handlers.remove(event, fn)
-
     def _on_event(self, _userdata: Optional[int], evp: Any) -> None:
         fd = -1
         try:
@@ -90,7 +81,7 @@ class Worker:
                 self._on_connection(ev.fd, ev.listener, _events.parse_peer(ev.peer, ev.peer_len))
             elif kind == _lib.CLUSTER_EVENT_MESSAGE:
                 fd = -1
-                self._on_message(ev.worker_id, _events.event_data(ev), ev.fd)
+                self._deliver_message(ev.worker_id, _events.event_data(ev), ev.fd, sender_first=False)
             elif kind == _lib.CLUSTER_EVENT_SHUTDOWN:
                 self._handlers.emit("shutdown")
             elif kind == _lib.CLUSTER_EVENT_DISCONNECT:
@@ -119,21 +110,6 @@ class Worker:
             raise
         self._handlers.emit("connection", sock, listener, peer)
 
-    def _on_message(self, sender: int, data: bytes, fd: int) -> None:
-        owned = fd if fd >= 0 else None
-        if data.startswith(_events.PICKLE_PREFIX) and self._handlers.has("object"):
-            if owned is not None:
-                _events.close_fd(owned)
-            obj = pickle.loads(data[len(_events.PICKLE_PREFIX) :])
-            self._handlers.emit("object", obj, sender)
-            return
-        taken = owned is not None and self._handlers.takes("message", 2)
-        try:
-            self._handlers.emit("message", data, sender, owned)
-        finally:
-            if owned is not None and not taken:
-                _events.close_fd(owned)
-
     # ---- loop ----
 
     def start(self) -> None:
@@ -143,23 +119,6 @@ class Worker:
             return
         _lib.call(_lib.cdll.cluster_worker_start, self._cb, None)
         self._started = True
-
-    @property
-    def started(self) -> bool:
-        return self._started
-
-    @property
-    def finished(self) -> bool:
-        """True once the worker's runtime has ended."""
-        return self._finished
-
-    def _after_dispatch(self, rc: int) -> int:
-        if rc == _lib.CLUSTER_E_CLOSED:
-            self._finished = True
-        elif rc < 0:
-            raise _lib.error(rc)
-        _lib.raise_pending()
-        return int(rc)
 
     def dispatch(self, timeout_ms: int = 0) -> int:
         """One loop turn (see ``Cluster.dispatch``). Returns the events delivered."""
