@@ -142,6 +142,24 @@ static inline void http_answer(int fd) {
     close(fd);
 }
 
+/* Reads the client's line (or up to EOF), answers "worker <id>\n" and closes the fd. */
+static inline void answer_line(int fd) {
+    char req[256];
+    size_t got = 0;
+    while (got < sizeof req - 1) {
+        ssize_t r = read(fd, req + got, sizeof req - 1 - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += (size_t)r;
+        if (memchr(req, '\n', got)) break;
+    }
+    char resp[64];
+    int n = snprintf(resp, sizeof resp, "worker %u\n", cluster_worker_id());
+    ssize_t w = write(fd, resp, (size_t)n);
+    (void)w;
+    close(fd);
+}
+
 /* Waits up to timeout_ms for our child `pid` to exit; returns its wait status or -1. */
 static inline int wait_child(pid_t pid, int timeout_ms) {
     long long end = now_ms() + timeout_ms;
@@ -167,6 +185,15 @@ static inline int pid_gone(pid_t pid) {
     stat[n] = '\0';
     const char *rp = strrchr(stat, ')');
     return rp && rp[1] == ' ' && rp[2] == 'Z';
+}
+
+/* True for the EXIT of a worker that stopped as asked (code 0, no signal, after a
+ * disconnect); otherwise says what it was on stderr and returns false. */
+static inline int exit_is_clean(const cluster_event *ev) {
+    if (ev->exit_code == 0 && ev->signal == 0 && ev->exited_after_disconnect) return 1;
+    fprintf(stderr, "worker %u exit code %d signal %d after_disconnect %d\n", ev->worker_id, ev->exit_code,
+            ev->signal, ev->exited_after_disconnect);
+    return 0;
 }
 
 /* Forks a client process for a test whose loop runs here. In the child (returns 0): dies with

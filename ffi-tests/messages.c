@@ -90,8 +90,7 @@ static void on_primary(void *ud, const cluster_event *ev) {
         break;
     case CLUSTER_EVENT_EXIT:
         exits++;
-        if (ev->exit_code == 0 && ev->signal == 0 && ev->exited_after_disconnect) clean_exits++;
-        else fprintf(stderr, "worker %u exit code %d signal %d after_disconnect %d\n", ev->worker_id, ev->exit_code, ev->signal, ev->exited_after_disconnect);
+        clean_exits += exit_is_clean(ev);
         break;
     default:
         break;

@@ -183,8 +183,7 @@ static void on_primary(void *ud, const cluster_event *ev) {
     case CLUSTER_EVENT_EXIT:
         CHECK(stopping, "worker %u exited before the shutdown: code %d signal %d", ev->worker_id, ev->exit_code, ev->signal);
         exits++;
-        if (ev->exit_code == 0 && ev->signal == 0 && ev->exited_after_disconnect) clean_exits++;
-        else fprintf(stderr, "worker %u exit code %d signal %d after_disconnect %d\n", ev->worker_id, ev->exit_code, ev->signal, ev->exited_after_disconnect);
+        clean_exits += exit_is_clean(ev);
         break;
     default:
         break;

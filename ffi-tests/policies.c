@@ -16,21 +16,7 @@
 /* ROUND_ROBIN and STICKY: read the client's line, answer "worker N", close. */
 static void on_worker_serve(void *ud, const cluster_event *ev) {
     (void)ud;
-    if (ev->kind != CLUSTER_EVENT_CONNECTION) return;
-    char req[256];
-    size_t got = 0;
-    while (got < sizeof req - 1) { /* until the end of the line (or EOF: the client left) */
-        ssize_t r = read(ev->fd, req + got, sizeof req - 1 - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) break;
-        got += (size_t)r;
-        if (memchr(req, '\n', got)) break;
-    }
-    char resp[64];
-    int n = snprintf(resp, sizeof resp, "worker %u\n", cluster_worker_id());
-    ssize_t w = write(ev->fd, resp, (size_t)n);
-    (void)w;
-    close(ev->fd);
+    if (ev->kind == CLUSTER_EVENT_CONNECTION) answer_line(ev->fd);
 }
 
 /* LEAST_CONNECTIONS: answer at once but keep every connection open until "release". */

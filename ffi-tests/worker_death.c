@@ -15,20 +15,7 @@
 static void on_worker(void *ud, const cluster_event *ev) {
     (void)ud;
     if (ev->kind == CLUSTER_EVENT_CONNECTION) {
-        char req[256];
-        size_t got = 0;
-        while (got < sizeof req - 1) { /* the client's line (or EOF) */
-            ssize_t r = read(ev->fd, req + got, sizeof req - 1 - got);
-            if (r < 0 && errno == EINTR) continue;
-            if (r <= 0) break;
-            got += (size_t)r;
-            if (memchr(req, '\n', got)) break;
-        }
-        char resp[64];
-        int n = snprintf(resp, sizeof resp, "worker %u\n", cluster_worker_id());
-        ssize_t w = write(ev->fd, resp, (size_t)n);
-        (void)w;
-        close(ev->fd);
+        answer_line(ev->fd);
     } else if (ev->kind == CLUSTER_EVENT_MESSAGE && ev->worker_id == 0 && ev->len == 5 &&
                memcmp(ev->data, "stall", 5) == 0) {
         /* Stuck for good inside the callback: the channel is never read again, so the
