@@ -12,6 +12,7 @@
 //! - [`net`] has the listeners.
 //! - [`event_loop`] is epoll, timers and cross-thread wakeups; [`signals`] the signal self-pipe.
 //! - [`ffi`] is the C ABI, a thin layer over the above.
+//! - [`fuzzing`] holds the fuzz entry points (and [`primary::harness`] the primary they drive).
 
 #![warn(missing_docs)]
 
@@ -20,6 +21,7 @@ pub mod error;
 pub mod event;
 pub mod event_loop;
 pub mod ffi;
+pub mod fuzzing;
 pub mod ipc;
 pub mod logging;
 pub mod net;

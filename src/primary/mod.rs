@@ -8,6 +8,7 @@
 mod accept;
 pub mod balance;
 pub mod handoff;
+pub mod harness;
 mod lifecycle;
 mod relay;
 pub mod restart;
@@ -242,10 +243,18 @@ impl Primary {
             Some(plan) => spawn::exec_worker(plan, template, &self.cfg.worker_process)?,
             None => spawn::fork_worker(template, &self.cfg.worker_process)?,
         };
-        let (pid, channel) = match spawned {
-            Spawned::Child(env) => return Ok(Some(env)),
-            Spawned::Parent { pid, channel } => (pid, channel),
-        };
+        match spawned {
+            Spawned::Child(env) => Ok(Some(env)),
+            Spawned::Parent { pid, channel } => {
+                self.adopt(id, slot, pid, channel);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Takes worker `id` (process `pid`, primary end of its `channel`) into `slot`: watches its
+    /// channel and exit, and reports FORK.
+    fn adopt(&mut self, id: u32, slot: u32, pid: libc::pid_t, channel: std::os::fd::OwnedFd) {
         let fd = channel.as_raw_fd();
         let outbox = Arc::new(Outbox::new(channel, self.cfg.send_limits));
         let pidfd = sys::pidfd_open(pid);
@@ -268,7 +277,6 @@ impl Primary {
         if let Err(e) = registered {
             self.drop_worker(id, &format!("cannot watch its channel: {e}"));
         }
-        Ok(None)
     }
 
     /// Where workers get connections: from the primary, from its listening sockets (SHARED),

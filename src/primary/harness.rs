@@ -1,0 +1,175 @@
+//! A real primary whose workers are fake: this process holds the worker ends of their
+//! channels and writes whatever datagrams it likes into them. The fuzz targets (`fuzz/`) and
+//! the regression tests drive the primary's frame handling with it, with no process started.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use crate::config::{Config, Mode};
+use crate::error::Result;
+use crate::event::Event;
+use crate::event_loop::{Ready, Source};
+use crate::ipc::channel::{self, Recv, RECV_BUF};
+use crate::sys;
+
+use super::Primary;
+
+/// The pid the fake workers get: above `PID_MAX_LIMIT` (2^22), so no process has it and the
+/// SIGKILL the primary sends a worker it drops reaches no one (kill fails with ESRCH).
+const NO_PROCESS: libc::pid_t = libc::pid_t::MAX - 1;
+
+/// One fake worker: its id and the worker end of its channel (None once closed).
+struct Fake {
+    id: u32,
+    end: Option<OwnedFd>,
+}
+
+/// A primary with fake workers.
+pub struct Harness {
+    primary: Primary,
+    fakes: Vec<Fake>,
+}
+
+/// What a fake worker read from its channel.
+#[derive(Debug)]
+pub struct Received {
+    /// The datagram.
+    pub bytes: Vec<u8>,
+    /// How many fds came with it (they are closed).
+    pub fds: usize,
+}
+
+impl Harness {
+    /// A primary (no listeners, signals left alone) with `workers` fake workers, each adopted
+    /// as if it had just been started; `max_message` bounds payloads as the config would.
+    pub fn new(workers: u32, max_message: u64) -> Result<Harness> {
+        let cfg = Config {
+            workers,
+            mode: Mode::Exec,
+            exec: Some((c"/nonexistent/fake-worker".to_owned(), Vec::new())),
+            signals: false,
+            max_message,
+            startup_timeout_ms: 0,
+            heartbeat_ms: 0,
+            ..Config::default()
+        };
+        let mut primary = Primary::start(cfg)?;
+        let mut fakes = Vec::new();
+        while let Some(id) = primary.next_spawn() {
+            let (primary_end, worker_end) = sys::seqpacket_pair()?;
+            let slot = primary.free_slot();
+            primary.adopt(id, slot, NO_PROCESS, primary_end);
+            fakes.push(Fake { id, end: Some(worker_end) });
+        }
+        primary.take_events();
+        Ok(Harness { primary, fakes })
+    }
+
+    /// The fake workers' ids, in order.
+    pub fn ids(&self) -> Vec<u32> {
+        self.fakes.iter().map(|f| f.id).collect()
+    }
+
+    /// Writes one datagram with `fds` attached from fake worker `index` to the primary.
+    /// Fails once that worker's end is closed or the channel is full.
+    pub fn send(&self, index: usize, datagram: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let end = self.end(index)?;
+        let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        channel::send(end.as_raw_fd(), datagram, &[], &raw).map(|_| ())
+    }
+
+    /// Closes fake worker `index`'s end: the primary sees EOF, as when a worker dies.
+    pub fn close(&mut self, index: usize) {
+        if let Some(f) = self.fakes.get_mut(index) {
+            f.end = None;
+        }
+    }
+
+    /// One loop turn in which every channel is readable and writable; returns the events.
+    pub fn turn(&mut self) -> Vec<Event> {
+        let ready: Vec<Ready> = self
+            .fakes
+            .iter()
+            .map(|f| Ready { source: Source::Channel(f.id), readable: true, writable: true })
+            .collect();
+        self.primary.process(&ready);
+        self.primary.take_events()
+    }
+
+    /// Reads everything the primary sent fake worker `index` so far (fds closed at once).
+    pub fn drain(&self, index: usize) -> Vec<Received> {
+        let Ok(end) = self.end(index) else { return Vec::new() };
+        let mut out = Vec::new();
+        let mut buf = Vec::with_capacity(RECV_BUF);
+        let mut fds = Vec::new();
+        while let Ok(Recv::Datagram { .. }) = channel::recv(end.as_raw_fd(), &mut buf, &mut fds) {
+            out.push(Received { bytes: buf.clone(), fds: fds.len() });
+            fds.clear();
+        }
+        out
+    }
+
+    /// The primary still reads worker `id`'s channel (it has not dropped it).
+    pub fn connected(&self, id: u32) -> bool {
+        self.primary.slots.get(&id).is_some_and(|s| s.channel_open)
+    }
+
+    fn end(&self, index: usize) -> io::Result<&OwnedFd> {
+        self.fakes
+            .get(index)
+            .and_then(|f| f.end.as_ref())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no such fake worker, or its end is closed"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+    use crate::ipc::frame::{Header, Kind};
+    use std::os::fd::AsFd;
+
+    fn message(from: u32, to: u32, payload: &[u8]) -> Vec<u8> {
+        let h = Header { from, to, len: payload.len() as u64, ..Header::new(Kind::Message) };
+        [&h.encode()[..], payload].concat()
+    }
+
+    #[test]
+    fn a_relayed_message_carries_its_real_sender_whatever_the_header_claims() {
+        let mut h = Harness::new(3, 1024).unwrap();
+        let ids = h.ids();
+        h.send(0, &message(ids[2], ids[1], b"I am worker 3"), &[]).unwrap();
+        let events = h.turn();
+        assert!(events.is_empty(), "a relay is no event for the host: {events:?}");
+        let got = h.drain(1);
+        assert_eq!(got.len(), 1);
+        let (header, payload) = Header::decode(&got[0].bytes, 0, 1024).unwrap();
+        assert_eq!(
+            (header.kind, header.from, header.to, payload),
+            (Kind::Message, ids[0], ids[1], &b"I am worker 3"[..])
+        );
+        assert!(h.drain(2).is_empty(), "the worker it posed as got nothing");
+    }
+
+    #[test]
+    fn a_bad_frame_drops_only_its_sender_and_closes_the_fds_it_carried() {
+        let mut h = Harness::new(2, 1024).unwrap();
+        let ids = h.ids();
+        // The fd it attaches is one end of a socket pair: once every copy of it is closed, the
+        // other end reads EOF.
+        let (attached, watch) = sys::seqpacket_pair().unwrap();
+        h.send(0, b"garbage, not a frame, with an fd", &[attached.as_fd()]).unwrap();
+        drop(attached);
+        let events = h.turn();
+        let error = events.iter().find(|e| e.kind == EventKind::Error).expect("an ERROR event");
+        assert_eq!(error.worker_id, ids[0]);
+        assert!(events.iter().any(|e| e.kind == EventKind::Disconnect && e.worker_id == ids[0]));
+        assert!(!h.connected(ids[0]) && h.connected(ids[1]), "only the sender is dropped");
+        h.send(1, &message(0, 0, b"still here"), &[]).unwrap();
+        let events = h.turn();
+        assert!(events.iter().any(|e| e.kind == EventKind::Message && e.worker_id == ids[1]), "{events:?}");
+        let mut buf = Vec::with_capacity(64);
+        let eof = channel::recv(watch.as_raw_fd(), &mut buf, &mut Vec::new()).unwrap();
+        assert!(matches!(eof, Recv::Closed), "the primary closed the fd that came with the garbage: {eof:?}");
+    }
+}
