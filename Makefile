@@ -7,7 +7,7 @@ CFLAGS ?= -std=gnu11 -O2 -g -Wall -Wextra -Werror
 PORT ?= 8080
 LIB := target/release/librcluster.so
 
-.PHONY: all lib demo test test-rust test-python test-node lint header examples bench bench-full bench-python install doc clean
+.PHONY: all lib demo test test-rust test-python test-node test-fuzz lint header examples bench bench-full bench-python install doc clean
 
 all: lib examples
 
@@ -25,7 +25,7 @@ demo: target/examples/http_server
 
 DEBUG_LIB := $(CURDIR)/target/debug
 
-test: lint test-rust test-python test-node
+test: lint test-rust test-python test-node test-fuzz
 
 test-rust:
 	$(CARGO) test
@@ -39,6 +39,11 @@ test-node:
 	$(CARGO) build --lib --quiet
 	cd bindings/node && RCLUSTER_LIB_DIR=$(DEBUG_LIB) npm install --no-audit --no-fund --loglevel=error
 	cd bindings/node && RCLUSTER_LIB_DIR=$(DEBUG_LIB) node --test test/
+
+# A short deterministic libFuzzer run of every fuzz target (fuzz/run.sh; `fuzz/run.sh primary
+# 600` fuzzes one target for 10 minutes).
+test-fuzz:
+	fuzz/run.sh
 
 lint:
 	$(CARGO) fmt --check
