@@ -172,4 +172,42 @@ mod tests {
         let eof = channel::recv(watch.as_raw_fd(), &mut buf, &mut Vec::new()).unwrap();
         assert!(matches!(eof, Recv::Closed), "the primary closed the fd that came with the garbage: {eof:?}");
     }
+
+    #[test]
+    fn notices_for_messages_to_nobody_are_bounded_by_the_senders_queue_and_none_is_lost() {
+        let mut h = Harness::new(1, 1024).unwrap();
+        let id = h.ids()[0];
+        let to_nobody = message(0, 999, b"anyone there?");
+        let mut sent = 0;
+        let mut most_queued = 0;
+        for _ in 0..10_000 {
+            if h.send(0, &to_nobody, &[]).is_ok() {
+                sent += 1;
+            }
+            h.turn();
+            most_queued = most_queued.max(h.primary.slots[&id].outbox.queued());
+        }
+        let limit = crate::ipc::outbox::Limits::default().max_frames;
+        assert!(sent > limit, "the worker got {sent} messages out, more than its queue takes ({limit})");
+        assert!(most_queued <= limit, "the primary queued {most_queued} notices for a worker that does not read");
+        let mut notices = 0;
+        for _ in 0..10_000 {
+            let got = h.drain(0);
+            let empty = got.is_empty();
+            for g in got {
+                let (header, _) = Header::decode(&g.bytes, g.fds, 1024).expect("a valid frame");
+                if header.kind == Kind::Batch {
+                    notices += crate::ipc::frame::decode_batch(&g.bytes[32..]).unwrap().len();
+                } else {
+                    assert_eq!((header.kind, header.aux), (Kind::Undeliverable, 999));
+                    notices += 1;
+                }
+            }
+            h.turn();
+            if empty && notices == sent {
+                break;
+            }
+        }
+        assert_eq!(notices, sent, "one notice per message, none lost once the worker reads");
+    }
 }

@@ -35,7 +35,11 @@ impl Primary {
             log::warn!("worker {from} sent a message to worker {to}, which does not exist");
             let mut f = Frame::control(Kind::Undeliverable, Vec::new());
             f.header.aux = u64::from(to);
-            self.send_control(from, f);
+            // Counted as a message in the sender's queue, so that its limits hold: a worker
+            // that sends to nobody without reading its channel is stalled like any other
+            // sender, instead of the primary queueing notices for it without bound.
+            f.user_bytes = 1;
+            self.relay(from, Stalled { frame: f, targets: vec![from] });
             return;
         };
         let frame = match Frame::message(from, to, &msg.payload, msg.fds.pop(), self.cfg.max_message) {

@@ -1,10 +1,8 @@
 //! The primary's loop turn: one small handler per signal, per frame kind and per child event.
 
-use crate::error::Code;
 use crate::event::{Event, EventKind};
 use crate::event_loop::{Ready, Source};
 use crate::ipc::frame::{decode_ids, Kind};
-use crate::ipc::outbox::Frame;
 use crate::ipc::reader::{Incoming, Read};
 use crate::sys::{self, ExitStatus};
 
@@ -13,6 +11,10 @@ use super::{Phase, Primary, Timer};
 
 /// Frames read from one channel per turn, so one chatty worker cannot starve the others.
 const FRAMES_PER_TURN: usize = 64;
+/// Payload bytes read from one channel per turn (past the frame that crosses it). With the
+/// frame limit alone, a worker sending 64 maximum-size messages would make the primary hold
+/// 64 of them before its host sees one; with this, one turn holds about one per worker.
+const BYTES_PER_TURN: usize = 1 << 20;
 
 impl Primary {
     /// Handles everything the loop reported, then settles the turn (handoffs, shutdown
@@ -138,14 +140,21 @@ impl Primary {
     }
 
     fn on_readable(&mut self, id: u32) {
+        let mut bytes = 0;
         for _ in 0..FRAMES_PER_TURN {
+            if bytes >= BYTES_PER_TURN {
+                return; // the channel stays readable (level-triggered): the next turn goes on
+            }
             let Some(slot) = self.slots.get(&id) else { return };
             if !slot.channel_open || slot.stalled.is_some() {
                 return;
             }
             let fd = slot.outbox.fd();
             match self.reader.read(fd) {
-                Ok(Read::Frame(frame)) => self.on_frame(id, frame),
+                Ok(Read::Frame(frame)) => {
+                    bytes += frame.payload.len();
+                    self.on_frame(id, frame)
+                }
                 Ok(Read::WouldBlock) => return,
                 Ok(Read::Closed) => return self.channel_lost(id, None),
                 Ok(Read::Bad(e)) => return self.drop_worker(id, &format!("malformed frame: {e}")),
@@ -204,6 +213,7 @@ impl Primary {
     }
 
     fn on_ack(&mut self, id: u32, ack: bool, ids: &[u64]) {
+        let mut unknown = 0usize;
         for &conn in ids {
             let known = if ack { self.handoff.ack(id, conn) } else { self.handoff.nack(id, conn) };
             let Some(slot) = self.slots.get_mut(&id) else { return };
@@ -213,8 +223,13 @@ impl Primary {
                     slot.connections += 1;
                 }
             } else {
-                log::warn!("worker {id}: {} for unknown connection {conn} ignored", if ack { "ACK" } else { "NACK" });
+                unknown += 1;
             }
+        }
+        if unknown > 0 {
+            // One line per frame: a worker cannot flood the log with one line per id.
+            let what = if ack { "ACK" } else { "NACK" };
+            log::warn!("worker {id}: {what} for {unknown} unknown connection(s) ignored");
         }
         if ack {
             self.check_recycle(id);
@@ -371,16 +386,5 @@ impl Primary {
             log::warn!("{} accepted connection(s) were closed unanswered", self.handoff.dropped);
         }
         log::info!("primary stopped");
-    }
-
-    /// Sends a control frame to one worker, ignoring a closed channel (its exit is on its way).
-    pub(super) fn send_control(&mut self, id: u32, frame: Frame) {
-        if let Some(slot) = self.slots.get(&id) {
-            match slot.outbox.push(frame) {
-                Ok(_) => self.arm_if_queued(id),
-                Err(e) if e.code == Code::Closed => {}
-                Err(e) => log::error!("worker {id}: {e}"),
-            }
-        }
     }
 }
