@@ -112,6 +112,11 @@ fn misuse_gives_error_codes_not_crashes() {
 }
 
 #[test]
+fn corked_bursts_longer_than_a_loop_turn_arrive_whole_both_ways() {
+    run_c("batches", &[], Duration::from_secs(60));
+}
+
+#[test]
 fn hostile_workers_are_dropped_and_the_primary_carries_on() {
     run_c("hostile", &[], Duration::from_secs(60));
 }

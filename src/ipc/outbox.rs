@@ -345,10 +345,11 @@ mod tests {
         // Read everything on the other side, flushing as room appears: DRAIN is owed once.
         // Count frames, not datagrams: the flush batches what was queued.
         let mut reader = crate::ipc::reader::Reader::new(64 << 20);
+        let mut inbox = crate::ipc::reader::Inbox::default();
         let mut received = 0;
         let mut drained = 0;
         for _ in 0..100_000 {
-            match reader.read(b.as_raw_fd()).unwrap() {
+            match reader.read(b.as_raw_fd(), &mut inbox).unwrap() {
                 Read::Frame(_) => received += 1,
                 Read::WouldBlock => {
                     let f = out.flush().unwrap();
@@ -360,7 +361,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        while let Read::Frame(_) = reader.read(b.as_raw_fd()).unwrap() {
+        while let Read::Frame(_) = reader.read(b.as_raw_fd(), &mut inbox).unwrap() {
             received += 1;
         }
         assert_eq!(received, sent + queued + 1, "nothing lost, nothing duplicated");

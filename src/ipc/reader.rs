@@ -36,29 +36,38 @@ pub enum Read {
     Bad(FrameError),
 }
 
-/// Reads frames from one channel, reusing its buffers.
+/// Reads frames from channels, reusing its buffers. One reader serves many channels; what a
+/// channel's batch datagram holds beyond its first frame waits in that channel's own [`Inbox`],
+/// so a frame is never handed out as another channel's.
 pub struct Reader {
     buf: Vec<u8>,
     fds: Vec<OwnedFd>,
     max_message: u64,
-    /// Frames of a Batch datagram not handed out yet.
+}
+
+/// The frames of a channel's last Batch datagram not handed out yet: one per channel.
+#[derive(Debug, Default)]
+pub struct Inbox {
     pending: VecDeque<Incoming>,
+}
+
+impl Inbox {
+    /// True when no batched frame waits.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
 }
 
 impl Reader {
     /// A reader accepting payloads up to `max_message` bytes.
     pub fn new(max_message: u64) -> Reader {
-        Reader {
-            buf: Vec::with_capacity(RECV_BUF),
-            fds: Vec::with_capacity(MAX_FDS),
-            max_message,
-            pending: VecDeque::new(),
-        }
+        Reader { buf: Vec::with_capacity(RECV_BUF), fds: Vec::with_capacity(MAX_FDS), max_message }
     }
 
-    /// Reads and checks one frame from `fd` (or hands out the next frame of a batch).
-    pub fn read(&mut self, fd: RawFd) -> io::Result<Read> {
-        if let Some(f) = self.pending.pop_front() {
+    /// Reads and checks one frame from `fd` (or hands out the next frame of a batch from
+    /// `inbox`, which must be `fd`'s).
+    pub fn read(&mut self, fd: RawFd, inbox: &mut Inbox) -> io::Result<Read> {
+        if let Some(f) = inbox.pending.pop_front() {
             return Ok(Read::Frame(f));
         }
         self.fds.clear();
@@ -86,7 +95,7 @@ impl Reader {
             Err(e) => return Ok(Read::Bad(e)),
         };
         if header.kind == Kind::Batch {
-            return Ok(self.unbatch(header.len as usize));
+            return Ok(self.unbatch(header.len as usize, inbox));
         }
         let mut fds = fds;
         let payload = if header.flags & FLAG_BIG != 0 && header.kind == Kind::Message {
@@ -109,7 +118,7 @@ impl Reader {
 impl Reader {
     /// Splits the Batch datagram in `buf` into its frames; every one must be a valid fd-less,
     /// inline frame (no nested batch).
-    fn unbatch(&mut self, len: usize) -> Read {
+    fn unbatch(&mut self, len: usize, inbox: &mut Inbox) -> Read {
         let frames = match decode_batch(&self.buf[HEADER_LEN..HEADER_LEN + len]) {
             Ok(f) => f,
             Err(e) => return Read::Bad(e),
@@ -124,8 +133,8 @@ impl Reader {
                 Err(e) => return Read::Bad(e),
             }
         }
-        self.pending = out;
-        Read::Frame(self.pending.pop_front().expect("decode_batch refuses empty batches"))
+        inbox.pending = out;
+        Read::Frame(inbox.pending.pop_front().expect("decode_batch refuses empty batches"))
     }
 }
 
@@ -143,7 +152,8 @@ mod tests {
         let data: Vec<u8> = (0..(16u32 << 20)).map(|i| (i % 251) as u8).collect();
         out.push(Frame::message(3, 0, &data, None, 64 << 20).unwrap()).unwrap();
         let mut r = Reader::new(64 << 20);
-        match r.read(b.as_raw_fd()).unwrap() {
+        let mut inbox = Inbox::default();
+        match r.read(b.as_raw_fd(), &mut inbox).unwrap() {
             Read::Frame(f) => {
                 assert_eq!(f.header.from, 3);
                 assert!(f.payload == data, "16 MiB payload intact");
@@ -165,18 +175,21 @@ mod tests {
         out.push(Frame::control(Kind::Heartbeat, Vec::new())).unwrap();
         assert!(out.uncork().unwrap().empty);
         let mut r = Reader::new(1 << 20);
+        let mut inbox = Inbox::default();
         let mut datagrams = 0;
         for i in 0..100u32 {
-            match r.read(b.as_raw_fd()).unwrap() {
+            match r.read(b.as_raw_fd(), &mut inbox).unwrap() {
                 Read::Frame(f) => assert_eq!(f.payload, i.to_le_bytes(), "frame {i} in order"),
                 other => panic!("frame {i}: {other:?}"),
             }
-            datagrams += usize::from(r.pending.is_empty());
+            datagrams += usize::from(inbox.is_empty());
         }
         assert_eq!(datagrams, 1, "100 small messages in one datagram");
-        assert!(matches!(r.read(b.as_raw_fd()).unwrap(), Read::Frame(f) if f.payload.len() == 100_000));
-        assert!(matches!(r.read(b.as_raw_fd()).unwrap(), Read::Frame(f) if f.header.kind == Kind::Heartbeat));
-        assert!(matches!(r.read(b.as_raw_fd()).unwrap(), Read::WouldBlock));
+        assert!(matches!(r.read(b.as_raw_fd(), &mut inbox).unwrap(), Read::Frame(f) if f.payload.len() == 100_000));
+        assert!(
+            matches!(r.read(b.as_raw_fd(), &mut inbox).unwrap(), Read::Frame(f) if f.header.kind == Kind::Heartbeat)
+        );
+        assert!(matches!(r.read(b.as_raw_fd(), &mut inbox).unwrap(), Read::WouldBlock));
     }
 
     #[test]
@@ -186,7 +199,7 @@ mod tests {
         let inner = crate::ipc::frame::encode_batch([(&inner_head[..], &[][..])].into_iter());
         let outer = crate::ipc::frame::encode_batch([(&inner[..HEADER_LEN], &inner[HEADER_LEN..])].into_iter());
         crate::ipc::channel::send(a.as_raw_fd(), &outer, &[], &[]).unwrap();
-        assert!(matches!(Reader::new(1024).read(b.as_raw_fd()).unwrap(), Read::Bad(_)));
+        assert!(matches!(Reader::new(1024).read(b.as_raw_fd(), &mut Inbox::default()).unwrap(), Read::Bad(_)));
     }
 
     #[test]
@@ -194,6 +207,7 @@ mod tests {
         let (a, b) = sys::seqpacket_pair().unwrap();
         crate::ipc::channel::send(a.as_raw_fd(), b"not a frame at all, just bytes!!", &[], &[]).unwrap();
         let mut r = Reader::new(1024);
-        assert!(matches!(r.read(b.as_raw_fd()).unwrap(), Read::Bad(FrameError::Magic(_))));
+        let mut inbox = Inbox::default();
+        assert!(matches!(r.read(b.as_raw_fd(), &mut inbox).unwrap(), Read::Bad(FrameError::Magic(_))));
     }
 }

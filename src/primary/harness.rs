@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use crate::config::{Config, Mode};
 use crate::error::Result;
 use crate::event::Event;
-use crate::event_loop::{Ready, Source};
+use crate::event_loop::{self, Ready, Source};
 use crate::ipc::channel::{self, Recv, RECV_BUF};
 use crate::sys;
 
@@ -85,13 +85,12 @@ impl Harness {
         }
     }
 
-    /// One loop turn in which every channel is readable and writable; returns the events.
+    /// One loop turn on what epoll reports ready now; returns the events.
     pub fn turn(&mut self) -> Vec<Event> {
-        let ready: Vec<Ready> = self
-            .fakes
-            .iter()
-            .map(|f| Ready { source: Source::Channel(f.id), readable: true, writable: true })
-            .collect();
+        let mut ready: Vec<Ready> = Vec::new();
+        event_loop::wait(self.primary.poll_fd(), 0, &mut ready).ok();
+        // No timers: the reap poll would look for fake workers' processes, which do not exist.
+        ready.retain(|r| r.source != Source::Timer);
         self.primary.process(&ready);
         self.primary.take_events()
     }
@@ -209,5 +208,27 @@ mod tests {
             }
         }
         assert_eq!(notices, sent, "one notice per message, none lost once the worker reads");
+    }
+
+    #[test]
+    fn a_batch_longer_than_a_turn_is_read_to_its_end_and_as_its_senders() {
+        let mut h = Harness::new(2, 1024).unwrap();
+        let ids = h.ids();
+        let frames: Vec<Vec<u8>> = (0..200u32).map(|i| message(0, 0, &i.to_le_bytes())).collect();
+        let batch = crate::ipc::frame::encode_batch(frames.iter().map(|f| (&f[..32], &f[32..])));
+        h.send(0, &batch, &[]).unwrap();
+        h.send(1, &message(0, 0, b"from the other one"), &[]).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..50 {
+            for ev in h.turn() {
+                if ev.kind == EventKind::Message {
+                    got.push((ev.worker_id, ev.data));
+                }
+            }
+        }
+        let from_first: Vec<Vec<u8>> = got.iter().filter(|(id, _)| *id == ids[0]).map(|(_, d)| d.clone()).collect();
+        let expected: Vec<Vec<u8>> = (0..200u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        assert_eq!(from_first, expected, "all 200 batched messages, in order, from their sender");
+        assert_eq!(got.len(), 201, "and the other worker's one, under its own id: {:?}", got.last());
     }
 }

@@ -58,6 +58,10 @@ impl Primary {
             let ev = self.event(EventKind::Drain, id);
             self.events.push(ev);
         }
+        let inboxes: Vec<u32> = self.slots.values().filter(|s| s.inbox_ready()).map(|s| s.id).collect();
+        for id in inboxes {
+            self.on_readable(id);
+        }
     }
 
     fn on_timer(&mut self, timer: Timer) {
@@ -145,12 +149,12 @@ impl Primary {
             if bytes >= BYTES_PER_TURN {
                 return; // the channel stays readable (level-triggered): the next turn goes on
             }
-            let Some(slot) = self.slots.get(&id) else { return };
+            let Some(slot) = self.slots.get_mut(&id) else { return };
             if !slot.channel_open || slot.stalled.is_some() {
                 return;
             }
             let fd = slot.outbox.fd();
-            match self.reader.read(fd) {
+            match self.reader.read(fd, &mut slot.inbox) {
                 Ok(Read::Frame(frame)) => {
                     bytes += frame.payload.len();
                     self.on_frame(id, frame)
@@ -371,6 +375,11 @@ impl Primary {
             }
         }
         self.update_accepting();
+        if self.slots.values().any(|s| s.inbox_ready()) {
+            // A turn stopped inside a batch (its frame or byte budget, or a relay stall that
+            // has since cleared): the rest is in memory, so epoll will not report it. Come back.
+            self.shared.wake();
+        }
     }
 
     fn finish(&mut self) {

@@ -4,6 +4,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use crate::ipc::outbox::{Frame, Outbox};
+use crate::ipc::reader::Inbox;
 
 /// A worker's lifecycle state (the C ABI's `CLUSTER_WORKER_*` values).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +96,8 @@ pub struct Slot {
     pub watchdog_fired: bool,
     /// Connections after which it is recycled (0: never).
     pub request_limit: u64,
+    /// Frames of its last batch datagram not handled yet.
+    pub inbox: Inbox,
 }
 
 impl Slot {
@@ -121,7 +124,14 @@ impl Slot {
             last_heard_ms: crate::sys::monotonic_ms(),
             watchdog_fired: false,
             request_limit: 0,
+            inbox: Inbox::default(),
         }
+    }
+
+    /// Batched frames wait in its inbox and may be read now (epoll will not report them: they
+    /// are out of the socket already).
+    pub fn inbox_ready(&self) -> bool {
+        !self.inbox.is_empty() && self.channel_open && self.stalled.is_none()
     }
 
     /// Can take new connections right now (ready, channel open, not stopping).

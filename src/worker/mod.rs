@@ -11,7 +11,7 @@ use crate::event::{Event, EventKind};
 use crate::event_loop::{Reactor, Ready, Source};
 use crate::ipc::frame::{decode_conns, encode_ids, Kind};
 use crate::ipc::outbox::{Frame, Outbox};
-use crate::ipc::reader::{Incoming, Read, Reader};
+use crate::ipc::reader::{Inbox, Incoming, Read, Reader};
 use crate::net::listener;
 use crate::shared::Shared;
 use crate::signals::{SignalPipe, WORKER_SIGNALS};
@@ -44,6 +44,8 @@ pub struct Worker {
     shared: Arc<Shared>,
     outbox: Arc<Outbox>,
     reader: Reader,
+    /// Frames of the primary's last batch datagram not handled yet.
+    inbox: Inbox,
     signals: Option<SignalPipe>,
     events: Vec<Event>,
     phase: Phase,
@@ -105,6 +107,7 @@ impl Worker {
         let mut w = Worker {
             listeners,
             reader: Reader::new(env.max_message),
+            inbox: Inbox::default(),
             env,
             reactor,
             shared,
@@ -218,6 +221,9 @@ impl Worker {
                     while self.shared.drained.pop().is_some() {
                         self.events.push(Event::new(EventKind::Drain, 0));
                     }
+                    if !self.inbox.is_empty() {
+                        self.on_readable();
+                    }
                 }
                 Source::Signals => {
                     let sigs = self.signals.as_ref().map(|s| s.take()).unwrap_or_default();
@@ -242,6 +248,11 @@ impl Worker {
                 Source::Listener(index) => self.accept_from(index),
                 Source::Child(_) => {}
             }
+        }
+        if !self.inbox.is_empty() && self.phase != Phase::Disconnected {
+            // The turn's frame budget ran out inside a batch: the rest is in memory, where
+            // epoll cannot see it. Come back for it on the next turn.
+            self.shared.wake();
         }
     }
 
@@ -304,7 +315,7 @@ impl Worker {
             if self.phase == Phase::Disconnected {
                 return;
             }
-            match self.reader.read(self.env.channel) {
+            match self.reader.read(self.env.channel, &mut self.inbox) {
                 Ok(Read::Frame(f)) => self.on_frame(f),
                 Ok(Read::WouldBlock) => return,
                 Ok(Read::Closed) | Err(_) => return self.disconnected(),
