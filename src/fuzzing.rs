@@ -66,11 +66,12 @@ const FAKES: usize = 3;
 ///   from the `op >> 4`th on: /dev/null, a socket, a sealed memfd of 64 bytes), of the length
 ///   in the next two bytes (little-endian, cut to what is left), then a loop turn;
 /// - `op >= 0x80`: `op % 4` = 0 a loop turn, 1 every fake reads what it was sent, 2 fake
-///   `((op >> 2) & 3) % 3` closes its end (dies), 3 a turn without reading anything first.
+///   `((op >> 2) & 3) % 3` closes its end (dies), 3 a client connects to the primary's unix
+///   listener (the primary hands it to a ready fake: NEWCONN, to be ACKed or NACKed).
 pub fn primary(data: &[u8]) {
     let fds_before = open_fds();
     {
-        let Ok(mut h) = Harness::new(FAKES as u32, 1 << 16) else { return };
+        let Ok(mut h) = Harness::with_listener(FAKES as u32, 1 << 16) else { return };
         let ids = h.ids();
         let spares = Spares::new();
         let mut sent: [Sent; FAKES] = Default::default();
@@ -82,6 +83,9 @@ pub fn primary(data: &[u8]) {
                 match op % 4 {
                     1 => (0..FAKES).for_each(|i| check_received(&h, i, &ids, &sent)),
                     2 => h.close(usize::from((op >> 2) & 3) % FAKES),
+                    3 => {
+                        h.connect();
+                    }
                     _ => {}
                 }
             } else {
@@ -133,6 +137,10 @@ fn check_received(h: &Harness, index: usize, ids: &[u32], sent: &[Sent<'_>; FAKE
     for got in h.drain(index) {
         let (header, payload) = Header::decode(&got.bytes, got.fds, u64::MAX)
             .unwrap_or_else(|e| panic!("the primary sent fake {index} an invalid frame: {e}"));
+        if header.kind == Kind::NewConn {
+            let entries = decode_conns(payload, got.fds).expect("the primary's NEWCONN frames are well formed");
+            assert!(entries.iter().all(|e| e.listener == 0), "connections come from the one listener");
+        }
         if header.kind != Kind::Message || header.from == 0 {
             continue;
         }

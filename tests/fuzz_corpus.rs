@@ -112,6 +112,8 @@ fn step(fake: u8, nfds: u8, first: u8, datagram: &[u8]) -> Vec<u8> {
 
 /// The script step after which every fake reads what it was sent.
 const READ_ALL: u8 = 0x81;
+/// The script step in which a client connects to the primary's listener.
+const CONNECT: u8 = 0x83;
 
 fn seeds_primary() -> Vec<(&'static str, Vec<u8>)> {
     let hello = |fake: u8| step(fake, 0, 0, &frame(Kind::Hello, 0, 0, 0, 0, &[1, 0, 0, 0]));
@@ -159,6 +161,18 @@ fn seeds_primary() -> Vec<(&'static str, Vec<u8>)> {
             .concat(),
         ),
         ("garbage", [up.clone(), step(0, 2, 0, b"not a frame, with two fds"), vec![READ_ALL]].concat()),
-        ("primary-only", [up, step(2, 0, 0, &frame(Kind::Shutdown, 0, 0, 0, 0, &[]))].concat()),
+        ("primary-only", [up.clone(), step(2, 0, 0, &frame(Kind::Shutdown, 0, 0, 0, 0, &[]))].concat()),
+        (
+            "handoff",
+            [
+                up,
+                vec![CONNECT, CONNECT, READ_ALL],
+                step(0, 0, 0, &frame(Kind::Ack, 0, 0, 0, 0, &encode_ids(&[1]))),
+                step(1, 0, 0, &frame(Kind::Nack, 0, 0, 0, 0, &encode_ids(&[2]))),
+                vec![CONNECT, READ_ALL, 0x82 /* fake 0 dies */, CONNECT, READ_ALL],
+                step(2, 0, 0, &frame(Kind::ConnDone, 0, 0, 0, 0, &1u32.to_le_bytes())),
+            ]
+            .concat(),
+        ),
     ]
 }

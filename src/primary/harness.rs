@@ -4,8 +4,11 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, ListenSpec, Mode};
 use crate::error::Result;
 use crate::event::Event;
 use crate::event_loop::{self, Ready, Source};
@@ -28,7 +31,13 @@ struct Fake {
 pub struct Harness {
     primary: Primary,
     fakes: Vec<Fake>,
+    /// Its unix listener, when it has one, and the clients connected to it.
+    listener: Option<PathBuf>,
+    clients: Vec<UnixStream>,
 }
+
+/// Clients a harness keeps connected at most (each holds fds in this process).
+const MAX_CLIENTS: usize = 256;
 
 /// What a fake worker read from its channel.
 #[derive(Debug)]
@@ -43,6 +52,19 @@ impl Harness {
     /// A primary (no listeners, signals left alone) with `workers` fake workers, each adopted
     /// as if it had just been started; `max_message` bounds payloads as the config would.
     pub fn new(workers: u32, max_message: u64) -> Result<Harness> {
+        Harness::build(workers, max_message, None)
+    }
+
+    /// The same with a round-robin unix listener in the temporary directory, for handoffs:
+    /// see [`Harness::connect`].
+    pub fn with_listener(workers: u32, max_message: u64) -> Result<Harness> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!("rcluster-harness-{}-{}.sock", sys::getpid(), SEQ.fetch_add(1, Ordering::Relaxed));
+        Harness::build(workers, max_message, Some(std::env::temp_dir().join(name)))
+    }
+
+    fn build(workers: u32, max_message: u64, listener: Option<PathBuf>) -> Result<Harness> {
+        let listeners = listener.iter().map(|path| ListenSpec::Unix { path: path.clone(), mode: None }).collect();
         let cfg = Config {
             workers,
             mode: Mode::Exec,
@@ -51,6 +73,7 @@ impl Harness {
             max_message,
             startup_timeout_ms: 0,
             heartbeat_ms: 0,
+            listeners,
             ..Config::default()
         };
         let mut primary = Primary::start(cfg)?;
@@ -62,7 +85,23 @@ impl Harness {
             fakes.push(Fake { id, end: Some(worker_end) });
         }
         primary.take_events();
-        Ok(Harness { primary, fakes })
+        Ok(Harness { primary, fakes, listener, clients: Vec::new() })
+    }
+
+    /// A client connects to the listener (and stays connected while the harness lives);
+    /// false when there is no listener, too many clients, or the connect failed.
+    pub fn connect(&mut self) -> bool {
+        let Some(path) = &self.listener else { return false };
+        if self.clients.len() >= MAX_CLIENTS {
+            return false;
+        }
+        match UnixStream::connect(path) {
+            Ok(c) => {
+                self.clients.push(c);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// The fake workers' ids, in order.
@@ -118,6 +157,14 @@ impl Harness {
             .get(index)
             .and_then(|f| f.end.as_ref())
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no such fake worker, or its end is closed"))
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for l in &self.primary.listeners {
+            l.unlink_socket_file();
+        }
     }
 }
 
@@ -230,5 +277,56 @@ mod tests {
         let expected: Vec<Vec<u8>> = (0..200u32).map(|i| i.to_le_bytes().to_vec()).collect();
         assert_eq!(from_first, expected, "all 200 batched messages, in order, from their sender");
         assert_eq!(got.len(), 201, "and the other worker's one, under its own id: {:?}", got.last());
+    }
+
+    fn control(kind: Kind, payload: &[u8]) -> Vec<u8> {
+        [&Header { len: payload.len() as u64, ..Header::new(kind) }.encode()[..], payload].concat()
+    }
+
+    /// Turns until a fake gets a NEWCONN; returns which fake and the connection ids.
+    fn next_handoff(h: &mut Harness) -> (usize, Vec<u64>) {
+        for _ in 0..100 {
+            h.turn();
+            for i in 0..h.fakes.len() {
+                for got in h.drain(i) {
+                    let (header, payload) = Header::decode(&got.bytes, got.fds, 1024).unwrap();
+                    if header.kind == Kind::NewConn {
+                        let conns = crate::ipc::frame::decode_conns(payload, got.fds).unwrap();
+                        return (i, conns.iter().map(|c| c.id).collect());
+                    }
+                }
+            }
+        }
+        panic!("no connection was handed to a fake worker");
+    }
+
+    #[test]
+    fn a_refused_or_orphaned_connection_goes_to_another_worker_and_an_acknowledged_one_stays() {
+        let mut h = Harness::with_listener(2, 1024).unwrap();
+        let ids = h.ids();
+        for i in 0..2 {
+            h.send(i, &control(Kind::Hello, &[]), &[]).unwrap();
+            h.send(i, &control(Kind::Ready, &[]), &[]).unwrap();
+        }
+        assert!(h.connect());
+        let (first, conns) = next_handoff(&mut h);
+        assert_eq!(conns.len(), 1);
+        h.send(first, &control(Kind::Nack, &crate::ipc::frame::encode_ids(&conns)), &[]).unwrap();
+        let (second, again) = next_handoff(&mut h);
+        assert_ne!(second, first, "a refused connection goes to the other worker");
+        h.send(second, &control(Kind::Ack, &crate::ipc::frame::encode_ids(&again)), &[]).unwrap();
+        h.turn();
+        let slot = &h.primary.slots[&ids[second]];
+        assert_eq!((slot.connections, slot.unacked), (1, 0), "acknowledged once, nothing in flight");
+        // An ACK from the wrong worker changes nothing.
+        h.send(first, &control(Kind::Ack, &crate::ipc::frame::encode_ids(&again)), &[]).unwrap();
+        h.turn();
+        assert_eq!(h.primary.slots[&ids[first]].connections, 0);
+        // A worker that dies holding an unacknowledged connection gives it back.
+        assert!(h.connect());
+        let (holder, _) = next_handoff(&mut h);
+        h.close(holder);
+        let (heir, _) = next_handoff(&mut h);
+        assert_ne!(heir, holder, "the connection of a dead worker goes to the live one");
     }
 }
