@@ -707,6 +707,19 @@ int32_t cluster_cork(void);
 int32_t cluster_uncork(void);
 
 /**
+ * Batches what this process's event callbacks send (`on` nonzero) or not (0, the default).
+ * On: messages sent from inside callbacks, on the thread that runs `cluster_dispatch`, wait
+ * until every callback of that dispatch has returned, then leave in as few datagrams as
+ * possible (a burst of replies costs one system call per channel instead of one each), as
+ * Node's `process.send` leaves when the JavaScript stack unwinds. Sends from other threads
+ * are never held, and take held ones along. `cluster_uncork()` inside a callback sends what
+ * it held so far. Off by default because a callback that sends and then blocks holds its
+ * message until it returns. Callable any time, in the primary or a worker (each process
+ * decides for itself); returns 0.
+ */
+int32_t cluster_set_batching(int32_t on);
+
+/**
  * Primary: sends to every worker (returns how many). Worker: to every other worker through
  * the primary (returns 0).
  *

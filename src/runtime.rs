@@ -8,6 +8,7 @@
 
 use std::cell::Cell;
 use std::os::fd::{OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::config::Config;
@@ -18,7 +19,7 @@ use crate::ipc::frame::BROADCAST;
 use crate::ipc::outbox::Frame;
 use crate::primary::workers::WorkerInfo;
 use crate::primary::Primary;
-use crate::shared::Shared;
+use crate::shared::{self, Shared};
 use crate::sync;
 use crate::sys;
 use crate::worker::env::{AcceptFrom, WorkerEnv};
@@ -217,6 +218,7 @@ fn become_worker(mut rt: Rt, mut env: WorkerEnv) -> ! {
     // already empty, and the stack below never resumes.
     drop(sync::lock(&HANDLER).take());
     IN_CALLBACK.with(|c| c.set(false));
+    shared::abandon_held();
     *sync::lock(&WORKER_ENV) = Some(env);
     let code = match main {
         Some(f) => f(),
@@ -339,17 +341,27 @@ fn deliver(events: Vec<Event>) -> usize {
     if n == 0 {
         return 0;
     }
-    struct Delivering(Option<Handler>);
+    struct Delivering(Option<Handler>, Option<Arc<Shared>>);
     impl Drop for Delivering {
         fn drop(&mut self) {
             IN_CALLBACK.with(|c| c.set(false));
+            if let Some(shared) = &self.1 {
+                shared.release_held();
+            }
             let mut slot = sync::lock(&HANDLER);
             if slot.is_none() {
                 *slot = self.0.take();
             }
         }
     }
-    let mut d = Delivering(sync::lock(&HANDLER).take());
+    // With batching on, what the callbacks send waits until they are all done, then leaves
+    // batched: a burst of replies costs one system call per channel instead of one each.
+    // Other threads' sends are not held (and take the held ones along).
+    let shared = sync::read(&SHARED).clone();
+    if shared.is_some() && BATCHING.load(Ordering::Relaxed) {
+        shared::hold_sends();
+    }
+    let mut d = Delivering(sync::lock(&HANDLER).take(), shared);
     IN_CALLBACK.with(|c| c.set(true));
     for ev in events {
         match d.0.as_mut() {
@@ -531,6 +543,18 @@ pub fn stats() -> Result<String> {
 pub fn cork() -> Result<()> {
     shared()?.cork_all();
     Ok(())
+}
+
+/// Messages this process sends from inside its event callbacks wait until the callbacks of
+/// that dispatch are done (see `set_batching`).
+static BATCHING: AtomicBool = AtomicBool::new(false);
+
+/// Turns batching of callback sends on or off for this process: on, what event callbacks
+/// send (on the dispatching thread) leaves batched when the dispatch's callbacks are done,
+/// as Node's `process.send` leaves when the JavaScript stack unwinds. Off by default, because
+/// a callback that sends and then blocks would hold its message until it returns.
+pub fn set_batching(on: bool) {
+    BATCHING.store(on, Ordering::Relaxed);
 }
 
 /// Sends what was held since `cork`, batched.

@@ -1,6 +1,7 @@
 //! The part of a runtime that any thread may use: the send queues, and the waker that makes
 //! the loop thread notice what other threads queued.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -10,6 +11,26 @@ use crate::error::{Code, Error, Result};
 use crate::event_loop::Waker;
 use crate::ipc::outbox::{Frame, Outbox, Pushed};
 use crate::sync;
+
+thread_local! {
+    /// Set while this thread runs event callbacks: its sends wait in their queues and leave
+    /// batched when the callbacks of that dispatch are done (`release_held`).
+    static HOLDING: Cell<bool> = const { Cell::new(false) };
+    /// The outboxes this thread holds frames in.
+    static HELD: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// From now on this thread's sends are held (see `Shared::release_held`).
+pub fn hold_sends() {
+    HOLDING.with(|h| h.set(true));
+}
+
+/// Forgets what this thread held, without sending it (a FORK child leaving the primary's
+/// queues behind).
+pub fn abandon_held() {
+    HOLDING.with(|h| h.set(false));
+    HELD.with(|h| h.borrow_mut().clear());
+}
 
 /// Cross-thread state of the running primary or worker.
 pub struct Shared {
@@ -64,13 +85,35 @@ impl Shared {
 
     /// Pushes a frame to `id` from any thread, waking the loop when it must start watching
     /// the channel for writability.
+    /// While this thread runs event callbacks, the frame is held (see `release_held`).
     pub fn push(&self, id: u32, frame: Frame) -> Result<()> {
         let outbox = self.outbox(id).ok_or_else(|| Error::new(Code::NoWorker, format!("no worker with id {id}")))?;
-        if let Pushed::Queued { arm: true } = outbox.push(frame)? {
-            self.to_arm.push(id);
-            self.waker.wake();
+        let pushed = if HOLDING.with(Cell::get) { outbox.push_held(frame)? } else { outbox.push(frame)? };
+        match pushed {
+            Pushed::Queued { arm: true } => {
+                self.to_arm.push(id);
+                self.waker.wake();
+            }
+            Pushed::Held => HELD.with(|h| {
+                let mut h = h.borrow_mut();
+                if !h.contains(&id) {
+                    h.push(id);
+                }
+            }),
+            _ => {}
         }
         Ok(())
+    }
+
+    /// Sends what this thread held since `hold_sends` (batched per channel) and stops holding.
+    pub fn release_held(&self) {
+        HOLDING.with(|h| h.set(false));
+        let ids = HELD.with(|h| std::mem::take(&mut *h.borrow_mut()));
+        for id in ids {
+            if let Some(outbox) = self.outbox(id) {
+                self.after_flush(id, outbox.release());
+            }
+        }
     }
 
     /// Holds every send until `uncork_all` (the loop does this around a turn, so what a turn
@@ -82,21 +125,28 @@ impl Shared {
     }
 
     /// Sends what was held since `cork_all`; queues that could not be written completely are
-    /// handed to the loop to watch.
+    /// handed to the loop to watch. What this thread's callbacks held leaves too.
     pub fn uncork_all(&self) {
         for (id, outbox) in self.all() {
-            match outbox.uncork() {
-                Ok(f) if f.empty => {
-                    if f.drained {
-                        self.drained.push(id);
-                        self.waker.wake();
-                    }
-                }
-                // Not all written, or the channel failed: the loop's watch finds out which.
-                _ => {
-                    self.to_arm.push(id);
+            self.after_flush(id, outbox.uncork());
+        }
+        self.release_held();
+    }
+
+    /// A flush outside the loop: a queue that emptied after refusing a send owes DRAIN; one
+    /// that did not empty (or failed) needs the loop to watch it.
+    fn after_flush(&self, id: u32, flushed: std::io::Result<crate::ipc::outbox::Flushed>) {
+        match flushed {
+            Ok(f) if f.empty => {
+                if f.drained {
+                    self.drained.push(id);
                     self.waker.wake();
                 }
+            }
+            // Not all written, or the channel failed: the loop's watch finds out which.
+            _ => {
+                self.to_arm.push(id);
+                self.waker.wake();
             }
         }
     }

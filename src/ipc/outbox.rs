@@ -142,6 +142,8 @@ pub enum Pushed {
         /// The queue was idle: ask the loop to arm EPOLLOUT.
         arm: bool,
     },
+    /// Held in the queue until `release` (`push_held`).
+    Held,
 }
 
 /// What a flush did.
@@ -161,9 +163,11 @@ struct Queue {
     want_drain: bool,
     closed: bool,
     armed: bool,
-    /// Hold frames until `uncork` (the loop corks during a turn, so what the turn sends
-    /// leaves in as few datagrams as possible).
+    /// Hold frames until `uncork` (`cluster_cork`: every thread's sends wait).
     corked: bool,
+    /// Frames pushed with `hold` wait for `release`: what an event callback sends leaves
+    /// batched when its dispatch ends. A push without `hold` sends them along at once.
+    held: bool,
 }
 
 /// The send side of one channel.
@@ -192,13 +196,19 @@ impl Outbox {
     /// Sends or queues a frame. `Again` when a user message does not fit the bounds (a DRAIN
     /// is then owed), `Closed` when the peer is gone.
     pub fn push(&self, frame: Frame) -> Result<Pushed> {
-        self.push_inner(frame, true)
+        self.push_inner(frame, true, false)
+    }
+
+    /// Like `push`, but the frame waits in the queue until `release` (or until a push
+    /// without hold, or a flush, sends it along): `Pushed::Held` or an error.
+    pub fn push_held(&self, frame: Frame) -> Result<Pushed> {
+        self.push_inner(frame, true, true)
     }
 
     /// Like `push`, but a refusal owes no DRAIN: for the primary's relays, which retry by
     /// themselves when the queue empties.
     pub fn try_push(&self, frame: Frame) -> Result<Pushed> {
-        self.push_inner(frame, false)
+        self.push_inner(frame, false, false)
     }
 
     /// User messages accepted so far (sent or queued).
@@ -206,15 +216,26 @@ impl Outbox {
         self.messages.load(Ordering::Relaxed)
     }
 
-    fn push_inner(&self, frame: Frame, owe_drain: bool) -> Result<Pushed> {
+    fn push_inner(&self, frame: Frame, owe_drain: bool, hold: bool) -> Result<Pushed> {
         let mut q = self.lock();
         if q.closed {
             return fail(Code::Closed, "the channel is closed");
         }
-        if frame.user_bytes > 0
-            && q.user_frames > 0
-            && (q.user_bytes + frame.user_bytes > self.limits.max_bytes || q.user_frames >= self.limits.max_frames)
-        {
+        let over = |q: &Queue| {
+            frame.user_bytes > 0
+                && q.user_frames > 0
+                && (q.user_bytes + frame.user_bytes > self.limits.max_bytes || q.user_frames >= self.limits.max_frames)
+        };
+        if over(&q) && q.held && !q.corked {
+            // Held frames fill the queue: send them now rather than refuse while the socket
+            // may have room (AGAIN means the channel is full, not that we held too much). What
+            // does not go stays held: the holder's release hands it to the loop.
+            if let Err(e) = self.flush_locked(&mut q) {
+                q.closed = true;
+                return Err(Error::new(Code::Closed, format!("channel send failed: {e}")));
+            }
+        }
+        if over(&q) {
             q.want_drain |= owe_drain;
             return fail(
                 Code::Again,
@@ -224,7 +245,7 @@ impl Outbox {
         if frame.user_bytes > 0 {
             self.messages.fetch_add(1, Ordering::Relaxed);
         }
-        if q.frames.is_empty() && !q.corked {
+        if q.frames.is_empty() && !q.corked && !hold {
             match frame.send(self.fd()) {
                 Ok(()) => return Ok(Pushed::Sent),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -238,10 +259,32 @@ impl Outbox {
         q.user_bytes += frame.user_bytes;
         q.user_frames += usize::from(frame.user_bytes > 0);
         q.frames.push_back(frame);
+        if hold {
+            q.held = true;
+            return Ok(Pushed::Held);
+        }
+        if q.held && !q.armed && !q.corked {
+            // Another thread holds frames here (its callback is running): rather than wait
+            // behind them, send them along with this one now, in order.
+            q.held = false;
+            if let Ok(Flushed { empty: true, .. }) = self.flush_locked(&mut q) {
+                return Ok(Pushed::Sent);
+            }
+        }
         // A corked queue is flushed by `uncork`, whose caller arms the loop if needed.
         let arm = !q.armed && !q.corked;
         q.armed |= arm;
         Ok(Pushed::Queued { arm })
+    }
+
+    /// Sends what `push_held` held (unless corked), as `uncork` does.
+    pub fn release(&self) -> io::Result<Flushed> {
+        let mut q = self.lock();
+        q.held = false;
+        if q.corked {
+            return Ok(Flushed { empty: true, drained: false });
+        }
+        self.flush_locked(&mut q)
     }
 
     /// Holds pushes in the queue until `uncork`.
@@ -260,6 +303,10 @@ impl Outbox {
     /// small fd-less frames leave together in one Batch datagram.
     pub fn flush(&self) -> io::Result<Flushed> {
         let mut q = self.lock();
+        self.flush_locked(&mut q)
+    }
+
+    fn flush_locked(&self, q: &mut Queue) -> io::Result<Flushed> {
         while !q.frames.is_empty() {
             let n = batchable_prefix(&q.frames);
             let sent = if n >= 2 {
@@ -285,6 +332,7 @@ impl Outbox {
             }
         }
         q.armed = false;
+        q.held = false;
         let drained = std::mem::take(&mut q.want_drain);
         Ok(Flushed { empty: true, drained })
     }
@@ -317,6 +365,50 @@ mod tests {
         Frame::message(0, 1, &vec![7u8; n], None, 64 << 20).unwrap()
     }
 
+    /// Reads every datagram waiting on `fd`; returns each one's frames' first payload byte.
+    fn arrivals(fd: RawFd) -> Vec<Vec<u8>> {
+        let mut r = crate::ipc::reader::Reader::new(1 << 20);
+        let mut inbox = crate::ipc::reader::Inbox::default();
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        loop {
+            let fresh = inbox.is_empty();
+            match r.read(fd, &mut inbox).unwrap() {
+                Read::Frame(f) => {
+                    if fresh {
+                        out.push(Vec::new());
+                    }
+                    out.last_mut().unwrap().push(f.payload[0]);
+                }
+                Read::WouldBlock => return out,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn held_frames_wait_for_release_then_leave_in_one_datagram() {
+        let (a, b) = sys::seqpacket_pair().unwrap();
+        let out = Outbox::new(a, Limits::default());
+        for i in 0..3u8 {
+            assert_eq!(out.push_held(Frame::message(0, 1, &[i], None, 64).unwrap()).unwrap(), Pushed::Held);
+        }
+        assert!(arrivals(b.as_raw_fd()).is_empty(), "nothing leaves before release");
+        assert!(out.release().unwrap().empty);
+        assert_eq!(arrivals(b.as_raw_fd()), vec![vec![0, 1, 2]], "one datagram, in order");
+    }
+
+    #[test]
+    fn a_push_without_hold_takes_the_held_frames_along_in_order() {
+        let (a, b) = sys::seqpacket_pair().unwrap();
+        let out = Outbox::new(a, Limits::default());
+        out.push_held(Frame::message(0, 1, &[1], None, 64).unwrap()).unwrap();
+        out.push_held(Frame::message(0, 1, &[2], None, 64).unwrap()).unwrap();
+        assert_eq!(out.push(Frame::message(0, 1, &[3], None, 64).unwrap()).unwrap(), Pushed::Sent);
+        assert_eq!(arrivals(b.as_raw_fd()), vec![vec![1, 2, 3]], "another thread's send does not wait");
+        assert!(out.release().unwrap().empty, "nothing left for the holder to send");
+        assert!(arrivals(b.as_raw_fd()).is_empty());
+    }
+
     #[test]
     fn fills_the_socket_then_queues_then_refuses_then_drains() {
         let (a, b) = sys::seqpacket_pair().unwrap();
@@ -332,6 +424,7 @@ mod tests {
                     queued += 1;
                     arms += usize::from(arm);
                 }
+                Ok(Pushed::Held) => panic!("a plain push is never held"),
                 Err(e) => break e,
             }
             assert!(sent + queued < 100_000, "the bound never hit");

@@ -229,6 +229,7 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "cluster_broadcast": (I32, [c_char_p, c_size_t]),
     "cluster_cork": (I32, []),
     "cluster_uncork": (I32, []),
+    "cluster_set_batching": (I32, [c_int32]),
     "cluster_shutdown": (I32, [c_uint32]),
     # errors
     "cluster_strerror": (c_char_p, [c_int32]),
