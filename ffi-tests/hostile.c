@@ -853,11 +853,11 @@ static uint32_t conn_check(int port) {
     return who;
 }
 
-/* Turns the loop until the primary holds `want` fds again (at most 3 s); returns the count. */
+/* Turns the loop until the primary holds `want` fds again (at most 3 s; want < 0: just a few
+ * turns); returns the count. */
 static int settle_fds(int want) {
     long long end = now_ms() + 3000;
-    int n;
-    while ((n = count_fds(0)) != want && now_ms() < end) cluster_dispatch(20);
+    while (want >= 0 && count_fds(0) != want && now_ms() < end) cluster_dispatch(20);
     for (int i = 0; i < 3; i++) cluster_dispatch(10);
     return count_fds(0);
 }
