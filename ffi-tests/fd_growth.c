@@ -6,7 +6,6 @@
  * warm-up, and so does each worker. */
 #include "harness.h"
 #include <arpa/inet.h>
-#include <dirent.h>
 
 #define WORKERS 2
 #define WARMUP 1000
@@ -42,21 +41,6 @@ static void on_primary(void *ud, const cluster_event *ev) {
         errors++;
         fprintf(stderr, "ERROR event (worker %u): %.*s\n", ev->worker_id, (int)ev->len, ev->data);
     }
-}
-
-/* Entries in /proc/<pid>/fd (the directory's own fd included when pid is us: the same each time). */
-static int count_fds(pid_t pid) {
-    char path[64];
-    if (pid) snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
-    else snprintf(path, sizeof path, "/proc/self/fd");
-    DIR *d = opendir(path);
-    CHECK(d != NULL, "opendir %s: %s", path, strerror(errno));
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        if (e->d_name[0] != '.') n++;
-    closedir(d);
-    return n;
 }
 
 /* The client: `conns` connections, BATCH at a time; exits 0 when every one was answered. */

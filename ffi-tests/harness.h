@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <rcluster.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -254,6 +255,37 @@ static inline ssize_t read_bounded(int fd, char *buf, size_t cap, int timeout_ms
     }
     buf[n] = '\0';
     return (ssize_t)n;
+}
+
+/* Open fds of process `pid` (0: this process): entries in /proc/<pid>/fd (when pid is 0 this
+ * counts the directory's own fd too, the same each time). */
+static inline int count_fds(pid_t pid) {
+    char path[64];
+    if (pid) snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+    else snprintf(path, sizeof path, "/proc/self/fd");
+    DIR *d = opendir(path);
+    CHECK(d != NULL, "opendir %s: %s", path, strerror(errno));
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n;
+}
+
+/* VmRSS of process `pid` (0: this process) in KiB, from /proc/<pid>/status. */
+static inline long vm_rss_kb(pid_t pid) {
+    char path[64], line[256];
+    if (pid) snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    else snprintf(path, sizeof path, "/proc/self/status");
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL, "fopen %s: %s", path, strerror(errno));
+    long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1) break;
+    fclose(f);
+    CHECK(kb > 0, "no VmRSS in %s", path);
+    return kb;
 }
 
 #endif
