@@ -167,25 +167,21 @@ fn a_raw_broadcast_flood_with_a_reader_that_does_not_read_is_held_back_by_bounde
 // and a healthy worker is stalled behind a relay it never sent.
 
 #[test]
-#[ignore = "bug in the core: frames of a Batch datagram left after 64 are attributed to the next channel read"]
 fn an_api_flood_to_the_primary_keeps_its_sender() {
     run_c("hostile", &["flood", "api", "primary"], Duration::from_secs(90));
 }
 
 #[test]
-#[ignore = "bug in the core: frames of a Batch datagram left after 64 are attributed to the next channel read"]
 fn an_api_flood_relayed_to_a_worker_that_does_not_read_keeps_its_sender() {
     run_c("hostile", &["flood", "api", "relay"], Duration::from_secs(90));
 }
 
 #[test]
-#[ignore = "bug in the core: frames of a Batch datagram left after 64 are attributed to the next channel read"]
 fn an_api_broadcast_flood_reaches_everyone_as_its_sender() {
     run_c("hostile", &["flood", "api", "all"], Duration::from_secs(90));
 }
 
 #[test]
-#[ignore = "bug in the core: frames of a Batch datagram left after 64 are attributed to the next channel read"]
 fn a_batch_of_100_frames_arrives_as_its_senders_while_another_worker_speaks() {
     run_c("hostile", &["batch", "split"], Duration::from_secs(60));
 }
@@ -193,7 +189,6 @@ fn a_batch_of_100_frames_arrives_as_its_senders_while_another_worker_speaks() {
 /// The same shared-reader state, seen from a quiet cluster: the frames after the 64th wait
 /// until some channel is readable again (here the next heartbeat, 5 s later).
 #[test]
-#[ignore = "bug in the core: frames of a Batch datagram after the 64th wait for the next datagram on any channel"]
 fn a_batch_of_100_frames_arrives_without_waiting_for_more_traffic() {
     run_c("hostile", &["batch", "stall"], Duration::from_secs(60));
 }
@@ -201,7 +196,6 @@ fn a_batch_of_100_frames_arrives_without_waiting_for_more_traffic() {
 /// After a bad frame inside a Batch, the rest of the batch is still handed out, as the frames
 /// of whichever worker is read next (here the dropped worker's own replacement).
 #[test]
-#[ignore = "bug in the core: the frames after a bad one in a Batch outlive the dropped worker"]
 fn the_rest_of_a_batch_dies_with_the_worker_that_sent_it() {
     run_c("hostile", &["batch", "spoof"], Duration::from_secs(60));
 }
@@ -209,7 +203,6 @@ fn the_rest_of_a_batch_dies_with_the_worker_that_sent_it() {
 /// The worker's reader has the same 64-per-turn limit: a primary that corks 100 messages to
 /// one worker sees 64 echoes, and the rest wait for the primary's next datagram to that worker.
 #[test]
-#[ignore = "bug in the core: frames of a Batch datagram after the 64th wait for the next datagram"]
 fn a_corked_burst_of_100_messages_to_a_worker_is_all_delivered() {
     run_c("hostile", &["batch", "to-worker"], Duration::from_secs(60));
 }
@@ -364,7 +357,6 @@ fn soak_100k_handoffs_and_1m_messages_constant_fds_bounded_rss() {
 /// the rest of a Batch datagram in one reader shared by all channels, so they are handed out
 /// on the next read of another worker's channel as that worker's frames.
 #[test]
-#[ignore = "bug in the core: frames of a Batch datagram left after 64 are attributed to the next channel read"]
 fn soak_with_corked_batches_keeps_senders_apart() {
     run_c("soak", &["200000", "10000", "64", "cork"], Duration::from_secs(180));
 }

@@ -290,6 +290,8 @@ impl Primary {
         }
         slot.channel_open = false;
         slot.stalled = None;
+        // What is left of its last batch dies with the channel.
+        slot.inbox = Default::default();
         slot.unacked = 0;
         slot.outbox.close();
         let fd = slot.outbox.fd();
