@@ -1,13 +1,14 @@
 # The two commands a newcomer needs:
 #   make demo   - the demo cluster: 4 workers serving HTTP on 127.0.0.1:8080, showing who answered
-#   make test   - every test: lints, Rust unit tests, the C ABI tests, Python, Node
+#   make test   - every test: lints, Rust unit tests, the C ABI tests (also under ASan/UBSan and
+#                 valgrind), Python, Node
 CARGO ?= cargo
 CC ?= cc
 CFLAGS ?= -std=gnu11 -O2 -g -Wall -Wextra -Werror
 PORT ?= 8080
 LIB := target/release/librcluster.so
 
-.PHONY: all lib demo test test-rust test-python test-node test-fuzz lint header examples bench bench-full bench-python install doc clean
+.PHONY: all lib demo test test-rust test-sanitize test-valgrind test-python test-node test-fuzz lint header examples bench bench-full bench-python install doc clean
 
 all: lib examples
 
@@ -25,10 +26,19 @@ demo: target/examples/http_server
 
 DEBUG_LIB := $(CURDIR)/target/debug
 
-test: lint test-rust test-python test-node test-fuzz
+test: lint test-rust test-sanitize test-valgrind test-python test-node test-fuzz
 
 test-rust:
 	$(CARGO) test
+
+# The C tests (ffi-tests/ and the demo) built with -fsanitize=address,undefined: any ASan,
+# LeakSanitizer or UBSan report from any process of a run fails its test (tests/common/mod.rs).
+test-sanitize:
+	RCLUSTER_SANITIZE=1 $(CARGO) test --test ffi --test examples
+
+# Whole cluster runs (the HTTP example, ffi-tests/messages.c) with the primary under memcheck.
+test-valgrind:
+	tests/valgrind.sh
 
 # The bindings test against the debug library that test-rust built.
 test-python:

@@ -197,6 +197,25 @@ static inline int exit_is_clean(const cluster_event *ev) {
     return 0;
 }
 
+/* cluster_stats() as a malloc'd string (the caller frees it). The call is snprintf-like (the
+ * whole length back, at most cap-1 bytes and a NUL written), and the JSON holds uptimes that
+ * can gain a digit between two calls: so this asks again with a bigger buffer until it fits,
+ * rather than expecting the length to stay the same. */
+static inline char *stats_json(void) {
+    size_t cap = (size_t)OK(cluster_stats(NULL, 0)) + 1;
+    for (;;) {
+        char *json = malloc(cap);
+        CHECK(json != NULL, "malloc");
+        memset(json, 'x', cap);
+        size_t n = (size_t)OK(cluster_stats(json, cap));
+        CHECK(strlen(json) == (n < cap ? n : cap - 1), "cluster_stats(buf, %zu) wrote %zu bytes and returned %zu", cap,
+              strlen(json), n);
+        if (n < cap) return json;
+        free(json);
+        cap = n + 1;
+    }
+}
+
 /* Forks a client process for a test whose loop runs here. In the child (returns 0): dies with
  * the primary, has its own deadline, ignores SIGPIPE, and keeps only stdio and the fds in
  * `keep` (a list ended by -1). */

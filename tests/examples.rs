@@ -8,11 +8,13 @@ use std::process::Command;
 #[test]
 fn the_demo_serves_http_from_every_worker() {
     let root = common::manifest();
-    let out = common::lib_dir().join("examples").join("http_server");
+    let out = common::c_out_dir("examples").join("http_server");
     common::compile_c(&[root.join("examples/c/http_server.c")], &out);
     // A port that is free now (the demo needs a fixed one to print its URL).
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let output = Command::new("bash")
+    let mut demo = Command::new("bash");
+    let sanitizer = common::Sanitizer::attach(&mut demo, "demo");
+    let output = demo
         .arg(root.join("examples/c/demo.sh"))
         .arg(&out)
         .env("PORT", port.to_string())
@@ -34,4 +36,6 @@ fn the_demo_serves_http_from_every_worker() {
     workers.dedup();
     assert_eq!(workers, ["1", "2", "3", "4"], "all four workers answered, round-robin");
     assert!(stdout.contains("exited (code 0, signal 0)"), "graceful stop: {stdout}");
+    let reports = sanitizer.map(|s| s.reports()).unwrap_or_default();
+    assert!(reports.is_empty(), "the sanitizers reported errors:\n{reports}");
 }

@@ -19,7 +19,7 @@ fn compile(name: &str) -> PathBuf {
     built
         .entry(name.to_string())
         .or_insert_with(|| {
-            let out = common::lib_dir().join("ffi-tests").join(name);
+            let out = common::c_out_dir("ffi-tests").join(name);
             common::compile_c(&[common::manifest().join("ffi-tests").join(format!("{name}.c"))], &out);
             out
         })
@@ -31,6 +31,8 @@ fn run_c(name: &str, args: &[&str], limit: Duration) {
     let exe = compile(name);
     let mut cmd = Command::new(&exe);
     cmd.args(args).stdin(Stdio::null()).env("RCLUSTER_LOG", "debug");
+    let sanitizer =
+        common::Sanitizer::attach(&mut cmd, &[name].iter().chain(args).copied().collect::<Vec<_>>().join("-"));
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
     let start = Instant::now();
@@ -46,14 +48,17 @@ fn run_c(name: &str, args: &[&str], limit: Duration) {
     // Whatever happened, nothing of this test survives it.
     // SAFETY: kill(2) on the test's own process group.
     unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let reports =
+        sanitizer.map(|s| s.reports()).filter(|r| !r.is_empty()).map(|r| format!("\n{r}")).unwrap_or_default();
     let status = match status {
         Some(s) => s,
         None => {
             child.wait().ok();
-            panic!("{name} {args:?} did not finish within {limit:?}");
+            panic!("{name} {args:?} did not finish within {limit:?}{reports}");
         }
     };
-    assert!(status.success(), "{name} {args:?} failed: {status}");
+    assert!(status.success(), "{name} {args:?} failed: {status}{reports}");
+    assert!(reports.is_empty(), "{name} {args:?}: the sanitizers reported errors{reports}");
 }
 
 #[test]
