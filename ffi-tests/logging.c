@@ -19,10 +19,14 @@ static int worker_main(void *ud) {
     return cluster_run() == 0 ? 0 : 3;
 }
 
-static volatile int ready;
+static volatile int ready, exits, clean_exits;
 static void on_primary(void *ud, const cluster_event *ev) {
     (void)ud;
     if (ev->kind == CLUSTER_EVENT_READY) ready = 1;
+    if (ev->kind == CLUSTER_EVENT_EXIT) {
+        exits++;
+        clean_exits += exit_is_clean(ev);
+    }
 }
 
 int main(void) {
@@ -41,8 +45,13 @@ int main(void) {
           reentry_other);
     OK(cluster_set_log_callback(NULL, NULL));
     int before = records;
+    /* The worker inherited the callback: its own calls from it (while it starts, too) are
+     * refused without a deadlock, so it stops at once and cleanly, well before the grace. */
+    long long t0 = now_ms();
     OK(cluster_shutdown(5000));
     CHECK(cluster_run() == 0, "graceful stop");
+    CHECK(exits == 1 && clean_exits == 1, "the worker exited cleanly (%d exits, %d clean)", exits, clean_exits);
+    CHECK(now_ms() - t0 < 2500, "the worker stopped on SHUTDOWN, not at the grace's end (%lld ms)", now_ms() - t0);
     CHECK(records == before, "no record after the callback was removed (%d new)", records - before);
     printf("logging: ok (%d records)\n", records);
     return 0;

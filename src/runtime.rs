@@ -235,17 +235,24 @@ fn become_worker(mut rt: Rt, mut env: WorkerEnv) -> ! {
 /// Starts this worker's runtime: connects to the primary and reports ONLINE (and READY unless
 /// manual readiness is configured).
 pub fn worker_start(handler: Handler) -> Result<()> {
-    let mut env_slot = sync::lock(&WORKER_ENV);
-    let Some(env) = env_slot.as_mut() else {
-        return fail(Code::Role, "this process is not a worker (cluster_worker_start is for workers)");
-    };
     let mut rt = runtime()?;
     check_startable(&rt)?;
-    if env.channel < 0 {
-        return fail(Code::State, "the worker runtime already ran in this process");
+    // The env lock is not held while the worker starts: starting logs, and a log callback may
+    // ask `cluster_is_worker()`, which takes it.
+    let env = {
+        let mut env_slot = sync::lock(&WORKER_ENV);
+        let Some(env) = env_slot.as_mut() else {
+            return fail(Code::Role, "this process is not a worker (cluster_worker_start is for workers)");
+        };
+        if env.channel < 0 {
+            return fail(Code::State, "the worker runtime already ran in this process");
+        }
+        env.clone()
+    };
+    let worker = Worker::start(env)?;
+    if let Some(env) = sync::lock(&WORKER_ENV).as_mut() {
+        env.channel = -1;
     }
-    let worker = Worker::start(env.clone())?;
-    env.channel = -1;
     *sync::write(&SHARED) = Some(worker.shared().clone());
     *sync::lock(&HANDLER) = Some(handler);
     *rt = Runtime::Worker(Box::new(worker));
