@@ -235,6 +235,9 @@ fn become_worker(mut rt: Rt, mut env: WorkerEnv) -> ! {
 /// Starts this worker's runtime: connects to the primary and reports ONLINE (and READY unless
 /// manual readiness is configured).
 pub fn worker_start(handler: Handler) -> Result<()> {
+    if !is_worker() {
+        return fail(Code::Role, "this process is not a worker (cluster_worker_start is for workers)");
+    }
     let mut rt = runtime()?;
     check_startable(&rt)?;
     // The env lock is not held while the worker starts: starting logs, and a log callback may

@@ -135,7 +135,6 @@ fn every_kind_of_bad_frame_drops_only_that_worker_which_is_replaced_and_no_fd_le
 /// the primary takes it for an EOF (DISCONNECT), never kills it (the watchdog skips closed
 /// channels) and never replaces it, so the slot holds a live process that serves nothing.
 #[test]
-#[ignore = "bug in the core: a worker whose channel says EOF but which lives on is neither killed nor replaced"]
 fn a_worker_that_closes_its_channel_but_lives_on_is_killed_and_replaced() {
     run_c("hostile", &["frames", "empty", "eof"], Duration::from_secs(60));
 }
@@ -143,7 +142,6 @@ fn a_worker_that_closes_its_channel_but_lives_on_is_killed_and_replaced() {
 /// A NewConn from a worker with 253 fds: the kernel truncates them (MSG_CTRUNC), the primary
 /// logs "fds lost" and drops the frame (its fds are closed), but keeps the worker.
 #[test]
-#[ignore = "bug in the core: a worker-sent NewConn whose fds were truncated is logged, not dropped"]
 fn a_newconn_from_a_worker_with_truncated_fds_drops_it() {
     run_c("hostile", &["frames", "newconn-max-fds"], Duration::from_secs(60));
 }

@@ -121,8 +121,9 @@ pub fn recv(fd: RawFd, buf: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> io::Result<
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    if n == 0 && fds.len() == fds_before && msg.msg_flags & libc::MSG_TRUNC == 0 {
-        // A zero-length read on SEQPACKET is the peer's close (we never send empty datagrams).
+    if n == 0 && fds.len() == fds_before && msg.msg_flags & libc::MSG_TRUNC == 0 && peer_closed(fd) {
+        // A zero-length read on SEQPACKET is the peer's close, or an empty datagram (which
+        // rcluster never sends): the hang-up flags tell which.
         return Ok(Recv::Closed);
     }
     // SAFETY: the kernel wrote `n` <= cap bytes into the buffer.
@@ -137,6 +138,15 @@ pub fn recv(fd: RawFd, buf: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> io::Result<
 /// Raw fds of a slice of owned fds, for `send`.
 pub fn raw_fds(fds: &[OwnedFd]) -> Vec<RawFd> {
     fds.iter().map(|f| f.as_raw_fd()).collect()
+}
+
+/// The peer closed its end or shut down its writing side (a zero-length read then means EOF,
+/// not an empty datagram).
+fn peer_closed(fd: RawFd) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n < 0 || (n == 1 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0)
 }
 
 #[cfg(test)]

@@ -222,6 +222,7 @@ pub enum FrameError {
 impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            FrameError::Short(0) => write!(f, "an empty datagram"),
             FrameError::Short(n) => write!(f, "datagram of {n} bytes is shorter than a frame header"),
             FrameError::Magic(m) => write!(f, "bad magic 0x{m:04x}"),
             FrameError::Version(v) => write!(f, "unsupported protocol version {v}"),

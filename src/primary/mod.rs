@@ -57,7 +57,14 @@ pub enum Timer {
     KillStuck(u32),
     /// Feed systemd's watchdog.
     SdWatchdog,
+    /// Worker `id` closed its channel unasked: it must have exited by now.
+    ChannelClosed(u32),
 }
+
+/// How long a worker that closed its channel without saying goodbye (no BYE, no SHUTDOWN from
+/// us) has to exit before it is killed: a crashing process exits at once; one that lives on
+/// with its channel closed can no longer be managed, and holds its slot.
+const CLOSED_CHANNEL_EXIT_MS: u64 = 2000;
 
 /// Where the primary is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use crate::ipc::reader::{Incoming, Read};
 use crate::sys::{self, ExitStatus};
 
 use super::workers::WorkerState;
-use super::{Phase, Primary, Timer};
+use super::{Phase, Primary, Timer, CLOSED_CHANNEL_EXIT_MS};
 
 /// Frames read from one channel per turn, so one chatty worker cannot starve the others.
 const FRAMES_PER_TURN: usize = 64;
@@ -83,6 +83,10 @@ impl Primary {
                 }
             }
             Timer::ResumeAccept => self.accept_paused = false,
+            Timer::ChannelClosed(id) => {
+                let reason = format!("closed its channel (EOF) but did not exit within {CLOSED_CHANNEL_EXIT_MS} ms");
+                self.drop_worker(id, &reason);
+            }
             other => self.on_lifecycle_timer(other),
         }
     }
@@ -160,10 +164,26 @@ impl Primary {
                     self.on_frame(id, frame)
                 }
                 Ok(Read::WouldBlock) => return,
-                Ok(Read::Closed) => return self.channel_lost(id, None),
+                Ok(Read::Closed) => {
+                    let unasked = !slot.disconnect_requested && self.phase == Phase::Running;
+                    if unasked {
+                        let at = sys::monotonic_ms() + CLOSED_CHANNEL_EXIT_MS;
+                        self.reactor.add_timer(at, Timer::ChannelClosed(id));
+                    }
+                    return self.channel_lost(id, None);
+                }
                 Ok(Read::Bad(e)) => return self.drop_worker(id, &format!("malformed frame: {e}")),
-                Ok(Read::FdsLost(h, _)) => {
-                    log::error!("worker {id}: the fds of a {:?} frame were lost (out of fds?); frame dropped", h.kind);
+                Ok(Read::FdsLost(h, _)) if h.kind != Kind::Message => {
+                    let kind = h.kind;
+                    return self.drop_worker(id, &format!("sent a {kind:?} frame, which only the primary sends"));
+                }
+                Ok(Read::FdsLost(..)) => {
+                    // Our fd limit, not the worker's fault: say so to the host, keep the worker.
+                    let sentence = format!(
+                        "a message from worker {id} was dropped: the fds it carried could not be received (out of fds?)"
+                    );
+                    log::error!("{sentence}");
+                    self.events.push(Event::error(id, sentence));
                 }
                 Err(e) => return self.channel_lost(id, Some(format!("receive failed: {e}"))),
             }
