@@ -79,7 +79,7 @@ echo "[ipc]" >&2
 while read -r _ name size rate mbs rtt; do
   v[ipc/$name/$size/rate]=$rate; v[ipc/$name/$size/mbs]=$mbs; v[ipc/$name/$size/rtt]=$rtt
   echo "  $name $size B: $rate msg/s, $mbs MB/s, RTT median $rtt us" >&2
-done < <(timeout 120 "$out/ipc_c" 1 | grep '^ipc ')
+done < <(timeout 120 "$out/ipc_c" 1 | grep '^ipc '; timeout 120 "$out/ipc_c" 1 batched | grep '^ipc ')
 if [ $have_node = 1 ]; then
   v[ipc/node-cluster/64/rate]=$(timeout 30 node bench/ipc_echo.js node 3 | awk '{print $4}')
   echo "  node:cluster ipc echo 64 B: ${v[ipc/node-cluster/64/rate]} round trips/s" >&2

@@ -2,7 +2,9 @@
  * each message with cluster_send(0, ...)), against the limit, a raw socketpair echo between
  * two forked processes. For each size: windowed throughput (64 messages in flight) and the
  * median round-trip time with one in flight.
- *   ipc_c [seconds_per_test]
+ *   ipc_c [seconds_per_test] [batched]
+ * `batched` runs only rcluster, with cluster_set_batching(1) in the primary and (inherited by
+ * fork) the worker: what callbacks send leaves batched when their dispatch ends.
  * Prints one line per contestant and size:
  *   ipc NAME SIZE MSGS_PER_S MB_PER_S RTT_MEDIAN_US
  * msgs/s counts round trips (echoes back at the primary); MB/s is payload one way
@@ -174,6 +176,7 @@ static int worker_main(void *ud) {
 }
 
 static uint32_t wid;
+static int batched;
 static int phase;   /* 2*size index + (0 windowed, 1 rtt) */
 static int window, blocked, stopping;
 static long inflight;
@@ -238,7 +241,7 @@ static void on_primary(void *ud, const cluster_event *ev) {
                 win_msgs = done;
                 win_el = t - t0;
             } else {
-                report("rcluster", SIZES[phase / 2], win_msgs, win_el, median());
+                report(batched ? "rcluster-batched" : "rcluster", SIZES[phase / 2], win_msgs, win_el, median());
             }
             phase++;
             start_phase();
@@ -252,10 +255,15 @@ int main(int argc, char **argv) {
     if (argc > 1) secs = atof(argv[1]);
     payload = malloc(1 << 20);
     memset(payload, 7, 1 << 20);
-    /* the limit first, before the rcluster runtime exists */
-    raw_test("raw-seqpacket", SOCK_SEQPACKET, 64);
-    raw_test("raw-seqpacket", SOCK_SEQPACKET, 4096);
-    raw_test("raw-stream", SOCK_STREAM, 1 << 20);
+    batched = argc > 2 && strcmp(argv[2], "batched") == 0;
+    if (batched) {
+        cluster_set_batching(1);
+    } else {
+        /* the limit first, before the rcluster runtime exists */
+        raw_test("raw-seqpacket", SOCK_SEQPACKET, 64);
+        raw_test("raw-seqpacket", SOCK_SEQPACKET, 4096);
+        raw_test("raw-stream", SOCK_STREAM, 1 << 20);
+    }
 
     cluster_config *cfg = cluster_config_new();
     cluster_config_set_workers(cfg, 1);

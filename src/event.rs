@@ -2,6 +2,8 @@
 
 use std::os::fd::OwnedFd;
 
+use crate::ipc::payload::Payload;
+
 /// The kind of an event. The numbers are the C ABI's `CLUSTER_EVENT_*` values; more may be
 /// appended, none renumbered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -46,7 +48,7 @@ pub struct Event {
     /// CONNECTION: the connection; MESSAGE: a passed fd. Ownership goes to the handler.
     pub fd: Option<OwnedFd>,
     /// MESSAGE payload, or the ERROR sentence.
-    pub data: Vec<u8>,
+    pub data: Payload,
     /// EXIT: the exit code, -1 when killed by a signal.
     pub exit_code: i32,
     /// EXIT: the signal that killed the worker, 0 when it exited.
@@ -67,7 +69,7 @@ impl Event {
             worker_id,
             pid: 0,
             fd: None,
-            data: Vec::new(),
+            data: Payload::default(),
             exit_code: 0,
             signal: 0,
             exited_after_disconnect: false,
@@ -78,7 +80,7 @@ impl Event {
 
     /// An ERROR event carrying a sentence.
     pub fn error(worker_id: u32, sentence: impl Into<String>) -> Event {
-        Event { data: sentence.into().into_bytes(), ..Event::new(EventKind::Error, worker_id) }
+        Event { data: sentence.into().into_bytes().into(), ..Event::new(EventKind::Error, worker_id) }
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::channel::{self, INLINE_MAX};
 use super::frame::{encode_batch, Header, Kind, FLAG_BIG, FLAG_FD, HEADER_LEN};
-use super::payload;
+use super::payload::{self, Payload};
 use crate::error::{fail, Code, Error, Result};
 
 /// One frame ready to go: header, inline payload and the fds it carries (closed once sent).
@@ -79,6 +79,24 @@ impl Frame {
         }
         header.nfds = fds.len() as u8;
         Ok(Frame { header, payload, fds, borrowed: Vec::new(), user_bytes: data.len().max(1) })
+    }
+
+    /// A message being relayed: like `message`, but a large payload's sealed memfd is passed
+    /// on as it came, without copying its bytes into a new one.
+    pub fn relay(from: u32, to: u32, mut payload: Payload, fd: Option<OwnedFd>, max: u64) -> Result<Frame> {
+        let memfd = match &mut payload {
+            Payload::Mapped(m) => m.take_memfd(),
+            Payload::Bytes(_) => None,
+        };
+        let Some((memfd, len)) = memfd else { return Frame::message(from, to, &payload, fd, max) };
+        let mut header = Header { from, to, len: len as u64, flags: FLAG_BIG, ..Header::new(Kind::Message) };
+        let mut fds = vec![memfd];
+        if let Some(fd) = fd {
+            header.flags |= FLAG_FD;
+            fds.push(fd);
+        }
+        header.nfds = fds.len() as u8;
+        Ok(Frame { header, payload: Vec::new(), fds, borrowed: Vec::new(), user_bytes: len.max(1) })
     }
 
     /// A copy with its own duplicates of the fds (for relaying one message to several workers).

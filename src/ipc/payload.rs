@@ -34,11 +34,95 @@ pub fn seal(data: &[u8]) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Reads a sealed memfd of announced length `len` (checked against its real size and seals).
-pub fn unseal(fd: &OwnedFd, len: u64) -> Result<Vec<u8>> {
+/// A message payload: bytes in memory, or (a large message) its sealed memfd mapped read-only,
+/// so that receiving it copies nothing.
+pub enum Payload {
+    /// Inline bytes.
+    Bytes(Vec<u8>),
+    /// A sealed memfd's contents, mapped.
+    Mapped(Mapped),
+}
+
+impl Payload {
+    /// An owned copy of the bytes.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self[..].to_vec()
+    }
+}
+
+impl Default for Payload {
+    fn default() -> Payload {
+        Payload::Bytes(Vec::new())
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(v: Vec<u8>) -> Payload {
+        Payload::Bytes(v)
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Payload::Bytes(v) => v,
+            Payload::Mapped(m) => m.bytes(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Payload::Bytes(v) => write!(f, "Bytes({} bytes)", v.len()),
+            Payload::Mapped(m) => write!(f, "Mapped({} bytes)", m.len),
+        }
+    }
+}
+
+/// A read-only mapping of a sealed memfd, unmapped on drop.
+pub struct Mapped {
+    ptr: *const u8,
+    len: usize,
+    /// The memfd itself: a relay passes it on instead of copying the bytes into a new one.
+    memfd: Option<OwnedFd>,
+}
+
+// SAFETY: the mapping is read-only and nothing else in this process writes it (the memfd is
+// sealed against writes, and its mapping is ours alone); sharing or moving it between threads
+// is as safe as sharing a `&[u8]`.
+unsafe impl Send for Mapped {}
+// SAFETY: as above.
+unsafe impl Sync for Mapped {}
+
+impl Mapped {
+    /// The sealed memfd (taken: a relay passes it on), with its length.
+    pub fn take_memfd(&mut self) -> Option<(OwnedFd, usize)> {
+        self.memfd.take().map(|fd| (fd, self.len))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes for as long as `self` lives; the memfd is
+        // sealed against shrinking, so no access past its end can fault.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned and nothing borrows them now.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// Maps a sealed memfd of announced length `len` (checked against its real size and seals):
+/// the payload of a large message, without copying it.
+pub fn unseal(fd: OwnedFd, len: u64) -> Result<Payload> {
     let raw = fd.as_raw_fd();
     // SAFETY: fcntl with integer arguments; a non-memfd gives EINVAL.
     let seals = unsafe { libc::fcntl(raw, libc::F_GET_SEALS) };
+    // Shrinking would make the mapping fault (SIGBUS); writing would change it under the reader.
     let needed = libc::F_SEAL_SHRINK | libc::F_SEAL_WRITE;
     if seals < 0 || seals & needed != needed {
         return Err(Error::new(Code::Inval, "large-message fd is not a sealed memfd"));
@@ -50,25 +134,19 @@ pub fn unseal(fd: &OwnedFd, len: u64) -> Result<Vec<u8>> {
     if st.st_size as u64 != len {
         return Err(Error::new(Code::Inval, format!("memfd holds {} bytes, frame announces {len}", st.st_size)));
     }
-    let mut out = vec![0u8; len as usize];
-    let mut off = 0usize;
-    while off < out.len() {
-        let rest = &mut out[off..];
-        // SAFETY: `rest` is valid for writes of its length.
-        let n = unsafe { libc::pread(raw, rest.as_mut_ptr().cast(), rest.len(), off as libc::off_t) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(Error::sys("read(memfd)", err));
-        }
-        if n == 0 {
-            return Err(Error::new(Code::Inval, "memfd shorter than announced"));
-        }
-        off += n as usize;
+    let Ok(len) = usize::try_from(len) else {
+        return Err(Error::new(Code::TooBig, "large message does not fit the address space"));
+    };
+    if len == 0 {
+        return Ok(Payload::default());
     }
-    Ok(out)
+    // SAFETY: a fresh read-only shared mapping of `len` bytes of a file we hold; the kernel
+    // picks the address.
+    let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, raw, 0) };
+    if ptr == libc::MAP_FAILED {
+        return Err(Error::sys("mmap(memfd)", io::Error::last_os_error()));
+    }
+    Ok(Payload::Mapped(Mapped { ptr: ptr.cast(), len, memfd: Some(fd) }))
 }
 
 #[cfg(test)]
@@ -79,13 +157,14 @@ mod tests {
     fn sealed_payload_round_trips() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
         let fd = seal(&data).unwrap();
-        assert_eq!(unseal(&fd, data.len() as u64).unwrap(), data);
-        assert!(unseal(&fd, data.len() as u64 + 1).is_err(), "a lying length is refused");
+        let dup = crate::sys::dup_cloexec(fd.as_raw_fd()).unwrap();
+        assert!(unseal(dup, data.len() as u64 + 1).is_err(), "a lying length is refused");
+        assert_eq!(&unseal(fd, data.len() as u64).unwrap()[..], &data[..]);
     }
 
     #[test]
     fn unsealed_fds_are_refused() {
         let fd = crate::sys::eventfd().unwrap();
-        assert_eq!(unseal(&fd, 8).unwrap_err().code, Code::Inval);
+        assert_eq!(unseal(fd, 8).unwrap_err().code, Code::Inval);
     }
 }

@@ -7,15 +7,15 @@ use super::channel::{self, Recv, RECV_BUF};
 use std::collections::VecDeque;
 
 use super::frame::{decode_batch, FrameError, Header, Kind, FLAG_BIG, HEADER_LEN, MAX_FDS};
-use super::payload;
+use super::payload::{self, Payload};
 
 /// A frame that passed every check.
 #[derive(Debug)]
 pub struct Incoming {
     /// The header.
     pub header: Header,
-    /// The payload (inline, or read out of the sealed memfd).
-    pub payload: Vec<u8>,
+    /// The payload (inline, or the sealed memfd mapped).
+    pub payload: Payload,
     /// The fds the frame carried for its user (the memfd of a large payload removed).
     pub fds: Vec<OwnedFd>,
 }
@@ -100,7 +100,7 @@ impl Reader {
         let mut fds = fds;
         let payload = if header.flags & FLAG_BIG != 0 && header.kind == Kind::Message {
             let memfd = fds.remove(0);
-            match payload::unseal(&memfd, header.len) {
+            match payload::unseal(memfd, header.len) {
                 Ok(p) => p,
                 Err(_) => {
                     return Ok(Read::Bad(FrameError::Payload(
@@ -109,7 +109,7 @@ impl Reader {
                 }
             }
         } else {
-            inline.to_vec()
+            Payload::Bytes(inline.to_vec())
         };
         Ok(Read::Frame(Incoming { header, payload, fds }))
     }
@@ -129,7 +129,9 @@ impl Reader {
                 Ok((h, _)) if h.kind == Kind::Batch || h.flags != 0 => {
                     return Read::Bad(FrameError::Payload("a batch holds a batch or a flagged frame"));
                 }
-                Ok((header, payload)) => out.push_back(Incoming { header, payload: payload.to_vec(), fds: Vec::new() }),
+                Ok((header, payload)) => {
+                    out.push_back(Incoming { header, payload: Payload::Bytes(payload.to_vec()), fds: Vec::new() })
+                }
                 Err(e) => return Read::Bad(e),
             }
         }
@@ -156,7 +158,7 @@ mod tests {
         match r.read(b.as_raw_fd(), &mut inbox).unwrap() {
             Read::Frame(f) => {
                 assert_eq!(f.header.from, 3);
-                assert!(f.payload == data, "16 MiB payload intact");
+                assert!(f.payload[..] == data[..], "16 MiB payload intact");
                 assert!(f.fds.is_empty(), "the memfd is not handed to the user");
             }
             other => panic!("expected a frame, got {other:?}"),
@@ -179,7 +181,7 @@ mod tests {
         let mut datagrams = 0;
         for i in 0..100u32 {
             match r.read(b.as_raw_fd(), &mut inbox).unwrap() {
-                Read::Frame(f) => assert_eq!(f.payload, i.to_le_bytes(), "frame {i} in order"),
+                Read::Frame(f) => assert_eq!(f.payload[..], i.to_le_bytes(), "frame {i} in order"),
                 other => panic!("frame {i}: {other:?}"),
             }
             datagrams += usize::from(inbox.is_empty());

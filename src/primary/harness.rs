@@ -273,7 +273,7 @@ mod tests {
                 }
             }
         }
-        let from_first: Vec<Vec<u8>> = got.iter().filter(|(id, _)| *id == ids[0]).map(|(_, d)| d.clone()).collect();
+        let from_first: Vec<Vec<u8>> = got.iter().filter(|(id, _)| *id == ids[0]).map(|(_, d)| d.to_vec()).collect();
         let expected: Vec<Vec<u8>> = (0..200u32).map(|i| i.to_le_bytes().to_vec()).collect();
         assert_eq!(from_first, expected, "all 200 batched messages, in order, from their sender");
         assert_eq!(got.len(), 201, "and the other worker's one, under its own id: {:?}", got.last());

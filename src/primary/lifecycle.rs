@@ -179,7 +179,7 @@ impl Primary {
             Decision::GiveUp(why) => {
                 let msg = format!("slot {slot} (last worker {id}): {why}");
                 log::error!("{msg}");
-                self.events.push(Event { data: msg.into_bytes(), ..Event::new(EventKind::SlotFailed, id) });
+                self.events.push(Event { data: msg.into_bytes().into(), ..Event::new(EventKind::SlotFailed, id) });
             }
         }
     }
@@ -259,7 +259,8 @@ impl Primary {
                 self.reload = None;
                 if !recycle {
                     log::info!("rolling reload complete");
-                    self.events.push(Event { data: b"reload complete".to_vec(), ..Event::new(EventKind::Reloaded, 0) });
+                    self.events
+                        .push(Event { data: b"reload complete".to_vec().into(), ..Event::new(EventKind::Reloaded, 0) });
                     self.notify("READY=1\nSTATUS=reload complete");
                 }
                 return;
@@ -287,7 +288,7 @@ impl Primary {
         }
         let msg = format!("reload aborted: {why}; the old workers keep serving");
         log::error!("{msg}");
-        self.events.push(Event { exit_code: -1, data: msg.into_bytes(), ..Event::new(EventKind::Reloaded, 0) });
+        self.events.push(Event { exit_code: -1, data: msg.into_bytes().into(), ..Event::new(EventKind::Reloaded, 0) });
         if self.phase == Phase::Running {
             self.notify("READY=1\nSTATUS=reload aborted");
         }

@@ -42,7 +42,7 @@ impl Primary {
             self.relay(from, Stalled { frame: f, targets: vec![from] });
             return;
         };
-        let frame = match Frame::message(from, to, &msg.payload, msg.fds.pop(), self.cfg.max_message) {
+        let frame = match Frame::relay(from, to, msg.payload, msg.fds.pop(), self.cfg.max_message) {
             Ok(f) => f,
             Err(e) => {
                 log::error!("relay from worker {from}: {e}");
