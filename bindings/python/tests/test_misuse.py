@@ -5,6 +5,7 @@ Each gives a documented exception (README "Misuse"), never a crash or a hang, an
 still works afterwards. The worker-side checks run in tests/scripts/misuse_worker.py and come
 back by message (or, after the end, in a file); this process holds the expectations."""
 
+import asyncio
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import pytest
 
 import rcluster
+import rcluster.aio
 from rcluster import _lib
 from conftest import SCRIPTS, children, drive
 
@@ -429,10 +431,13 @@ def test_misuse_in_a_running_primary(clusters, tmp_path, mode):
     p.round_trip(1)
     assert c.worker_ids() == [1] and p.exits == []
 
-    # The end: the worker's checks after its runtime finished (in a file: no channel any
-    # more), and every call on the finished Cluster.
+    # The end: the worker leaves, calling shutdown() from inside its handler; its checks
+    # after its runtime finished come in a file (no channel any more); then every call on the
+    # finished Cluster.
+    p.c.send(1, b"leave")
+    drive(c, lambda: len(p.exits) == 1)
+    assert p.exits == [(1, 0, 0)] and c.worker_ids() == []
     p.stop()
-    assert p.exits == [(1, 0, 0)]
     after = json.loads((tmp_path / "after-1.json").read_text())
     expect_all(
         after,
@@ -469,6 +474,7 @@ def test_a_finished_cluster_never_touches_the_next_one(clusters, tmp_path):
     # Worker 1 and listener 0 exist again, in the second cluster: the first one's calls must
     # not reach them (and its shutdown must not stop it).
     check_finished_cluster(first.c)
+    assert asyncio.run(rcluster.aio.run(first.c, handle_signals=False)) == 0  # at once
     assert second.c.worker_ids() == [1] and second.c.worker_info(1).messages_in == 0
     second.round_trip(1)
     assert not second.c.finished
