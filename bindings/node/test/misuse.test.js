@@ -161,7 +161,7 @@ test('a running primary: misuse is refused, the worker\'s own checks hold, and t
   const unexpected = [];
   w.on('message', (m) => {
     if (!m || typeof m !== 'object' || !['checks', 'grandchild'].includes(m.kind)) {
-      if (m !== 'pong') unexpected.push(m);
+      if (m !== 'pong' && m !== 'bye') unexpected.push(m);
     }
   });
   const fds = openFds();
@@ -306,10 +306,17 @@ test('a running primary: misuse is refused, the worker\'s own checks hold, and t
   assert.deepEqual(unexpected, [], 'a refused call in the worker sent something anyway');
   assert.deepEqual(Object.keys(cluster.workers), ['1']);
 
-  // The end, and every call after it.
-  await new Promise((resolve) => cluster.disconnect(resolve));
+  // The worker leaves, from inside its 'message' listener (its 'shutdown' listener then
+  // leaves again and still sends); then the cluster ends, and every call after it is refused.
+  const bye = nextMessage(w, (m) => m === 'bye');
+  const exited = once(w, 'exit');
+  w.send('leave');
+  await bye;
+  assert.deepEqual(await exited, [0, null]);
   assert.equal(w.isDead(), true);
-  assert.equal(w.process.exitCode, 0);
+  assert.equal(w.exitedAfterDisconnect, true);
+  assert.deepEqual(Object.keys(cluster.workers), [], 'the worker that left is gone');
+  await new Promise((resolve) => cluster.disconnect(resolve));
   const after = {
     port: outcome(() => cluster.port(0)),
     stats: outcome(() => cluster.stats()),
@@ -343,6 +350,8 @@ test('a running primary: misuse is refused, the worker\'s own checks hold, and t
   const workerAfter = JSON.parse(fs.readFileSync(file, 'utf8'));
   fs.unlinkSync(file);
   expectAll(workerAfter, {
+    'shutdown.disconnect': 'ok:true',
+    'shutdown.send': 'ok:true',
     send: E('CLUSTER_E_CLOSED'),
     sendTo: E('CLUSTER_E_CLOSED'),
     sendRaw: E('CLUSTER_E_CLOSED'),
