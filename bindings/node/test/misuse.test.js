@@ -14,7 +14,7 @@ const path = require('node:path');
 const { once } = require('node:events');
 const cluster = require('..');
 const native = require('../lib/native');
-const { outcome } = require('../fixtures/outcome');
+const { outcome, fuzzNative } = require('../fixtures/outcome');
 const { waitGone } = require('../fixtures/harness');
 
 const misuseWorker = path.join(__dirname, '..', 'fixtures', 'misuse_worker.js');
@@ -24,6 +24,22 @@ const outBase = path.join(os.tmpdir(), `rcluster-misuse-${process.pid}`);
 const E = (code) => `Error:${code}`;
 const TYPE = 'TypeError:ERR_INVALID_ARG_TYPE';
 const PRIMARY_ONLY = ['setupPrimary', 'setupMaster', 'fork', 'disconnect', 'shutdown', 'reload', 'scale', 'port', 'stats', 'broadcast'];
+
+/** Arguments that make each addon call fail anyway (no such worker, a tag over 255, a grace
+ * that is not a number...), so that fuzzing one argument at a time never acts on a cluster. */
+const NATIVE_GOOD = {
+  send: [99, 2, 'x', undefined],
+  broadcast: [256, {}],
+  kill: [99, 0],
+  disconnect: [99],
+  workerInfo: [99],
+  scale: [100000],
+  shutdown: [{}],
+  localPort: [7],
+  setRef: [true],
+  strerror: [-1],
+  setLogger: [5],
+};
 
 /** The next message from `w` that `pred` accepts, within `ms`. */
 function nextMessage(w, pred, ms = 15000) {
@@ -149,7 +165,25 @@ test('bad arguments to the primary API are TypeErrors, and a refused setupPrimar
   };
   for (const [name, fn] of Object.entries(bad)) assert.equal(outcome(fn), TYPE, name);
   assert.equal(cluster.running, false);
+  // The addon itself, every argument of every wrong kind: a TypeError or the library's error.
+  const ST = E('CLUSTER_E_STATE');
+  expectAll(fuzzNative(NATIVE_GOOD), {
+    send: [ST, TYPE],
+    broadcast: [TYPE],
+    kill: [ST, TYPE],
+    disconnect: [TYPE],
+    workerInfo: [TYPE],
+    scale: [TYPE],
+    shutdown: [TYPE],
+    localPort: [TYPE],
+    setRef: [TYPE, 'ok'],
+    strerror: [TYPE, 'ok:invalid argument'],
+    setLogger: [TYPE, 'ok'],
+  });
+  cluster.setLogger(undefined);
+  assert.equal(cluster.running, false);
 });
+
 
 test('a running primary: misuse is refused, the worker\'s own checks hold, and the cluster still works', { timeout: 60000 }, async (t) => {
   t.after(cleanup);
@@ -228,6 +262,21 @@ test('a running primary: misuse is refused, the worker\'s own checks hold, and t
   }
   expectAll(got, expected);
   assert.equal((await viaCallback).code, 'ERR_INVALID_ARG_TYPE', 'the callback got the error');
+  expectAll(fuzzNative({ ...NATIVE_GOOD, primaryStart: [{}] }), {
+    send: [E('CLUSTER_E_NOWORKER'), TYPE],
+    broadcast: [TYPE],
+    kill: [E('CLUSTER_E_INVAL'), TYPE],
+    disconnect: [TYPE],
+    workerInfo: [TYPE],
+    scale: [TYPE],
+    shutdown: [TYPE],
+    localPort: [TYPE],
+    setRef: [TYPE, 'ok'],
+    strerror: [TYPE, 'ok:invalid argument'],
+    setLogger: [TYPE, 'ok'],
+    primaryStart: [E('CLUSTER_E_STATE'), TYPE],
+  });
+  cluster.setLogger(undefined);
   // A second load of the module is the same cluster (a fresh one would steal the events).
   delete require.cache[require.resolve('..')];
   assert.equal(require('..'), cluster);
@@ -279,6 +328,14 @@ test('a running primary: misuse is refused, the worker\'s own checks hold, and t
     'bad.broadcast.undefined': TYPE,
     'double_start.native': E('CLUSTER_E_STATE'),
     'double_start.require': 'same object',
+    fuzz: {
+      send: [E('CLUSTER_E_INVAL'), TYPE],
+      broadcast: [TYPE],
+      shutdown: [TYPE],
+      kill: [E('CLUSTER_E_ROLE'), TYPE], // kill(1, -1): a well-formed call, in the wrong role
+      localPort: [TYPE],
+      primaryStart: [E('CLUSTER_E_ROLE'), TYPE],
+    },
     isWorker: true,
     isPrimary: false,
     thread: { isWorker: true, worker: 'undefined', fork: 'Error:ERR_RCLUSTER_THREAD' },
