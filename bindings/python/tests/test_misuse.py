@@ -341,6 +341,44 @@ def bad_primary_calls(c: rcluster.Cluster) -> Dict[str, Tuple[Callable[[], Any],
     }
 
 
+#: Values of every wrong kind for an argument (none of them a valid id, count, signal, data or fd).
+BAD_VALUES: List[Any] = [None, "x", "", 1.5, float("nan"), -(2**31) - 1, 2**64, True, [], {}, object(), print]
+
+
+def test_every_argument_of_every_wrong_kind(clusters, tmp_path):
+    """Each argument of each call, one at a time, gets every wrong kind of value; the others are
+    valid but make the call fail anyway (no such worker or listener), so nothing acts on the
+    cluster. Only TypeError, ValueError or the library's own error may come out."""
+    p = Peer(clusters, "fork", tmp_path)
+    c = p.c
+    p.start()
+    calls: Dict[str, Tuple[Callable[..., Any], List[Any]]] = {
+        "send": (c.send, [99, b"x", None]),
+        "send_fd": (lambda to, fd: c.send(to, b"x", fd=fd), [99, 0]),
+        "send_obj": (c.send_obj, [99, 1]),
+        "kill": (c.kill, [99, 0]),
+        "disconnect": (c.disconnect, [99]),
+        "worker_info": (c.worker_info, [99]),
+        "port": (c.port, [7]),
+        "scale": (c.scale, [100000]),
+        "on": (c.on, ["nope", print]),
+    }
+    seen: Dict[str, List[str]] = {}
+    for name, (fn, good) in calls.items():
+        outcomes = set()
+        for i in range(len(good)):
+            for bad in BAD_VALUES:
+                args = list(good)
+                args[i] = bad
+                outcomes.add(outcome(lambda: fn(*args)))
+        seen[name] = sorted(outcomes)
+    allowed = {"TypeError", "ValueError", NOWORKER, INVAL}
+    assert all(set(v) <= allowed for v in seen.values()), seen
+    assert seen["send"] == sorted({"TypeError", "ValueError", NOWORKER}), seen["send"]  # None is "no fd"
+    assert c.worker_ids() == [1] and c.worker_info(1).messages_in == 0 and p.got == []
+    p.round_trip(1)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_misuse_in_a_running_primary(clusters, tmp_path, mode):
     p = Peer(clusters, mode, tmp_path)
