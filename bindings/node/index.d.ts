@@ -103,9 +103,14 @@ declare namespace rcluster {
       signalCode: NodeJS.Signals | string | null;
       kill(signal?: NodeJS.Signals | number): void;
     };
+    /** Throws (or, with a callback, passes to it and returns false): a TypeError for a message
+     * with no JSON form or a bad handle, CLUSTER_E_SYS for an fd that is not open,
+     * CLUSTER_E_CLOSED once this worker's run has ended. A callback that is not a function
+     * is a TypeError. */
     send(message: Message, callback?: (err: Error | null) => void): boolean;
     send(message: Message, handle: Handle | undefined, callback?: (err: Error | null) => void): boolean;
     sendRaw(bytes: string | ArrayBufferView | ArrayBuffer, handle?: Handle, callback?: (err: Error | null) => void): boolean;
+    /** Does nothing once the worker is dead. */
     kill(signal?: NodeJS.Signals | number): void;
     destroy(signal?: NodeJS.Signals | number): void;
     disconnect(): this;
@@ -184,7 +189,11 @@ declare namespace rcluster {
     uptime_ms: number;
   }
 
-  /** Errors from the library: code is the CLUSTER_E_* name, errno its number. */
+  /** Errors from the library: code is the CLUSTER_E_* name, errno its number. Misuse (README
+   * "Misuse"): bad argument types and ranges are TypeErrors with code 'ERR_INVALID_ARG_TYPE';
+   * a primary call in a worker is 'CLUSTER_E_ROLE'; a second start 'CLUSTER_E_STATE'; a call
+   * after the end (or on a Worker of an ended run) 'CLUSTER_E_CLOSED'; an fd that is not open
+   * 'CLUSTER_E_SYS'. */
   interface ClusterError extends Error {
     code: string;
     errno?: number;
@@ -203,15 +212,21 @@ declare namespace rcluster {
     /** Primary: whether a cluster runtime is running. */
     readonly running?: boolean;
 
+    /** Checks every setting (TypeError, settings unchanged); `workers` while running:
+     * CLUSTER_E_STATE. In a worker, this and every primary call below: CLUSTER_E_ROLE. */
     setupPrimary(settings?: ClusterSettings): void;
     setupMaster(settings?: ClusterSettings): void;
-    /** Starts one more worker (the first call starts the cluster). */
+    /** Starts one more worker (the first call starts the cluster). While the cluster stops:
+     * CLUSTER_E_STATE. */
     fork(env?: undefined): Worker;
     /** Graceful stop of every worker (settings.grace); callback once all are gone. */
     disconnect(callback?: (err?: Error) => void): void;
+    /** Not running: only calls back (next tick). */
     shutdown(graceMs?: number, callback?: (err?: Error) => void): void;
     reload(callback?: (err: Error | null) => void): void;
     scale(n: number): void;
+    /** Before the start: CLUSTER_E_STATE; after the end (also stats, broadcast, reload, scale):
+     * CLUSTER_E_CLOSED. */
     port(listener?: number): number;
     stats(): Stats;
     broadcast(message: Message): number;

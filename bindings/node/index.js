@@ -14,8 +14,18 @@ const { isMainThread } = require('worker_threads');
 const native = require('./lib/native');
 const codec = require('./lib/codec');
 
+// One cluster object per process (per thread): the runtime is process-global, so a second
+// load of this module (another copy of the package, or after require.cache was cleared) gets
+// the first one's object instead of a second set of handlers fighting over the runtime.
+const kCluster = Symbol.for('rcluster.cluster');
+if (process[kCluster]) {
+  module.exports = process[kCluster];
+  return;
+}
+
 const cluster = new EventEmitter();
 const isWorker = native.isWorker();
+Object.defineProperty(process, kCluster, { value: cluster });
 
 cluster.isWorker = isWorker;
 cluster.isPrimary = !isWorker;

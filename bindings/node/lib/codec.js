@@ -27,7 +27,14 @@ function encode(value) {
   if (value === undefined || typeof value === 'function' || typeof value === 'symbol') {
     throw invalid(`rcluster: a message cannot be ${typeof value} (send a Buffer, a string, or a JSON value)`);
   }
-  const json = JSON.stringify(value);
+  let json;
+  try {
+    json = JSON.stringify(value); // a BigInt, a cycle, a throwing toJSON: no JSON form
+  } catch (e) {
+    const err = invalid(`rcluster: this message has no JSON form: ${e.message}`);
+    err.cause = e;
+    throw err;
+  }
   if (json === undefined) throw invalid('rcluster: this message has no JSON form');
   return [TAG_JSON, json];
 }

@@ -6,10 +6,22 @@ const EventEmitter = require('events');
 const path = require('path');
 
 const codec = require('./codec');
-const { invalidArg, signalNumber, signalName, toFd, withCallback, rethrowLater, report } = require('./util');
+const {
+  invalidArg,
+  clusterError,
+  checkCallback,
+  checkUint,
+  signalNumber,
+  signalName,
+  toFd,
+  withCallback,
+  rethrowLater,
+  report,
+} = require('./util');
 
 const kConnected = Symbol('connected');
 const kDead = Symbol('dead');
+const kRun = Symbol('run');
 
 const POLICIES = {
   rr: 'CLUSTER_POLICY_ROUND_ROBIN',
@@ -54,6 +66,46 @@ function normalizeListen(listen) {
   });
 }
 
+/** Every setting checked, so that a bad one is refused by setupPrimary() itself (and never
+ * poisons a later fork(), disconnect() or signal handler). Throws TypeError
+ * ERR_INVALID_ARG_TYPE. */
+function validateSettings(s) {
+  normalizeListen(s.listen);
+  const str = (v, name) => {
+    if (typeof v !== 'string' || v.length === 0 || v.includes('\0')) throw invalidArg(name, 'a non-empty string without NUL');
+  };
+  const strings = (v, name) => {
+    if (!Array.isArray(v) || !v.every((a) => typeof a === 'string' && !a.includes('\0'))) throw invalidArg(name, 'an array of strings');
+  };
+  if (s.exec !== undefined) str(s.exec, 'settings.exec');
+  if (s.args !== undefined) strings(s.args, 'settings.args');
+  if (s.execArgv !== undefined) strings(s.execArgv, 'settings.execArgv');
+  if (s.cwd !== undefined) str(s.cwd, 'settings.cwd');
+  if (s.env !== undefined) {
+    if (!s.env || typeof s.env !== 'object' || Array.isArray(s.env)) throw invalidArg('settings.env', 'an object of strings');
+    for (const [k, v] of Object.entries(s.env)) {
+      if (k === '' || k.includes('=') || k.includes('\0') || String(v).includes('\0')) {
+        throw invalidArg('settings.env', `names without '=' and values without NUL (got ${JSON.stringify(k)})`);
+      }
+    }
+  }
+  if (s.grace !== undefined) checkUint(s.grace, 'settings.grace');
+  if (s.startupTimeout !== undefined) checkUint(s.startupTimeout, 'settings.startupTimeout');
+  if (s.maxMessage !== undefined) checkUint(s.maxMessage, 'settings.maxMessage', Number.MAX_SAFE_INTEGER);
+  if (s.uid !== undefined) checkUint(s.uid, 'settings.uid');
+  if (s.gid !== undefined) checkUint(s.gid, 'settings.gid');
+  if (s.groups !== undefined) {
+    if (!Array.isArray(s.groups)) throw invalidArg('settings.groups', 'an array of group ids');
+    s.groups.forEach((g) => checkUint(g, 'settings.groups[]'));
+  }
+  if (s.sendQueue !== undefined) numbers(s.sendQueue, ['bytes', 'messages'], 'settings.sendQueue');
+  if (s.backoff !== undefined) numbers(s.backoff, ['min', 'max', 'reset'], 'settings.backoff');
+  if (s.crashLoop !== undefined) numbers(s.crashLoop, ['deaths', 'window'], 'settings.crashLoop');
+  if (s.heartbeat !== undefined) numbers(s.heartbeat, ['interval', 'timeout'], 'settings.heartbeat');
+  if (s.maxRequests !== undefined && !Number.isInteger(s.maxRequests)) numbers(s.maxRequests, ['requests', 'jitter'], 'settings.maxRequests');
+  if (Number.isInteger(s.maxRequests)) checkUint(s.maxRequests, 'settings.maxRequests', Number.MAX_SAFE_INTEGER);
+}
+
 /** Two or three numbers from an array or an object with these keys. */
 function numbers(value, keys, name) {
   const arr = Array.isArray(value) ? value : keys.map((k) => value && value[k]);
@@ -71,6 +123,7 @@ module.exports = function installPrimary(cluster, native) {
   cluster.workers = {};
 
   let running = false; // a runtime is started and not yet finished
+  let runId = 0; // which run (a Worker object belongs to one)
   let stopping = false; // a graceful stop is under way
   let exitWhenStopped = false; // a signal asked for the stop: exit(0) at the end
   let termSignals = 0;
@@ -103,6 +156,15 @@ module.exports = function installPrimary(cluster, native) {
       };
       this[kConnected] = true;
       this[kDead] = false;
+      this[kRun] = runId;
+    }
+
+    /** CLUSTER_E_CLOSED once the run this worker belonged to has ended: its id may belong to
+     * a worker of the next run by then, which must not get what was meant for this one. */
+    checkRun() {
+      if (this[kRun] !== runId || !running) {
+        throw clusterError('CLUSTER_E_CLOSED', K.CLUSTER_E_CLOSED, `rcluster: worker ${this.id} belonged to a cluster that has stopped`);
+      }
     }
 
     /** Sends a message (Buffer, string, or JSON value), optionally with an fd to pass. */
@@ -110,14 +172,20 @@ module.exports = function installPrimary(cluster, native) {
       if (typeof handle === 'function') [handle, callback] = [undefined, handle];
       return withCallback(() => {
         const [tag, payload] = codec.encode(message);
-        native.send(this.id, tag, payload, toFd(handle));
+        const fd = toFd(handle);
+        this.checkRun();
+        native.send(this.id, tag, payload, fd);
       }, callback);
     }
 
     /** Sends bytes as they are, with no type tag (for C or Python workers). */
     sendRaw(bytes, handle, callback) {
       if (typeof handle === 'function') [handle, callback] = [undefined, handle];
-      return withCallback(() => native.send(this.id, codec.RAW, bytes, toFd(handle)), callback);
+      return withCallback(() => {
+        const fd = toFd(handle);
+        this.checkRun();
+        native.send(this.id, codec.RAW, bytes, fd);
+      }, callback);
     }
 
     /** Sends `signal` (default SIGTERM) to the worker; it is not replaced. */
@@ -158,6 +226,7 @@ module.exports = function installPrimary(cluster, native) {
 
     /** A snapshot from the library: { id, pid, state, connections, messagesIn, ... }. */
     info() {
+      this.checkRun();
       return native.workerInfo(this.id);
     }
   }
@@ -231,6 +300,7 @@ module.exports = function installPrimary(cluster, native) {
     listeners = normalizeListen(settings.listen);
     const ops = buildOps(workers);
     native.primaryStart(ops);
+    runId += 1;
     running = true;
     stopping = false;
     exitWhenStopped = false;
@@ -312,7 +382,13 @@ module.exports = function installPrimary(cluster, native) {
     running = false;
     stopping = false;
     respawnsPending = 0;
-    for (const id of Object.keys(cluster.workers)) delete cluster.workers[id];
+    for (const id of Object.keys(cluster.workers)) {
+      const w = cluster.workers[id];
+      w[kConnected] = false; // normally an EXIT said so already
+      w[kDead] = true;
+      w.state = 'dead';
+      delete cluster.workers[id];
+    }
     uninstallSignals();
     for (const cb of stopCallbacks.splice(0)) {
       try {
@@ -470,6 +546,13 @@ module.exports = function installPrimary(cluster, native) {
   cluster.setupPrimary = function setupPrimary(options) {
     if (options !== undefined && (options === null || typeof options !== 'object')) throw invalidArg('options', 'an object');
     const opts = options || {};
+    if (opts.workers !== undefined && running) {
+      throw clusterError(
+        'CLUSTER_E_STATE',
+        K.CLUSTER_E_STATE,
+        'rcluster: the cluster is already running (setupPrimary({ workers }) starts it): use fork() or scale(n)'
+      );
+    }
     const merged = {
       args: process.argv.slice(2),
       exec: process.argv[1],
@@ -479,7 +562,7 @@ module.exports = function installPrimary(cluster, native) {
       ...opts,
     };
     // Validate now rather than at the first fork, and keep nothing of a bad call.
-    normalizeListen(merged.listen);
+    validateSettings(merged);
     if (merged.policy !== undefined) policyNumber(K, merged.policy);
     if (opts.workers !== undefined && (!Number.isInteger(opts.workers) || opts.workers < 0)) {
       throw invalidArg('workers', 'a non-negative integer (0: one per CPU)');
@@ -521,10 +604,13 @@ module.exports = function installPrimary(cluster, native) {
     return cluster.shutdown(graceMs(), callback);
   };
 
-  /** Like disconnect, with an explicit grace period in ms (0: kill now). */
+  /** Like disconnect, with an explicit grace period in ms (0: kill now). Not running: the
+   * callback is called (next tick), nothing else happens. */
   cluster.shutdown = function shutdown(grace, callback) {
     if (typeof grace === 'function') [grace, callback] = [graceMs(), grace];
     if (grace === undefined) grace = graceMs();
+    checkUint(grace, 'grace');
+    checkCallback(callback);
     if (!running) {
       if (typeof callback === 'function') process.nextTick(callback);
       return;
@@ -537,6 +623,7 @@ module.exports = function installPrimary(cluster, native) {
 
   /** Rolling restart of every worker; callback(err) when it ended ('reloaded' too). */
   cluster.reload = function reload(callback) {
+    checkCallback(callback);
     native.reload();
     if (typeof callback === 'function') reloadCallbacks.push(callback);
     for (const id of native.workers()) ensureWorker(id);

@@ -11,6 +11,29 @@ function invalidArg(name, what) {
   return err;
 }
 
+/** An Error like the addon's: code 'CLUSTER_E_*', errno the number, for misuse the JS side
+ * catches before the library (a primary call in a worker, a Worker of a finished run). */
+function clusterError(name, errno, message) {
+  const err = new Error(message);
+  err.code = name;
+  err.errno = errno;
+  return err;
+}
+
+/** undefined/null (no callback) or a function; anything else is a TypeError. */
+function checkCallback(callback, name = 'callback') {
+  if (callback !== undefined && callback !== null && typeof callback !== 'function') {
+    throw invalidArg(name, `a function (got ${typeof callback})`);
+  }
+  return typeof callback === 'function' ? callback : undefined;
+}
+
+/** An integer in 0..max (default: a uint32_t). */
+function checkUint(value, name, max = 0xffffffff) {
+  if (!Number.isInteger(value) || value < 0 || value > max) throw invalidArg(name, `an integer 0..${max} (got ${String(value)})`);
+  return value;
+}
+
 function signalNumber(signal) {
   if (signal === undefined) return SIGNALS.SIGTERM;
   if (Number.isInteger(signal) && signal >= 0) return signal;
@@ -35,8 +58,10 @@ function toFd(handle) {
   throw invalidArg('the handle to pass', 'an fd number or an object with an fd (net.Socket, net.Server, FileHandle)');
 }
 
-/** Calls fn(); with a callback the error goes to it (next tick), without one it is thrown. */
+/** Calls fn(); with a callback the error goes to it (next tick), without one it is thrown. A
+ * callback that is not a function (nor undefined/null) is a TypeError, thrown before fn runs. */
 function withCallback(fn, callback) {
+  callback = checkCallback(callback);
   let err = null;
   try {
     fn();
@@ -66,4 +91,15 @@ function report(emitter, err) {
   else process.emitWarning(err.message, { code: err.code });
 }
 
-module.exports = { invalidArg, signalNumber, signalName, toFd, withCallback, rethrowLater, report };
+module.exports = {
+  invalidArg,
+  clusterError,
+  checkCallback,
+  checkUint,
+  signalNumber,
+  signalName,
+  toFd,
+  withCallback,
+  rethrowLater,
+  report,
+};

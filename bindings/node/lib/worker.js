@@ -7,7 +7,11 @@ const http = require('http');
 const net = require('net');
 
 const codec = require('./codec');
-const { invalidArg, toFd, withCallback, rethrowLater, report } = require('./util');
+const { invalidArg, clusterError, toFd, withCallback, rethrowLater, report } = require('./util');
+
+/** The primary's calls: in a worker each throws CLUSTER_E_ROLE (node:cluster leaves them
+ * undefined, which only says "is not a function"). */
+const PRIMARY_ONLY = ['setupPrimary', 'setupMaster', 'fork', 'disconnect', 'shutdown', 'reload', 'scale', 'port', 'stats', 'broadcast'];
 
 const kConnected = Symbol('connected');
 const kDead = Symbol('dead');
@@ -92,6 +96,15 @@ module.exports = function installWorker(cluster, native) {
 
   const worker = new ClusterWorker();
   cluster.worker = worker;
+  for (const name of PRIMARY_ONLY) {
+    cluster[name] = function primaryOnly() {
+      throw clusterError(
+        'CLUSTER_E_ROLE',
+        K.CLUSTER_E_ROLE,
+        `rcluster: cluster.${name}() is for the primary, and this process is worker ${worker.id} (see cluster.worker)`
+      );
+    };
+  }
 
   // Events that came while nobody listened are held, and delivered once someone does: a
   // server set up after an await still gets the first connections.

@@ -748,6 +748,10 @@ static napi_value js_primary_start(napi_env env, napi_callback_info info) {
     if (!owner(env) || !get_args(env, info, 1, argv, NULL)) return NULL;
     if (napi_is_array(env, argv[0], &is_array) != napi_ok || !is_array || napi_get_array_length(env, argv[0], &n) != napi_ok)
         return throw_type(env, "primaryStart expects an array of configuration entries");
+    /* The role first, as the library orders it: in a worker (whose own runtime runs) this is
+     * CLUSTER_E_ROLE, not "already running". */
+    if (cluster_is_worker())
+        return throw_rc(env, CLUSTER_E_ROLE, "rcluster: this process is a worker: only the primary starts a cluster");
     if (!g.handler) return throw_rc(env, CLUSTER_E_STATE, "rcluster: no event handler (internal error)");
     if (g.pump) return throw_rc(env, CLUSTER_E_STATE, "rcluster: the cluster is already running");
     cluster_config *cfg = cluster_config_new();
@@ -776,6 +780,8 @@ static napi_value js_primary_start(napi_env env, napi_callback_info info) {
 static napi_value js_worker_start(napi_env env, napi_callback_info info) {
     (void)info;
     if (!owner(env)) return NULL;
+    if (!cluster_is_worker())
+        return throw_rc(env, CLUSTER_E_ROLE, "rcluster: this process is not a worker: only a worker starts a worker runtime");
     if (!g.handler) return throw_rc(env, CLUSTER_E_STATE, "rcluster: no event handler (internal error)");
     if (g.pump) return throw_rc(env, CLUSTER_E_STATE, "rcluster: the worker runtime is already running");
     int32_t rc = cluster_worker_start(on_event, NULL);

@@ -79,15 +79,18 @@ library_path: str = _lib.path
 
 def is_worker() -> bool:
     """True in a worker process (EXEC mode: from the environment at load; FORK mode: in the
-    forked child)."""
-    return bool(_lib.cdll.cluster_is_worker())
+    forked child). False in a process forked with ``os.fork()`` from a worker: it inherited the
+    worker's state, not its role (every call there is ClusterError ``E_STATE``)."""
+    return bool(_lib.cdll.cluster_is_worker()) and not _lib.forked_child()
 
 
 def is_primary() -> bool:
-    """True in any process that is not a worker."""
-    return bool(_lib.cdll.cluster_is_primary())
+    """True in any process that is not a worker, except one forked with ``os.fork()`` from a
+    primary while its cluster runs (neither role: every call there is ``E_STATE``)."""
+    return bool(_lib.cdll.cluster_is_primary()) and not _lib.forked_child()
 
 
 def worker_id() -> int:
-    """This worker's id (ids start at 1, never reused); 0 in the primary."""
-    return int(_lib.cdll.cluster_worker_id())
+    """This worker's id (ids start at 1, never reused); 0 in the primary and in a process
+    forked from a worker."""
+    return 0 if _lib.forked_child() else int(_lib.cdll.cluster_worker_id())

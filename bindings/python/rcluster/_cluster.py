@@ -84,6 +84,7 @@ def _after_fork_in_child(cluster: "Cluster") -> None:
         ctypes.pythonapi.PyOS_AfterFork_Child()
     except Exception:  # pragma: no cover - not on this platform
         pass
+    _lib.claim_process()  # the library made this process a worker: its role is its own
     if threading.current_thread() is threading.main_thread():
         cluster._signals.reset_in_child()
         try:
@@ -121,6 +122,15 @@ class Cluster(_events.Runtime):
     An exception raised by a handler is re-raised, with its traceback, from the ``run()`` or
     ``dispatch()`` that called the handler; the cluster keeps running (call ``run()`` again, or
     ``shutdown()`` then ``run()`` to stop).
+
+    Misuse gets an exception, never a crash or a hang (README "Misuse"): bad argument types are
+    TypeErrors and out-of-range values ValueErrors (from the constructor, or from ``start()``
+    for the options, before anything starts); a call before ``start()`` is ClusterError
+    ``E_STATE``, a second ``start()`` too; every call after the cluster finished is ``E_CLOSED``
+    (``shutdown()``, ``dispatch()`` and ``run()`` then do nothing), even when another cluster
+    runs by then; ``dispatch()`` or ``run()`` from inside a handler is ``E_STATE``; every call
+    in a worker (a FORK-mode worker inherits this object) is ``E_ROLE``; every call in a
+    process forked from the primary with ``os.fork()`` while the cluster runs is ``E_STATE``.
     """
 
     EVENTS: Dict[str, Tuple[str, ...]] = {
@@ -165,23 +175,25 @@ class Cluster(_events.Runtime):
         unix_mode: Optional[int] = None,
         systemd: bool = False,
     ) -> None:
-        if mode not in MODES:
+        if not isinstance(mode, str) or mode not in MODES:
             raise ValueError(f'mode must be "fork" or "exec", not {mode!r}')
         if isinstance(policy, str):
             if policy not in POLICIES:
                 raise ValueError(f"unknown policy {policy!r} (one of {', '.join(POLICIES)})")
             self._policy = POLICIES[policy]
         else:
-            self._policy = int(policy)
+            self._policy = _lib.u32("policy", policy)
         if mode == "fork" and worker is None:
             raise ValueError('mode="fork" needs worker=: the function each forked worker runs')
         if worker is not None and not callable(worker):
             raise TypeError("worker must be callable")
-        self.workers_wanted = int(workers)
+        self.workers_wanted = _lib.u32("workers", workers)
         self.mode = mode
         self.worker = worker
-        self.listen = list(listen)
-        self.grace_ms = int(grace_ms)
+        if isinstance(listen, (str, bytes)) or not hasattr(listen, "__iter__"):
+            raise TypeError("listen must be a list of (host, port) tuples and Unix socket paths")
+        self.listen = [_listen_spec(spec) for spec in listen]
+        self.grace_ms = _lib.u32("grace_ms", grace_ms)
         self._opts: Dict[str, Any] = dict(
             max_message=max_message,
             restart=restart,
@@ -322,7 +334,9 @@ class Cluster(_events.Runtime):
         if self.mode == "fork":
             c(lib.cluster_config_set_worker_main, cfg, self._main, None)
         if o["exec_argv"] is not None:
-            argv = [os.fspath(a) for a in o["exec_argv"]]
+            if isinstance(o["exec_argv"], (str, bytes)):
+                raise TypeError("exec_argv must be a sequence of strings (the program, then its arguments)")
+            argv = [os.fsdecode(_lib.c_string("exec_argv[]", a)) for a in o["exec_argv"]]
             if not argv:
                 raise ValueError("exec_argv is empty")
             prog = argv[0]
@@ -331,27 +345,31 @@ class Cluster(_events.Runtime):
             arr = _lib.argv_array(argv)
             c(lib.cluster_config_set_exec, cfg, os.fsencode(prog), arr)
         if o["max_message"] is not None:
-            c(lib.cluster_config_set_max_message, cfg, int(o["max_message"]))
+            c(lib.cluster_config_set_max_message, cfg, _lib.u64("max_message", o["max_message"]))
         if o["restart"] is not None:
-            c(lib.cluster_config_set_restart, cfg, bool(o["restart"]))
+            c(lib.cluster_config_set_restart, cfg, _lib.flag("restart", o["restart"]))
         if o["backoff"] is not None:
-            c(lib.cluster_config_set_backoff, cfg, *map(int, o["backoff"]))
+            c(lib.cluster_config_set_backoff, cfg, *_numbers("backoff", o["backoff"], 3, _lib.u32))
         if o["crash_loop"] is not None:
-            c(lib.cluster_config_set_crash_loop, cfg, *map(int, o["crash_loop"]))
+            c(lib.cluster_config_set_crash_loop, cfg, *_numbers("crash_loop", o["crash_loop"], 2, _lib.u32))
         hb = o["heartbeat"]
         if hb is not None:
-            interval, timeout = (hb, hb * 10) if isinstance(hb, int) else hb
-            c(lib.cluster_config_set_heartbeat, cfg, int(interval), int(timeout))
+            if _is_int(hb):
+                interval = _lib.u32("heartbeat", hb)
+                timeout = min(interval * 10, _lib.U32_MAX)
+            else:
+                interval, timeout = _numbers("heartbeat", hb, 2, _lib.u32)
+            c(lib.cluster_config_set_heartbeat, cfg, interval, timeout)
         if o["startup_timeout"] is not None:
-            c(lib.cluster_config_set_startup_timeout, cfg, int(o["startup_timeout"]))
+            c(lib.cluster_config_set_startup_timeout, cfg, _lib.u32("startup_timeout", o["startup_timeout"]))
         mr = o["max_requests"]
         if mr is not None:
-            n, jitter = (mr, 0) if isinstance(mr, int) else mr
-            c(lib.cluster_config_set_max_requests, cfg, int(n), int(jitter))
+            n, jitter = (_lib.u64("max_requests", mr), 0) if _is_int(mr) else _numbers("max_requests", mr, 2, _lib.u64)
+            c(lib.cluster_config_set_max_requests, cfg, n, jitter)
         if o["manual_ready"] is not None:
-            c(lib.cluster_config_set_manual_ready, cfg, bool(o["manual_ready"]))
+            c(lib.cluster_config_set_manual_ready, cfg, _lib.flag("manual_ready", o["manual_ready"]))
         if o["send_queue"] is not None:
-            c(lib.cluster_config_set_send_queue, cfg, *map(int, o["send_queue"]))
+            c(lib.cluster_config_set_send_queue, cfg, *_numbers("send_queue", o["send_queue"], 2, _lib.size))
         user = o["user"]
         if user is not None:
             if isinstance(user, str):
@@ -359,23 +377,34 @@ class Cluster(_events.Runtime):
 
                 pw = pwd.getpwnam(user)
                 uid, gid = pw.pw_uid, pw.pw_gid
-            elif isinstance(user, int):
+            elif _is_int(user):
                 import pwd
 
-                uid, gid = user, pwd.getpwuid(user).pw_gid
+                uid = _lib.u32("user", user)
+                gid = pwd.getpwuid(uid).pw_gid
             else:
-                uid, gid = user
-            c(lib.cluster_config_set_user, cfg, int(uid), int(gid))
+                uid, gid = _numbers("user", user, 2, _lib.u32)
+            c(lib.cluster_config_set_user, cfg, uid, gid)
         if o["groups"] is not None:
-            gs = [int(g) for g in o["groups"]]
+            if isinstance(o["groups"], (str, bytes)):
+                raise TypeError("groups must be a sequence of group ids")
+            gs = [_lib.u32("groups[]", g) for g in o["groups"]]
             garr = (ctypes.c_uint32 * max(len(gs), 1))(*gs)
             c(lib.cluster_config_set_groups, cfg, garr, len(gs))
         if o["cwd"] is not None:
-            c(lib.cluster_config_set_cwd, cfg, os.fsencode(os.fspath(o["cwd"])))
-        for k, v in (o["env"] or {}).items():
-            c(lib.cluster_config_add_env, cfg, os.fsencode(f"{k}={v}"))
+            c(lib.cluster_config_set_cwd, cfg, _lib.c_string("cwd", o["cwd"]))
+        env = o["env"]
+        if env is not None and not isinstance(env, Mapping):
+            raise TypeError(f"env must be a mapping of str to str, not {type(env).__name__}")
+        for k, v in (env or {}).items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError(f"env must map str to str (got {k!r}: {type(v).__name__})")
+            if not k or "=" in k:
+                raise ValueError(f"env: {k!r} is not a variable name")
+            c(lib.cluster_config_add_env, cfg, _lib.c_string("env", f"{k}={v}"))
         if o["silent"] is not None:
-            c(lib.cluster_config_set_silent, cfg, bool(o["silent"]))
+            c(lib.cluster_config_set_silent, cfg, _lib.flag("silent", o["silent"]))
+        unix_mode = None if o["unix_mode"] is None else _lib.u32("unix_mode", o["unix_mode"])
         self.listeners = []
         if o["systemd"]:
             n = c(lib.cluster_config_listen_systemd, cfg)
@@ -383,16 +412,32 @@ class Cluster(_events.Runtime):
         for spec in self.listen:
             if isinstance(spec, tuple):
                 host, port = spec
-                idx = c(lib.cluster_config_listen_tcp, cfg, str(host).encode(), int(port))
+                idx = c(lib.cluster_config_listen_tcp, cfg, _lib.c_string("listen host", host), port)
             else:
-                idx = c(lib.cluster_config_listen_unix, cfg, os.fsencode(os.fspath(spec)))
-                if o["unix_mode"] is not None:
-                    c(lib.cluster_config_set_unix_mode, cfg, idx, int(o["unix_mode"]))
+                idx = c(lib.cluster_config_listen_unix, cfg, _lib.c_string("listen path", spec))
+                if unix_mode is not None:
+                    c(lib.cluster_config_set_unix_mode, cfg, idx, unix_mode)
             self.listeners.append(idx)
+
+    def _check_role(self) -> None:
+        if _lib.cdll.cluster_is_worker():
+            raise ClusterError(
+                _lib.CLUSTER_E_ROLE,
+                f"a Cluster is for the primary, and this process is worker {_lib.cdll.cluster_worker_id()} "
+                "(use rcluster.Worker() here)",
+            )
+
+    def _finish(self) -> None:
+        self._finished = True
+        _lib.release_process()
 
     def start(self) -> None:
         """Binds the listeners and starts the workers, then returns (events come with
-        ``run()``/``dispatch()``). In FORK mode the workers are forked from here."""
+        ``run()``/``dispatch()``). In FORK mode the workers are forked from here. A second
+        start (of this object, or of another Cluster while one runs) is ClusterError
+        ``E_STATE``; in a worker ``E_ROLE``."""
+        _lib.check_process()
+        self._check_role()
         if self._started:
             raise ClusterError(_lib.CLUSTER_E_STATE, "this Cluster was already started")
         self._check_threads()
@@ -405,6 +450,7 @@ class Cluster(_events.Runtime):
         finally:
             _lib.cdll.cluster_config_free(cfg)
         self._started = True
+        _lib.claim_process()
 
     # ---- loop ----
 
@@ -415,7 +461,10 @@ class Cluster(_events.Runtime):
     def dispatch(self, timeout_ms: int = 0) -> int:
         """One loop turn: waits up to `timeout_ms` (-1 forever), runs the handlers of what
         happened. Returns how many events were delivered (0 once ``finished``). Re-raises the
-        first exception a handler raised."""
+        first exception a handler raised. From inside a handler: ClusterError ``E_STATE``."""
+        timeout_ms = _lib.i32("timeout_ms", timeout_ms)
+        _lib.check_process()
+        self._check_role()
         if not self._started:
             raise ClusterError(_lib.CLUSTER_E_STATE, "call start() first")
         if self._finished:
@@ -423,7 +472,7 @@ class Cluster(_events.Runtime):
             return 0
         if self.mode == "fork":
             _events.flush_stdio()
-        rc = self._after_dispatch(self._dispatch_fn()(int(timeout_ms)))
+        rc = self._after_dispatch(self._dispatch_fn()(timeout_ms))
         self._errors.raise_first()
         return max(rc, 0)
 
@@ -431,12 +480,19 @@ class Cluster(_events.Runtime):
         """Starts (if needed) and runs the cluster until it stops; returns 0 after a graceful
         stop. From the main thread, SIGTERM/SIGINT start a graceful ``shutdown(grace_ms)`` (a
         second one stops at once) and SIGHUP a rolling ``reload()``; the previous handlers are
-        restored on return."""
+        restored on return. From inside a handler: ClusterError ``E_STATE``."""
+        _lib.check_process()
+        self._check_role()
+        self._check_run()
         if not self._started:
             self.start()
+        if self._finished:
+            self._errors.raise_first()
+            return 0
         self._signals.install()
         fn = self._dispatch_fn()
         fork = self.mode == "fork"
+        self._running = True
         try:
             while not self._finished:
                 if fork:
@@ -448,6 +504,7 @@ class Cluster(_events.Runtime):
                 self._run_deferred()
                 self._errors.raise_first()
         finally:
+            self._running = False
             self._signals.restore()
         self._errors.raise_first()
         return 0
@@ -467,20 +524,25 @@ class Cluster(_events.Runtime):
 
     def fileno(self) -> int:
         """The loop's pollable fd: readable when ``dispatch(0)`` has work."""
+        self._enter()
         return _lib.call(_lib.cdll.cluster_fd)
 
     # ---- control ----
 
     def port(self, listener: int = 0) -> int:
         """The port listener `listener` is bound to."""
+        listener = _lib.u32("listener", listener)
+        self._enter()
         return _lib.call(_lib.cdll.cluster_local_port, listener)
 
     def fork(self) -> int:
         """Starts one more worker; returns its id."""
+        self._enter()
         return self._forking_call("cluster_fork")
 
     def worker_ids(self) -> List[int]:
         """Ids of the live workers, ascending."""
+        self._enter()
         while True:
             n = _lib.call(_lib.cdll.cluster_workers, None, 0)
             arr = (ctypes.c_uint32 * max(n, 1))()
@@ -489,6 +551,9 @@ class Cluster(_events.Runtime):
                 return list(arr[:m])
 
     def worker_info(self, worker_id: int) -> WorkerInfo:
+        """A snapshot of worker `worker_id` (ClusterError ``E_NOWORKER`` when there is none)."""
+        worker_id = _lib.u32("worker_id", worker_id)
+        self._enter()
         info = _lib.cluster_worker_info()
         _lib.call(_lib.cdll.cluster_worker_info, worker_id, ctypes.byref(info))
         return WorkerInfo(
@@ -515,27 +580,41 @@ class Cluster(_events.Runtime):
 
     def kill(self, worker_id: int, sig: int = signal.SIGTERM) -> None:
         """Sends `sig` to a worker (its EXIT then says exited_after_disconnect)."""
-        _lib.call(_lib.cdll.cluster_worker_kill, worker_id, int(sig))
+        worker_id = _lib.u32("worker_id", worker_id)
+        sig = _lib.i32("sig", sig)
+        self._enter()
+        _lib.call(_lib.cdll.cluster_worker_kill, worker_id, sig)
 
     def disconnect(self, worker_id: int) -> None:
         """Stops a worker gracefully: it finishes what it was handed, then exits."""
+        worker_id = _lib.u32("worker_id", worker_id)
+        self._enter()
         _lib.call(_lib.cdll.cluster_worker_disconnect, worker_id)
 
     def reload(self) -> None:
         """Rolling restart of every worker (a ``reloaded`` event reports the end)."""
+        self._enter()
         self._forking_call("cluster_reload")
 
     def scale(self, n: int) -> None:
         """Sets the number of workers (starts more, or stops the newest gracefully)."""
-        self._forking_call("cluster_scale", int(n))
+        n = _lib.u32("n", n)
+        self._enter()
+        self._forking_call("cluster_scale", n)
 
     def shutdown(self, grace_ms: Optional[int] = None) -> None:
         """Graceful stop: stop accepting, let workers finish, kill those left after
-        `grace_ms` (default: the configured grace; 0: now). ``run()`` then returns 0."""
-        _lib.call(_lib.cdll.cluster_shutdown, self.grace_ms if grace_ms is None else int(grace_ms))
+        `grace_ms` (default: the configured grace; 0: now). ``run()`` then returns 0. Once
+        the cluster finished it does nothing."""
+        grace = self.grace_ms if grace_ms is None else _lib.u32("grace_ms", grace_ms)
+        if self._finished and not _lib.forked_child() and not _lib.cdll.cluster_is_worker():
+            return
+        self._enter()
+        _lib.call(_lib.cdll.cluster_shutdown, grace)
 
     def stats(self) -> Dict[str, Any]:
         """The runtime's counters (``cluster_stats``), parsed."""
+        self._enter()
         cap = 4096
         while True:
             buf = ctypes.create_string_buffer(cap)
@@ -550,20 +629,53 @@ class Cluster(_events.Runtime):
     def send(self, worker_id: int, data: Any, fd: Optional[_events.FdLike] = None) -> None:
         """Sends bytes to a worker, and a duplicate of `fd` when given (you keep yours).
         Raises ClusterError (``.code == E_AGAIN``) when its queue is full: a ``drain`` event
-        follows."""
+        follows. `fd`: an int or an object with ``fileno()`` (TypeError otherwise; ValueError
+        when negative or over 2**31 - 1; ClusterError E_SYS when it is not open)."""
+        self._enter()
         _events.send(_lib.cdll, worker_id, data, fd)
 
     def send_obj(self, worker_id: int, obj: Any) -> None:
         """Sends a picklable object; the worker gets it in ``on("object")``."""
+        self._enter()
         _events.send(_lib.cdll, worker_id, _events.pickled(obj), None)
 
     def broadcast(self, data: Any) -> int:
         """Sends bytes to every worker; returns how many."""
+        self._enter()
         return _events.broadcast(_lib.cdll, data)
 
     def broadcast_obj(self, obj: Any) -> int:
         """Sends a picklable object to every worker; returns how many."""
+        self._enter()
         return _events.broadcast(_lib.cdll, _events.pickled(obj))
+
+
+def _listen_spec(spec: Any) -> ListenSpec:
+    """A listener as given to Cluster(listen=...), checked: ``(host, port)`` with a str host
+    and a port in 0..65535, or a Unix socket path (str, bytes or os.PathLike)."""
+    if isinstance(spec, tuple):
+        if len(spec) != 2:
+            raise ValueError(f"a TCP listener is (host, port), not {spec!r}")
+        host, port = spec
+        if not isinstance(host, str):
+            raise TypeError(f"listen host must be a str, not {type(host).__name__}")
+        _lib.c_string("listen host", host)
+        return (host, _lib.integer("listen port", port, 0, _lib.U16_MAX))
+    if isinstance(spec, (str, bytes)) or hasattr(spec, "__fspath__"):
+        _lib.c_string("listen path", spec)
+        return spec  # type: ignore[no-any-return]
+    raise TypeError(f"a listener is (host, port) or a Unix socket path, not {type(spec).__name__}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _numbers(name: str, value: Any, n: int, conv: Callable[[str, Any], int]) -> Tuple[int, ...]:
+    """A tuple of `n` checked integers."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != n:
+        raise TypeError(f"{name} must be a tuple of {n} ints")
+    return tuple(conv(name, v) for v in value)
 
 
 def _settle_os_threads(timeout_s: float = 0.25) -> None:

@@ -93,8 +93,12 @@ class Handlers:
             fn(*(args if most is None else args[:most]))
 
 
-def on_decorator(handlers: Handlers, event: str, fn: Optional[F]) -> Any:
-    if fn is not None:
+#: on(event) with no handler: the decorator form (an explicit None is a TypeError).
+NO_HANDLER: Any = object()
+
+
+def on_decorator(handlers: Handlers, event: str, fn: Any) -> Any:
+    if fn is not NO_HANDLER:
         handlers.add(event, fn)
         return fn
 
@@ -195,21 +199,27 @@ def exit_code(value: Any) -> int:
     return 1
 
 
-def fds_ok(fd: Any) -> int:
-    """A descriptor number from an int or an object with fileno()."""
-    if hasattr(fd, "fileno"):
+def fd_number(fd: Any) -> int:
+    """A descriptor number from an int or an object with fileno(): TypeError for anything
+    else, ValueError for a negative number (a closed socket's fileno() is -1) or one no
+    descriptor can have (over 2**31 - 1). Whether it is open is the library's to say
+    (ClusterError E_SYS: it cannot duplicate it)."""
+    if not isinstance(fd, int) and hasattr(fd, "fileno"):
         fd = fd.fileno()
-    if not isinstance(fd, int) or fd < 0:
-        raise ValueError(f"fd must be a non-negative int or have fileno(), not {fd!r}")
+    if isinstance(fd, bool) or not isinstance(fd, int):
+        raise TypeError(f"fd must be an int or have fileno(), not {type(fd).__name__}")
+    if not 0 <= fd <= _lib.I32_MAX:
+        raise ValueError(f"fd must be in 0..{_lib.I32_MAX}, not {fd} (a closed socket's fileno() is -1)")
     return fd
 
 
-def send(lib: Any, to: int, data: Any, fd: Any) -> None:
+def send(lib: Any, to: Any, data: Any, fd: Any) -> None:
+    to = _lib.u32("to", to)
     b = as_bytes(data)
     if fd is None:
         _lib.call(lib.cluster_send, to, b, len(b))
     else:
-        _lib.call(lib.cluster_send_fd, to, b, len(b), fds_ok(fd))
+        _lib.call(lib.cluster_send_fd, to, b, len(b), fd_number(fd))
 
 
 def broadcast(lib: Any, data: Any) -> int:
@@ -270,9 +280,12 @@ class Runtime:
     _errors: Errors
     _started: bool
     _finished: bool
+    _running: bool = False
 
-    def on(self, event: str, fn: Optional[Callable[..., Any]] = None) -> Any:
-        """Registers `fn` for `event`; usable as a decorator (``@c.on("ready")``). Returns `fn`."""
+    def on(self, event: str, fn: Any = NO_HANDLER) -> Any:
+        """Registers `fn` for `event`; usable as a decorator (``@c.on("ready")``). Returns `fn`.
+        ValueError for an unknown event, TypeError for a handler that is not callable (None
+        included) or needs more arguments than the event gives."""
         return on_decorator(self._handlers, event, fn)
 
     def off(self, event: str, fn: Optional[Callable[..., Any]] = None) -> None:
@@ -289,9 +302,34 @@ class Runtime:
         """True once ``start()`` ran."""
         return self._started
 
+    def _check_role(self) -> None:
+        """Raises ClusterError E_ROLE when this object does not belong to this process's role."""
+
+    def _enter(self) -> None:
+        """Before a call on this object's runtime: this process owns it (a forked child:
+        E_STATE), in the right role (E_ROLE), started (E_STATE) and not finished (E_CLOSED).
+        A finished object never reaches the library: another runtime may run by now."""
+        _lib.check_process()
+        self._check_role()
+        if self._finished:
+            raise _lib.ClusterError(_lib.CLUSTER_E_CLOSED, f"this {type(self).__name__} has finished")
+        if not self._started:
+            raise _lib.ClusterError(_lib.CLUSTER_E_STATE, f"this {type(self).__name__} is not started (call start() first)")
+
+    def _check_run(self) -> None:
+        """run() from inside one of this object's handlers (or while it runs in another
+        thread): E_STATE, before run() touches the signal handlers of the run in progress."""
+        if self._running:
+            raise _lib.ClusterError(
+                _lib.CLUSTER_E_STATE, "run() called while run() is running (from an event handler?): return from the handler instead"
+            )
+
+    def _finish(self) -> None:
+        self._finished = True
+
     def _after_dispatch(self, rc: int) -> int:
         if rc == _lib.CLUSTER_E_CLOSED:
-            self._finished = True
+            self._finish()
         elif rc < 0:
             raise _lib.error(rc)
         _lib.raise_pending()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import operator
 import os
 from ctypes import (
     CFUNCTYPE,
@@ -367,6 +368,116 @@ def call(fn: Callable[..., int], *args: Any) -> int:
     return rc
 
 
+# ---- arguments ----
+#
+# ctypes converts what it is given without a word: -1 becomes 4294967295 as a uint32_t, 2**32 + 1
+# becomes 1, None is an ArgumentError. Every integer goes through these first, so a bad one is a
+# TypeError (not an integer) or a ValueError (out of range) that names it, before any call.
+
+U16_MAX = 2**16 - 1
+U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
+I32_MIN, I32_MAX = -(2**31), 2**31 - 1
+SIZE_MAX = 2 ** (8 * ctypes.sizeof(c_size_t)) - 1
+
+
+def integer(name: str, value: Any, lo: int, hi: int) -> int:
+    """`value` as an int in lo..hi (anything with ``__index__`` but bool), else TypeError or
+    ValueError naming `name`."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not bool")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} must be in {lo}..{hi}, not {v}")
+    return v
+
+
+def u32(name: str, value: Any) -> int:
+    return integer(name, value, 0, U32_MAX)
+
+
+def u64(name: str, value: Any) -> int:
+    return integer(name, value, 0, U64_MAX)
+
+
+def i32(name: str, value: Any) -> int:
+    return integer(name, value, I32_MIN, I32_MAX)
+
+
+def size(name: str, value: Any) -> int:
+    return integer(name, value, 0, SIZE_MAX)
+
+
+def flag(name: str, value: Any) -> bool:
+    """A bool option (True/False/0/1)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+
+
+def c_string(name: str, value: Any) -> bytes:
+    """A str, bytes or path as the bytes C gets; a NUL inside would cut it short: ValueError."""
+    if isinstance(value, bytes):
+        b = value
+    elif isinstance(value, str) or hasattr(value, "__fspath__"):
+        b = os.fsencode(value)
+    else:
+        raise TypeError(f"{name} must be a str, bytes or path, not {type(value).__name__}")
+    if b"\0" in b:
+        raise ValueError(f"{name} contains a NUL byte")
+    return b
+
+
+# ---- the process the runtime belongs to ----
+#
+# fork(2) copies the library's process-global state: a child forked with os.fork() from a worker
+# (or from a primary whose cluster runs) inherits that worker's channel, or the primary's epoll
+# set, and the library cannot tell it from its parent (cluster_is_worker() is still true, a
+# cluster_send from it reaches the primary as the parent's message, a dispatch steals the
+# parent's events). The binding therefore remembers which process the role and the runtime
+# belong to, and refuses every call from any other: such a child is neither primary nor worker.
+# The workers the library forks itself (FORK mode) are not concerned: they become their own
+# owners before the worker function runs.
+
+#: pid of the process the library's role and runtime belong to; None while this process is a
+#: primary with no runtime started (a fork of it is then an ordinary process).
+owner_pid: Optional[int] = None
+
+
+def claim_process() -> None:
+    """This process owns the library's state (a runtime started here, or it became a worker)."""
+    global owner_pid
+    owner_pid = os.getpid()
+
+
+def release_process() -> None:
+    """The primary's runtime ended: a process forked from now on may start its own."""
+    global owner_pid
+    if not cdll.cluster_is_worker():
+        owner_pid = None
+
+
+def forked_child() -> bool:
+    """True in a process forked (not by the library) from a worker or a running primary."""
+    return owner_pid is not None and owner_pid != os.getpid()
+
+
+def check_process() -> None:
+    """Raises ClusterError E_STATE in a forked child (see above)."""
+    if forked_child():
+        raise ClusterError(
+            CLUSTER_E_STATE,
+            f"this process (pid {os.getpid()}) was forked from pid {owner_pid}, whose rcluster runtime it "
+            "inherited: only that process may use it (a forked child is neither primary nor worker; "
+            "report back through a pipe or the exit code)",
+        )
+
+
 def argv_array(argv: Sequence[str]) -> "ctypes.Array[c_char_p]":
     """A NULL-terminated char*[] (keep the result alive during the call)."""
     arr = (c_char_p * (len(argv) + 1))()
@@ -374,3 +485,7 @@ def argv_array(argv: Sequence[str]) -> "ctypes.Array[c_char_p]":
         arr[i] = os.fsencode(a)
     arr[len(argv)] = None
     return arr
+
+
+if cdll.cluster_is_worker():  # an EXEC-mode worker: the role is this process's from the start
+    claim_process()

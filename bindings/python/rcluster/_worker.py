@@ -36,6 +36,13 @@ class Worker(_events.Runtime):
       worker).
 
     An exception raised by a handler is re-raised from the ``run()``/``dispatch()`` that ran it.
+
+    Misuse gets an exception, never a crash or a hang (README "Misuse"): bad argument types are
+    TypeErrors, out-of-range values ValueErrors; a call before ``start()`` is ClusterError
+    ``E_STATE``, after the runtime finished ``E_CLOSED`` (``shutdown()``, ``start()``,
+    ``dispatch()`` and ``run()`` then do nothing); ``dispatch()`` or ``run()`` from inside a
+    handler is ``E_STATE``; in a process forked from this worker with ``os.fork()`` every call
+    is ``E_STATE``.
     """
 
     EVENTS: Dict[str, Tuple[str, ...]] = {
@@ -49,6 +56,7 @@ class Worker(_events.Runtime):
     }
 
     def __init__(self) -> None:
+        _lib.check_process()
         if not _lib.cdll.cluster_is_worker():
             raise ClusterError(
                 _lib.CLUSTER_E_ROLE,
@@ -65,8 +73,8 @@ class Worker(_events.Runtime):
 
     @property
     def id(self) -> int:
-        """This worker's id (>= 1)."""
-        return int(_lib.cdll.cluster_worker_id())
+        """This worker's id (>= 1); 0 in a process forked from it."""
+        return 0 if _lib.forked_child() else int(_lib.cdll.cluster_worker_id())
 
     # ---- events ----
 
@@ -114,7 +122,10 @@ class Worker(_events.Runtime):
 
     def start(self) -> None:
         """Connects to the primary and reports ONLINE (and READY, unless the cluster was
-        configured with manual_ready). ``run()`` calls it when needed."""
+        configured with manual_ready). ``run()`` calls it when needed; once started (or
+        finished) it does nothing. A second ``Worker`` object cannot start: ClusterError
+        ``E_STATE`` (the runtime is the process's, and already runs or ran)."""
+        _lib.check_process()
         if self._started:
             return
         _lib.call(_lib.cdll.cluster_worker_start, self._cb, None)
@@ -122,27 +133,37 @@ class Worker(_events.Runtime):
 
     def dispatch(self, timeout_ms: int = 0) -> int:
         """One loop turn (see ``Cluster.dispatch``). Returns the events delivered."""
+        timeout_ms = _lib.i32("timeout_ms", timeout_ms)
         if not self._started:
             self.start()
+        _lib.check_process()
         if self._finished:
             self._errors.raise_first()
             return 0
-        rc = self._after_dispatch(_lib.cdll.cluster_dispatch(int(timeout_ms)))
+        rc = self._after_dispatch(_lib.cdll.cluster_dispatch(timeout_ms))
         self._errors.raise_first()
         return max(rc, 0)
 
     def run(self) -> int:
         """Serves until the primary says stop (or goes away); returns 0. From the main
-        thread, SIGTERM/SIGINT make this worker leave gracefully (``shutdown()``)."""
+        thread, SIGTERM/SIGINT make this worker leave gracefully (``shutdown()``). From inside
+        one of this worker's handlers: ClusterError ``E_STATE``."""
+        _lib.check_process()
+        self._check_run()
         self.start()
+        if self._finished:
+            self._errors.raise_first()
+            return 0
         self._signals.install()
         fn = _lib.cdll.cluster_dispatch
+        self._running = True
         try:
             while not self._finished:
                 self._after_dispatch(fn(0 if self._signals.pending else RUN_WAIT_MS))
                 self._run_deferred()
                 self._errors.raise_first()
         finally:
+            self._running = False
             self._signals.restore()
         self._errors.raise_first()
         return 0
@@ -155,41 +176,55 @@ class Worker(_events.Runtime):
                 _log.logger.warning("worker signal %d: %s", signum, e)
 
     def fileno(self) -> int:
-        """The loop's pollable fd: readable when ``dispatch(0)`` has work."""
+        """The loop's pollable fd: readable when ``dispatch(0)`` has work (starts the worker
+        if needed; ClusterError ``E_CLOSED`` once it finished)."""
         if not self._started:
             self.start()
+        self._enter()
         return _lib.call(_lib.cdll.cluster_fd)
 
     # ---- calls ----
 
     def ready(self) -> None:
         """Reports READY (only needed when the cluster has manual_ready=True)."""
+        self._enter()
         _lib.call(_lib.cdll.cluster_ready)
 
     def conn_done(self) -> None:
         """Reports that one connection it was handed is finished (least_connections counts
         them). Any thread."""
+        self._enter()
         _lib.call(_lib.cdll.cluster_conn_done)
 
     def shutdown(self) -> None:
         """Leaves gracefully: the primary stops sending connections, a ``shutdown`` event
-        follows, then the loop ends. The primary does not replace this worker."""
+        follows, then the loop ends. The primary does not replace this worker. Once the
+        runtime finished it does nothing."""
+        if self._finished and not _lib.forked_child():
+            return
+        self._enter()
         _lib.call(_lib.cdll.cluster_shutdown, 0)
 
     def send(self, to: int, data: Any, fd: Optional[_events.FdLike] = None) -> None:
         """Sends bytes to the primary (`to` = 0) or to worker `to` (relayed by the primary,
         which stamps this worker as the sender), and a duplicate of `fd` when given. Any
-        thread. ClusterError E_AGAIN when the queue is full (a ``drain`` event follows)."""
+        thread. ClusterError E_AGAIN when the queue is full (a ``drain`` event follows),
+        E_INVAL to itself. `fd`: an int or an object with ``fileno()`` (TypeError otherwise;
+        ValueError when negative or over 2**31 - 1; ClusterError E_SYS when it is not open)."""
+        self._enter()
         _events.send(_lib.cdll, to, data, fd)
 
     def send_obj(self, to: int, obj: Any) -> None:
         """Sends a picklable object (received in ``on("object")``)."""
+        self._enter()
         _events.send(_lib.cdll, to, _events.pickled(obj), None)
 
     def broadcast(self, data: Any) -> None:
         """Sends bytes to every other worker (through the primary)."""
+        self._enter()
         _events.broadcast(_lib.cdll, data)
 
     def broadcast_obj(self, obj: Any) -> None:
         """Sends a picklable object to every other worker."""
+        self._enter()
         _events.broadcast(_lib.cdll, _events.pickled(obj))

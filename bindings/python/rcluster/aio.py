@@ -54,8 +54,13 @@ class Driver:
         self.done: "asyncio.Future[int]" = self.loop.create_future()
         self._soon: Optional[asyncio.Handle] = None
         self._tick: Optional[asyncio.TimerHandle] = None
-        self._fd = obj.fileno()
         self._closed = False
+        if obj.finished:  # nothing to drive (and its fd is gone): done, like run() returning 0
+            self._fd = -1
+            self._closed = True
+            self.done.set_result(0)
+            return
+        self._fd = obj.fileno()
         self.loop.add_reader(self._fd, self._step)
         self._soon = self.loop.call_soon(self._step)
         self._tick = self.loop.call_later(SAFETY_TICK_S, self._on_tick)
