@@ -68,6 +68,29 @@ static int noop_main(void *ud) {
     return 0;
 }
 
+/* A process forked (not by rcluster) from a running primary or worker is neither: every call
+ * fails with CLUSTER_E_STATE, so it cannot read the parent's channels or send in its name.
+ * Forks one, has it try, and checks what it found (its exit code is a bit mask of surprises). */
+static void forked_copy_is_refused(const char *who) {
+    pid_t pid = fork();
+    CHECK(pid >= 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        int bad = 0;
+        bad |= cluster_is_worker() ? 1 : 0;
+        bad |= cluster_worker_id() != 0 ? 2 : 0;
+        bad |= cluster_send(0, (const uint8_t *)"copy", 4) != CLUSTER_E_STATE ? 4 : 0;
+        bad |= cluster_dispatch(0) != CLUSTER_E_STATE ? 8 : 0;
+        bad |= cluster_fd() != CLUSTER_E_STATE ? 16 : 0;
+        bad |= cluster_workers(NULL, 0) != CLUSTER_E_STATE ? 32 : 0;
+        bad |= strstr(cluster_last_error(), "forked") == NULL ? 64 : 0;
+        _exit(bad);
+    }
+    int st = 0;
+    CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st), "the copy forked from the %s exited", who);
+    CHECK(WEXITSTATUS(st) == 0, "a copy forked from the %s was refused everything (surprises: mask %d)", who,
+          WEXITSTATUS(st));
+}
+
 static int worker_main(void *ud) {
     (void)ud;
     CHECK(cluster_is_worker() && cluster_worker_id() == 1, "worker 1");
@@ -78,6 +101,7 @@ static int worker_main(void *ud) {
     WCHECK("dispatch_before_start", cluster_dispatch(0));
 
     OK(cluster_worker_start(on_worker, NULL));
+    forked_copy_is_refused("worker");
 
     /* Primary-only calls. */
     cluster_config *cfg = cluster_config_new();
@@ -356,6 +380,7 @@ static void in_a_running_cluster(void) {
     cluster_config_free(cfg);
 
     dispatch_until(&ready, 20000, "worker 1 READY");
+    forked_copy_is_refused("primary");
     CHECK(in_cb_checked, "the callback ran its checks");
     if (in_cb_dispatch_rc != CLUSTER_E_STATE)
         FAIL("cluster_dispatch inside the callback returned %d, expected CLUSTER_E_STATE", in_cb_dispatch_rc);

@@ -47,11 +47,37 @@ thread_local! {
     static HOLDING: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Set in a process forked (by anyone but rcluster's own worker start) from a process whose
+/// runtime was running: the runtime, its channels and its queues belong to the parent, so
+/// every call here fails with `State` and the process is neither primary nor worker.
+static INHERITED: AtomicBool = AtomicBool::new(false);
+
+const INHERITED_SENTENCE: &str = "this process was forked from a process running rcluster, whose runtime \
+     (channels, queues, workers) stays the parent's: start or exec a new program to use rcluster here";
+
 /// Runs when the library is loaded: an exec'd worker knows it is one before `main`.
 extern "C" fn detect_role_at_load() {
     let env = WorkerEnv::from_env(|k| std::env::var(k).ok());
     if env.is_some() {
         *sync::lock(&WORKER_ENV) = env;
+    }
+    // SAFETY: registers a plain function for the child side of fork(2); it only takes a
+    // try-lock and stores an atomic (async-signal-safe, as a child of a threaded fork needs).
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+}
+
+/// In every child of fork(2): a running runtime (or one another thread held at the fork) is
+/// the parent's. rcluster's own FORK-mode start clears this again in the new worker.
+extern "C" fn after_fork_in_child() {
+    let running = match RUNTIME.try_lock() {
+        Ok(rt) => matches!(*rt, Runtime::Primary(_) | Runtime::Worker(_)),
+        Err(std::sync::TryLockError::Poisoned(rt)) => {
+            matches!(*rt.into_inner(), Runtime::Primary(_) | Runtime::Worker(_))
+        }
+        Err(std::sync::TryLockError::WouldBlock) => true,
+    };
+    if running {
+        INHERITED.store(true, Ordering::Relaxed);
     }
 }
 
@@ -61,7 +87,7 @@ static DETECT_ROLE: extern "C" fn() = detect_role_at_load;
 
 /// True in a worker process.
 pub fn is_worker() -> bool {
-    sync::lock(&WORKER_ENV).is_some()
+    !INHERITED.load(Ordering::Relaxed) && sync::lock(&WORKER_ENV).is_some()
 }
 
 /// True in the primary (any process that is not a worker).
@@ -71,6 +97,9 @@ pub fn is_primary() -> bool {
 
 /// This worker's id, 0 in the primary.
 pub fn worker_id() -> u32 {
+    if INHERITED.load(Ordering::Relaxed) {
+        return 0;
+    }
     sync::lock(&WORKER_ENV).as_ref().map_or(0, |e| e.id)
 }
 
@@ -101,6 +130,9 @@ impl Drop for Rt {
 fn runtime() -> Result<Rt> {
     if HOLDING.with(Cell::get) {
         return fail(Code::State, "rcluster was called from inside its log callback, which must not call rcluster");
+    }
+    if INHERITED.load(Ordering::Relaxed) {
+        return fail(Code::State, INHERITED_SENTENCE);
     }
     let guard = sync::lock(&RUNTIME);
     HOLDING.with(|h| h.set(true));
@@ -200,6 +232,8 @@ pub fn fork() -> Result<u32> {
 /// workers' channels, the listeners, the pidfds, the signal handlers), becomes worker
 /// `env.id`, runs the worker main and exits with its return value.
 fn become_worker(mut rt: Rt, mut env: WorkerEnv) -> ! {
+    // The fork handler marked this child as a copy of a running primary: it is our worker.
+    INHERITED.store(false, Ordering::Relaxed);
     let main = match &mut *rt {
         Runtime::Primary(p) => p.take_worker_main(),
         _ => None,
@@ -395,6 +429,9 @@ pub fn run() -> Result<()> {
 }
 
 fn shared() -> Result<Arc<Shared>> {
+    if INHERITED.load(Ordering::Relaxed) {
+        return fail(Code::State, INHERITED_SENTENCE);
+    }
     if let Some(s) = sync::read(&SHARED).as_ref() {
         return Ok(s.clone());
     }

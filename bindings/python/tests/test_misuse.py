@@ -687,11 +687,6 @@ def test_a_grandchild_forked_from_a_worker(clusters, tmp_path, mode):
     assert c.worker_ids() == [1] and c.worker_info(1).state == rcluster.WorkerState.READY and p.exits == []
 
 
-@pytest.mark.skip(
-    reason="core bug (src/, not fixed here): a process forked with fork(2) from a worker inherits its live "
-    "runtime: cluster_is_worker() stays true and cluster_send() reaches the primary as that worker "
-    "(cluster_dispatch() would read the worker's channel); the Python binding refuses such calls itself"
-)
 def test_the_c_abi_in_a_grandchild_forked_from_a_worker(clusters, tmp_path):
     p = Peer(clusters, "fork", tmp_path)
     p.start()
