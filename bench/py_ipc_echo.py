@@ -1,7 +1,9 @@
 """IPC echo from Python: the primary sends 64-byte messages to one worker, which sends each
 back; prints round trips per second with 64 in flight (compare: bench/ipc_echo.js node).
 
-    python3 bench/py_ipc_echo.py [seconds]
+    python3 bench/py_ipc_echo.py [seconds] [batched]
+
+`batched` turns on rcluster.set_batching in the primary and (inherited by fork) the worker.
 """
 import sys
 import time
@@ -9,6 +11,7 @@ import time
 import rcluster
 
 SECS = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
+BATCHED = len(sys.argv) > 2 and sys.argv[2] == "batched"
 WINDOW = 64
 PAYLOAD = bytes(64)
 
@@ -26,6 +29,7 @@ def worker() -> int:
 if rcluster.is_worker():
     raise SystemExit(worker())
 
+rcluster.set_batching(BATCHED)
 c = rcluster.Cluster(workers=1, mode="fork", worker=worker, listen=[])
 state = {"done": 0, "inflight": 0, "end": 0.0}
 
@@ -46,7 +50,8 @@ def _(worker_id, data):
         state["inflight"] += 1
         c.send(worker_id, PAYLOAD)
     elif state["inflight"] == 0:
-        print(f"python rcluster ipc echo: {round(state['done'] / SECS)} round trips/s")
+        name = "python rcluster (batched)" if BATCHED else "python rcluster"
+        print(f"{name} ipc echo: {round(state['done'] / SECS)} round trips/s")
         c.shutdown(1000)
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "is_primary",
     "worker_id",
     "library_path",
+    "set_batching",
     "E_INVAL",
     "E_ROLE",
     "E_NOWORKER",
@@ -94,3 +95,18 @@ def worker_id() -> int:
     """This worker's id (ids start at 1, never reused); 0 in the primary and in a process
     forked from a worker."""
     return 0 if _lib.forked_child() else int(_lib.cdll.cluster_worker_id())
+
+
+def set_batching(on: bool) -> None:
+    """Batch what this process's handlers send (off by default). On, messages sent from
+    inside event handlers (on the thread that dispatches) wait until every handler of that
+    dispatch has returned, then leave in as few datagrams as possible: a burst of replies costs
+    one system call instead of one each, as Node's ``process.send`` leaves when the
+    JavaScript stack unwinds. Sends from other threads are never held. Off by default because
+    a handler that sends and then blocks holds its message until it returns. Each process
+    decides for itself (a FORK-mode worker inherits the setting of the primary it was forked
+    from)."""
+    if not isinstance(on, bool):
+        raise TypeError(f"set_batching takes a bool, not {type(on).__name__}")
+    _lib.cdll.cluster_set_batching(1 if on else 0)
+
