@@ -62,6 +62,14 @@ static inline long long now_ms(void) {
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* RSS bounds hold in normal builds only: under AddressSanitizer freed memory waits in a
+ * quarantine and shadow memory grows with use, so RSS says nothing there (LeakSanitizer checks
+ * for leaks instead). tests/common/mod.rs sets RCLUSTER_TEST_SANITIZED=1 for sanitized runs. */
+static inline int rss_checked(void) {
+    const char *s = getenv("RCLUSTER_TEST_SANITIZED");
+    return !(s && s[0] == '1');
+}
+
 /* The whole test must end within `secs`: SIGALRM's default action kills it. */
 static inline void test_deadline(unsigned secs) { alarm(secs); }
 

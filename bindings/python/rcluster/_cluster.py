@@ -420,7 +420,7 @@ class Cluster(_events.Runtime):
             self.listeners.append(idx)
 
     def _check_role(self) -> None:
-        if _lib.cdll.cluster_is_worker():
+        if _lib.is_worker:
             raise ClusterError(
                 _lib.CLUSTER_E_ROLE,
                 f"a Cluster is for the primary, and this process is worker {_lib.cdll.cluster_worker_id()} "

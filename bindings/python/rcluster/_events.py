@@ -89,7 +89,14 @@ class Handlers:
         return any(n is None or n > index for (_, n) in self._by_name.get(event, []))
 
     def emit(self, event: str, *args: Any) -> None:
-        for fn, most in list(self._by_name.get(event, [])):
+        handlers = self._by_name.get(event)
+        if not handlers:
+            return
+        if len(handlers) == 1:  # the common case, without copying the list
+            fn, most = handlers[0]
+            fn(*(args if most is None else args[:most]))
+            return
+        for fn, most in list(handlers):  # a copy: a handler may add or remove handlers
             fn(*(args if most is None else args[:most]))
 
 

@@ -396,6 +396,8 @@ def integer(name: str, value: Any, lo: int, hi: int) -> int:
 
 
 def u32(name: str, value: Any) -> int:
+    if type(value) is int and 0 <= value <= U32_MAX:
+        return value  # the common case, without the general checks
     return integer(name, value, 0, U32_MAX)
 
 
@@ -449,10 +451,26 @@ def c_string(name: str, value: Any) -> bytes:
 owner_pid: Optional[int] = None
 
 
+#: This process's pid and role, kept current by an at-fork hook (os.fork() runs it, and so
+#: does a FORK-mode worker before its worker function): checks on every send cost no system call.
+my_pid: int = os.getpid()
+is_worker: bool = bool(cdll.cluster_is_worker())
+
+
+def _after_fork() -> None:
+    global my_pid, is_worker
+    my_pid = os.getpid()
+    is_worker = bool(cdll.cluster_is_worker())
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def claim_process() -> None:
     """This process owns the library's state (a runtime started here, or it became a worker)."""
     global owner_pid
-    owner_pid = os.getpid()
+    _after_fork()
+    owner_pid = my_pid
 
 
 def release_process() -> None:
@@ -464,7 +482,7 @@ def release_process() -> None:
 
 def forked_child() -> bool:
     """True in a process forked (not by the library) from a worker or a running primary."""
-    return owner_pid is not None and owner_pid != os.getpid()
+    return owner_pid is not None and owner_pid != my_pid
 
 
 def check_process() -> None:
