@@ -4,7 +4,8 @@
  * arriving on the channel to wake it. The primary corks, sends BURST numbered messages to each
  * of 2 FORK-mode workers and uncorks; each worker checks the sequence and, at the last one,
  * corks and sends BURST numbered messages back, then uncorks. The primary checks every
- * sequence and ends with a graceful shutdown that leaves no process behind. */
+ * sequence and ends with a graceful shutdown that leaves no process behind. The primary takes
+ * its events through cluster_set_batch_handler: whole loop turns per call. */
 #include "harness.h"
 
 #define WORKERS 2
@@ -64,6 +65,15 @@ static void on_primary(void *ud, const cluster_event *ev) {
     }
 }
 
+/* The batch handler: each event as on_primary would get it; records the largest batch. */
+static size_t largest_batch, batch_calls;
+static void on_primary_batch(void *ud, const cluster_event *events, size_t n) {
+    CHECK(n > 0 && events != NULL, "a batch holds events (%zu)", n);
+    batch_calls++;
+    if (n > largest_batch) largest_batch = n;
+    for (size_t i = 0; i < n; i++) on_primary(ud, &events[i]);
+}
+
 /* Turns the loop until *count reaches want; fails after timeout_ms. */
 static void dispatch_until_count(volatile int *count, int want, int timeout_ms, const char *what) {
     long long end = now_ms() + timeout_ms;
@@ -83,11 +93,16 @@ int main(void) {
     OK(cluster_config_set_worker_main(cfg, worker_main, NULL));
     OK(cluster_primary_start(cfg, on_primary, NULL));
     cluster_config_free(cfg);
+    EXPECT_ERR(cluster_set_batch_handler(NULL, NULL), CLUSTER_E_INVAL);
+    OK(cluster_set_batch_handler(on_primary_batch, NULL));
     dispatch_until_count(&done, WORKERS, 20000, "every burst sent back whole");
+    CHECK(batch_calls > 0 && largest_batch > 1, "events came in batches (%zu calls, largest %zu)", batch_calls,
+          largest_batch);
     CHECK(ready == WORKERS, "both workers READY once");
     OK(cluster_shutdown(5000));
     dispatch_until_count(&exits, WORKERS, 10000, "the workers' exits after the shutdown");
     CHECK(clean_exits == WORKERS, "both workers exited cleanly (%d)", clean_exits);
-    printf("batches: %d messages each way per worker, in order\n", BURST);
+    printf("batches: %d messages each way per worker, in order; largest batch of events %zu\n", BURST,
+           largest_batch);
     return 0;
 }

@@ -63,6 +63,12 @@ static void on_worker(void *ud, const cluster_event *ev) {
     (void)ev; /* the loop ends after SHUTDOWN by itself */
 }
 
+static void no_batch(void *ud, const cluster_event *events, size_t n) {
+    (void)ud;
+    (void)events;
+    (void)n;
+}
+
 static int noop_main(void *ud) {
     (void)ud;
     return 0;
@@ -231,6 +237,7 @@ static void before_any_start(void) {
     EXPECT_FRESH(cluster_run(), CLUSTER_E_STATE);
     EXPECT_FRESH(cluster_dispatch(0), CLUSTER_E_STATE);
     EXPECT_FRESH(cluster_dispatch(-1), CLUSTER_E_STATE); /* must not block */
+    EXPECT_FRESH(cluster_set_batch_handler(no_batch, NULL), CLUSTER_E_STATE);
     EXPECT_FRESH(cluster_fd(), CLUSTER_E_STATE);
     EXPECT_FRESH(cluster_send(1, (const uint8_t *)"x", 1), CLUSTER_E_STATE);
     EXPECT_FRESH(cluster_send_fd(1, (const uint8_t *)"x", 1, 0), CLUSTER_E_STATE);
@@ -361,6 +368,7 @@ static void strerror_for_every_code(void) {
         const char *s = cluster_strerror(odd[i]);
         CHECK(s != NULL && s[0] != '\0', "strerror(%d)", odd[i]);
     }
+    EXPECT_FRESH(cluster_set_batch_handler(NULL, NULL), CLUSTER_E_INVAL);
     /* Each known error code has its own description. */
     for (int32_t a = -11; a <= -1; a++)
         for (int32_t b = a + 1; b <= -1; b++)
@@ -428,6 +436,7 @@ static void in_a_running_cluster(void) {
     CHECK(pid_gone(worker_pid), "worker 1 (pid %d) is gone", worker_pid);
     /* After the end. */
     EXPECT_FRESH(cluster_dispatch(0), CLUSTER_E_CLOSED);
+    EXPECT_FRESH(cluster_set_batch_handler(no_batch, NULL), CLUSTER_E_CLOSED);
     CHECK(cluster_run() == 0, "cluster_run on a finished runtime returns at once, 0");
     EXPECT_FRESH(cluster_send(1, (const uint8_t *)"x", 1), CLUSTER_E_CLOSED);
     EXPECT_FRESH(cluster_worker_info(1, &info), CLUSTER_E_CLOSED);

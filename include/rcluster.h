@@ -220,6 +220,12 @@ struct cluster_worker_info {
 };
 
 /**
+ * The batch callback (`cluster_set_batch_handler`): `userdata` as given, and the `n` events
+ * of one loop turn (valid during the call only).
+ */
+typedef void (*cluster_batch_cb)(void *userdata, const struct cluster_event *events, size_t n);
+
+/**
  * fork(2); the child runs the worker main. Refused (CLUSTER_E_THREADS) in a multi-threaded process.
  */
 #define CLUSTER_MODE_FORK 0
@@ -691,6 +697,18 @@ int32_t cluster_send(uint32_t to, const uint8_t *data, size_t len);
  * `data` is valid for reads of `len` bytes (NULL is fine when `len` is 0).
  */
 int32_t cluster_send_fd(uint32_t to, const uint8_t *data, size_t len, int32_t fd);
+
+/**
+ * From now on, every event of one `cluster_dispatch` turn goes to `cb` in one call, as an
+ * array of `n` events (valid during the call only, each as `cluster_event_cb` would get it: a
+ * CONNECTION or MESSAGE fd belongs to the callee), instead of one call of the start's callback
+ * per event. For hosts where each call into them costs (a ctypes or JavaScript callback).
+ * Primary or worker, once started; it lasts until the runtime ends.
+ *
+ * # Safety
+ * `cb` is NULL or a function that may be called with `userdata` on the loop thread.
+ */
+int32_t cluster_set_batch_handler(cluster_batch_cb cb, void *userdata);
 
 /**
  * Holds every message this process sends from now on (from any thread) until

@@ -86,3 +86,14 @@ impl Event {
 
 /// The host's event handler. It runs on the loop thread (the one calling `run`/`dispatch`).
 pub type Handler = Box<dyn FnMut(Event) + Send>;
+
+/// A handler that takes every event of a loop turn at once (see `runtime::set_batch_handler`).
+pub type BatchHandler = Box<dyn FnMut(Vec<Event>) + Send>;
+
+/// How events reach the host: one call per event, or one per loop turn.
+pub enum Delivery {
+    /// One call per event.
+    Each(Handler),
+    /// One call per loop turn, with all its events.
+    Batch(BatchHandler),
+}

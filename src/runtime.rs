@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::config::Config;
 use crate::error::{fail, Code, Error, Result};
-use crate::event::{Event, Handler};
+use crate::event::{BatchHandler, Delivery, Event, Handler};
 use crate::event_loop::{self, Ready};
 use crate::ipc::frame::BROADCAST;
 use crate::ipc::outbox::Frame;
@@ -35,7 +35,7 @@ enum Runtime {
 }
 
 static RUNTIME: Mutex<Runtime> = Mutex::new(Runtime::Idle);
-static HANDLER: Mutex<Option<Handler>> = Mutex::new(None);
+static HANDLER: Mutex<Option<Delivery>> = Mutex::new(None);
 static SHARED: RwLock<Option<Arc<Shared>>> = RwLock::new(None);
 /// Set when this process is a worker: at load from the environment (EXEC mode), or by the
 /// fork (FORK mode). `channel` is -1 once a worker runtime took it.
@@ -186,7 +186,7 @@ pub fn primary_start(cfg: Config, handler: Handler) -> Result<()> {
     check_startable(&rt)?;
     let primary = Primary::start(cfg)?;
     *sync::write(&SHARED) = Some(primary.shared().clone());
-    *sync::lock(&HANDLER) = Some(handler);
+    *sync::lock(&HANDLER) = Some(Delivery::Each(handler));
     *rt = Runtime::Primary(Box::new(primary));
     drive_spawns(rt);
     Ok(())
@@ -291,7 +291,7 @@ pub fn worker_start(handler: Handler) -> Result<()> {
         env.channel = -1;
     }
     *sync::write(&SHARED) = Some(worker.shared().clone());
-    *sync::lock(&HANDLER) = Some(handler);
+    *sync::lock(&HANDLER) = Some(Delivery::Each(handler));
     *rt = Runtime::Worker(Box::new(worker));
     Ok(())
 }
@@ -385,7 +385,7 @@ fn deliver(events: Vec<Event>) -> usize {
     if n == 0 {
         return 0;
     }
-    struct Delivering(Option<Handler>, Option<Arc<Shared>>);
+    struct Delivering(Option<Delivery>, Option<Arc<Shared>>);
     impl Drop for Delivering {
         fn drop(&mut self) {
             IN_CALLBACK.with(|c| c.set(false));
@@ -407,13 +407,27 @@ fn deliver(events: Vec<Event>) -> usize {
     }
     let mut d = Delivering(sync::lock(&HANDLER).take(), shared);
     IN_CALLBACK.with(|c| c.set(true));
-    for ev in events {
-        match d.0.as_mut() {
-            Some(h) => h(ev),
-            None => drop(ev),
-        }
+    match d.0.as_mut() {
+        Some(Delivery::Each(h)) => events.into_iter().for_each(h),
+        Some(Delivery::Batch(h)) => h(events),
+        None => drop(events),
     }
     n
+}
+
+/// From now on, every event of a loop turn goes to `handler` in one call (instead of one call
+/// of the start's handler per event), until the runtime ends. For hosts where each call into
+/// them costs (a ctypes callback, a JavaScript call). Primary or worker, once started.
+pub fn set_batch_handler(handler: BatchHandler) -> Result<()> {
+    let rt = runtime()?;
+    match &*rt {
+        Runtime::Primary(_) | Runtime::Worker(_) => {
+            *sync::lock(&HANDLER) = Some(Delivery::Batch(handler));
+            Ok(())
+        }
+        Runtime::Finished(_) => fail(Code::Closed, "the runtime has stopped"),
+        Runtime::Idle => fail(Code::State, "not started (start the primary or the worker first)"),
+    }
 }
 
 /// Runs the loop until the cluster (primary) or this worker is done. Returns Ok after a

@@ -27,25 +27,47 @@ fn c_handler(cb: cluster_event_cb, userdata: *mut c_void) -> crate::Result<Handl
 }
 
 impl CCallback {
-    fn call(&self, ev: Event) {
-        let fd = ev.fd.map_or(-1, IntoRawFd::into_raw_fd);
-        let raw = cluster_event {
-            kind: ev.kind as cluster_event_kind,
-            worker_id: ev.worker_id,
-            pid: ev.pid,
-            fd,
-            data: if ev.data.is_empty() { std::ptr::null() } else { ev.data.as_ptr() },
-            len: ev.data.len(),
-            exit_code: ev.exit_code,
-            signal: ev.signal,
-            exited_after_disconnect: ev.exited_after_disconnect,
-            listener: ev.listener,
-            peer: if ev.peer.is_empty() { std::ptr::null() } else { ev.peer.as_ptr().cast() },
-            peer_len: ev.peer.len() as u32,
-        };
-        // SAFETY: the host's callback with its own userdata; `raw` and what it points to live
-        // until the call returns. The fd now belongs to the callee.
+    fn call(&self, mut ev: Event) {
+        let raw = raw_event(&mut ev);
+        // SAFETY: the host's callback with its own userdata; `raw` and what it points to (in
+        // `ev`) live until the call returns. The fd now belongs to the callee.
         unsafe { (self.cb)(self.userdata, &raw) };
+    }
+}
+
+/// The C view of `ev`, pointing into it; its fd is moved out (it belongs to the callee now).
+fn raw_event(ev: &mut Event) -> cluster_event {
+    cluster_event {
+        kind: ev.kind as cluster_event_kind,
+        worker_id: ev.worker_id,
+        pid: ev.pid,
+        fd: ev.fd.take().map_or(-1, IntoRawFd::into_raw_fd),
+        data: if ev.data.is_empty() { std::ptr::null() } else { ev.data.as_ptr() },
+        len: ev.data.len(),
+        exit_code: ev.exit_code,
+        signal: ev.signal,
+        exited_after_disconnect: ev.exited_after_disconnect,
+        listener: ev.listener,
+        peer: if ev.peer.is_empty() { std::ptr::null() } else { ev.peer.as_ptr().cast() },
+        peer_len: ev.peer.len() as u32,
+    }
+}
+
+/// A C batch callback and its userdata.
+struct CBatchCallback {
+    cb: unsafe extern "C" fn(*mut c_void, *const cluster_event, usize),
+    userdata: *mut c_void,
+}
+
+// SAFETY: as for CCallback: called on the loop thread only.
+unsafe impl Send for CBatchCallback {}
+
+impl CBatchCallback {
+    fn call(&self, mut events: Vec<Event>) {
+        let raw: Vec<cluster_event> = events.iter_mut().map(raw_event).collect();
+        // SAFETY: the host's callback with its own userdata; `raw` (n entries) and what they
+        // point to (in `events`) live until the call returns. The fds now belong to the callee.
+        unsafe { (self.cb)(self.userdata, raw.as_ptr(), raw.len()) };
     }
 }
 
@@ -268,6 +290,23 @@ pub unsafe extern "C" fn cluster_send_fd(to: u32, data: *const u8, len: usize, f
         // SAFETY: the caller's contract above.
         let bytes = unsafe { bytes_arg(data, len) }?;
         runtime::send(to, bytes, Some(fd)).map(|()| 0)
+    })
+}
+
+/// From now on, every event of one `cluster_dispatch` turn goes to `cb` in one call, as an
+/// array of `n` events (valid during the call only, each as `cluster_event_cb` would get it: a
+/// CONNECTION or MESSAGE fd belongs to the callee), instead of one call of the start's callback
+/// per event. For hosts where each call into them costs (a ctypes or JavaScript callback).
+/// Primary or worker, once started; it lasts until the runtime ends.
+///
+/// # Safety
+/// `cb` is NULL or a function that may be called with `userdata` on the loop thread.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_set_batch_handler(cb: cluster_batch_cb, userdata: *mut c_void) -> i32 {
+    guard(|| {
+        let cb = cb.ok_or_else(|| Error::new(Code::Inval, "batch callback is NULL"))?;
+        let c = CBatchCallback { cb, userdata };
+        runtime::set_batch_handler(Box::new(move |events| c.call(events))).map(|()| 0)
     })
 }
 

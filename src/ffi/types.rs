@@ -148,6 +148,10 @@ pub struct cluster_worker_info {
 /// The event callback: `userdata` as given, and the event (valid during the call only).
 pub type cluster_event_cb = Option<unsafe extern "C" fn(userdata: *mut c_void, event: *const cluster_event)>;
 
+/// The batch callback (`cluster_set_batch_handler`): `userdata` as given, and the `n` events
+/// of one loop turn (valid during the call only).
+pub type cluster_batch_cb = Option<unsafe extern "C" fn(userdata: *mut c_void, events: *const cluster_event, n: usize)>;
+
 /// A FORK-mode worker's entry point; its return value is the worker's exit code.
 pub type cluster_worker_main = Option<unsafe extern "C" fn(userdata: *mut c_void) -> libc::c_int>;
 

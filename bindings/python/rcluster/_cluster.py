@@ -221,17 +221,20 @@ class Cluster(_events.Runtime):
         self._signals = _events.SignalQueue((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
         self.listeners: List[int] = []
         self._cb = _lib.EVENT_CB(self._on_event)
+        self._batch_cb = _lib.BATCH_CB(self._on_events)
         self._main = _lib.WORKER_MAIN(self._worker_main)
-        _KEEP_ALIVE.extend((self._cb, self._main, self))
+        _KEEP_ALIVE.extend((self._cb, self._batch_cb, self._main, self))
         _log.install()
 
     # ---- events ----
 
     def _on_event(self, _userdata: Optional[int], evp: Any) -> None:
+        self._event(evp.contents)
+
+    def _event(self, ev: Any) -> None:
         # Runs inside cluster_dispatch/cluster_run: nothing may unwind into C.
         fd = -1
         try:
-            ev = evp.contents
             fd = ev.fd
             kind = ev.kind
             wid = ev.worker_id
@@ -449,6 +452,8 @@ class Cluster(_events.Runtime):
             self._forking_call("cluster_primary_start", cfg, self._cb, None)
         finally:
             _lib.cdll.cluster_config_free(cfg)
+        # One Python call per loop turn instead of one per event.
+        _lib.call(_lib.cdll.cluster_set_batch_handler, self._batch_cb, None)
         self._started = True
         _lib.claim_process()
 
@@ -631,6 +636,8 @@ class Cluster(_events.Runtime):
         Raises ClusterError (``.code == E_AGAIN``) when its queue is full: a ``drain`` event
         follows. `fd`: an int or an object with ``fileno()`` (TypeError otherwise; ValueError
         when negative or over 2**31 - 1; ClusterError E_SYS when it is not open)."""
+        if fd is None and self._send_fast(worker_id, data):
+            return
         self._enter()
         _events.send(_lib.cdll, worker_id, data, fd)
 

@@ -289,6 +289,41 @@ class Runtime:
     _finished: bool
     _running: bool = False
 
+    def _event(self, ev: Any) -> None:
+        raise NotImplementedError
+
+    def _on_events(self, _userdata: Optional[int], evs: Any, n: int) -> None:
+        """The batch callback: every event of a loop turn (each handled as ``_on_event`` would)."""
+        event = self._event
+        for i in range(n):
+            event(evs[i])
+
+    #: True for Worker, False for Cluster: the role whose process may use the object.
+    _worker_role: bool = False
+
+    def _send_fast(self, to: Any, data: Any) -> bool:
+        """send()'s common case in one library call: bytes to an int id, from the process
+        that owns this running runtime, in its role. False (nothing done) when any of that does
+        not hold: the caller then takes the path with every check and its precise error."""
+        if (
+            type(data) is not bytes
+            or type(to) is not int
+            or not 0 <= to <= _lib.U32_MAX
+            or not self._started
+            or self._finished
+            or _lib.owner_pid != _lib.my_pid
+            or _lib.is_worker is not self._worker_role
+        ):
+            return False
+        rc = _lib.cdll.cluster_send(to, data, len(data))
+        if rc < 0:
+            err = _lib.error(rc)
+            _lib.raise_pending()
+            raise err
+        if _lib.pending:
+            _lib.raise_pending()
+        return True
+
     def on(self, event: str, fn: Any = NO_HANDLER) -> Any:
         """Registers `fn` for `event`; usable as a decorator (``@c.on("ready")``). Returns `fn`.
         ValueError for an unknown event, TypeError for a handler that is not callable (None

@@ -163,6 +163,7 @@ class cluster_worker_info(Structure):
 
 cluster_config_p = c_void_p
 EVENT_CB = CFUNCTYPE(None, c_void_p, POINTER(cluster_event))
+BATCH_CB = CFUNCTYPE(None, c_void_p, POINTER(cluster_event), c_size_t)
 WORKER_MAIN = CFUNCTYPE(c_int, c_void_p)
 LOG_CB = CFUNCTYPE(None, c_void_p, c_int32, c_char_p, c_char_p)
 
@@ -231,6 +232,7 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "cluster_cork": (I32, []),
     "cluster_uncork": (I32, []),
     "cluster_set_batching": (I32, [c_int32]),
+    "cluster_set_batch_handler": (I32, [BATCH_CB, c_void_p]),
     "cluster_shutdown": (I32, [c_uint32]),
     # errors
     "cluster_strerror": (c_char_p, [c_int32]),

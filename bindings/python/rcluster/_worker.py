@@ -68,7 +68,8 @@ class Worker(_events.Runtime):
         self._finished = False
         self._signals = _events.SignalQueue((signal.SIGTERM, signal.SIGINT))
         self._cb = _lib.EVENT_CB(self._on_event)
-        _KEEP_ALIVE.extend((self._cb, self))
+        self._batch_cb = _lib.BATCH_CB(self._on_events)
+        _KEEP_ALIVE.extend((self._cb, self._batch_cb, self))
         _log.install()
 
     @property
@@ -78,10 +79,14 @@ class Worker(_events.Runtime):
 
     # ---- events ----
 
+    _worker_role = True
+
     def _on_event(self, _userdata: Optional[int], evp: Any) -> None:
+        self._event(evp.contents)
+
+    def _event(self, ev: Any) -> None:
         fd = -1
         try:
-            ev = evp.contents
             fd = ev.fd
             kind = ev.kind
             if kind == _lib.CLUSTER_EVENT_CONNECTION:
@@ -129,6 +134,8 @@ class Worker(_events.Runtime):
         if self._started:
             return
         _lib.call(_lib.cdll.cluster_worker_start, self._cb, None)
+        # One Python call per loop turn instead of one per event.
+        _lib.call(_lib.cdll.cluster_set_batch_handler, self._batch_cb, None)
         self._started = True
 
     def dispatch(self, timeout_ms: int = 0) -> int:
@@ -211,6 +218,8 @@ class Worker(_events.Runtime):
         thread. ClusterError E_AGAIN when the queue is full (a ``drain`` event follows),
         E_INVAL to itself. `fd`: an int or an object with ``fileno()`` (TypeError otherwise;
         ValueError when negative or over 2**31 - 1; ClusterError E_SYS when it is not open)."""
+        if fd is None and self._send_fast(to, data):
+            return
         self._enter()
         _events.send(_lib.cdll, to, data, fd)
 
