@@ -3,11 +3,14 @@
 # machine (these machines are noisy: read the ratios, not the absolute numbers), one table:
 #   name | value | peer value | ratio (value/peer) | target | met / NOT met
 # Sections:
-#   handoff     wrk, a new connection per request ("Connection: close"), WORKERS workers
+#   handoff     wrk, a new connection per request ("Connection: close"), WORKERS workers: C
+#               (rcluster policies, plain SO_REUSEPORT), Node (node:cluster, the binding with the
+#               same JS), Python (the WSGI example, gunicorn sync, the same app)
 #   keep-alive  the same contestants with wrk's default keep-alive (servers in "keepalive" mode)
 #   ipc         bench/ipc_c.c: rcluster primary <-> one FORK worker echo vs a raw socketpair echo
-#               (64 in flight for msgs/s and MB/s; one in flight for the median RTT), and
-#               bench/ipc_echo.js for node:cluster (64 B, 64 in flight)
+#               (64 in flight for msgs/s and MB/s; one in flight for the median RTT), by default
+#               and with cluster_set_batching; bench/ipc_echo.js (node:cluster and the Node
+#               binding) and bench/py_ipc_echo.py (the Python binding) at 64 B, 4 KiB, 1 MiB
 #   startup     8 workers READY: rcluster FORK, rcluster EXEC (bench/startup_c.c) vs node:cluster
 #               'online' (bench/node_startup.js); median of 5 runs
 #   balance     10,000 connections (16 client threads) over 8 workers: max/min per-worker count
@@ -21,8 +24,9 @@ conns=${3:-32}
 out=target/bench
 mkdir -p "$out"
 
-command -v wrk >/dev/null || { echo "bench: wrk missing (apt-get install wrk)"; exit 2; }
+bench/setup.sh   # the peers: wrk and gunicorn from the package registries, when missing
 have_node=0; command -v node >/dev/null && have_node=1
+have_py=0; python3 -c 'import gunicorn' 2>/dev/null && have_py=1
 have_node_rc=0; [ $have_node = 1 ] && [ -f bindings/node/build/rcluster.node ] && have_node_rc=1
 cargo build --release --quiet
 CFLAGS=(-std=gnu11 -O2 -Wall -Wextra -Werror -Iinclude)
@@ -44,6 +48,10 @@ c_shared()    { exec "$out/rcluster_server" "$1" "$2" shared "$3"; }
 c_reuseport() { exec "$out/rcluster_server" "$1" "$2" reuseport "$3"; }
 c_node()      { if [ "$3" = keepalive ]; then exec node bench/node_cluster.js "$1" "$2" keepalive; else exec node bench/node_cluster.js "$1" "$2"; fi; }
 c_node_rc()   { if [ "$3" = keepalive ]; then exec node bench/node_rcluster.js "$1" "$2" keepalive; else exec node bench/node_rcluster.js "$1" "$2"; fi; }
+# Python: the same WSGI app (bench/py_app.py) on rcluster's example server and on gunicorn's
+# sync workers (which close every connection: their keep-alive row measures that).
+c_pywsgi()    { RCLUSTER_LIB=$PWD/target/release/librcluster.so PYTHONPATH=$PWD/bench:$PWD/bindings/python exec python3 examples/python/wsgi_server.py --workers "$2" --port "$1" py_app:app; }
+c_gunicorn()  { PYTHONPATH=$PWD/bench exec python3 -m gunicorn --workers "$2" --bind "127.0.0.1:$1" --worker-class sync py_app:app; }
 
 # measure MODE NAME FUNC: req/s into v[MODE/NAME]
 measure() {
@@ -73,6 +81,8 @@ for mode in close keepalive; do
   measure $mode rcluster-reuseport c_reuseport
   [ $have_node = 1 ] && measure $mode node-cluster-rr c_node
   [ $have_node_rc = 1 ] && measure $mode node-rcluster-rr c_node_rc
+  [ $have_py = 1 ] && measure $mode python-rcluster-wsgi c_pywsgi
+  [ $have_py = 1 ] && measure $mode gunicorn-sync c_gunicorn
 done
 
 echo "[ipc]" >&2
@@ -80,14 +90,22 @@ while read -r _ name size rate mbs rtt; do
   v[ipc/$name/$size/rate]=$rate; v[ipc/$name/$size/mbs]=$mbs; v[ipc/$name/$size/rtt]=$rtt
   echo "  $name $size B: $rate msg/s, $mbs MB/s, RTT median $rtt us" >&2
 done < <(timeout 120 "$out/ipc_c" 1 | grep '^ipc '; timeout 120 "$out/ipc_c" 1 batched | grep '^ipc ')
-if [ $have_node = 1 ]; then
-  v[ipc/node-cluster/64/rate]=$(timeout 30 node bench/ipc_echo.js node 3 | awk '{print $4}')
-  echo "  node:cluster ipc echo 64 B: ${v[ipc/node-cluster/64/rate]} round trips/s" >&2
-fi
-if [ $have_node_rc = 1 ]; then
-  v[ipc/node-rcluster/64/rate]=$(timeout 30 node bench/ipc_echo.js rcluster 3 | awk '{print $4}')
-  echo "  rcluster (node binding) ipc echo 64 B: ${v[ipc/node-rcluster/64/rate]} round trips/s" >&2
-fi
+# The bindings and node:cluster, 64 in flight (4 from 64 KiB up): round trips/s.
+for size in 64 4096 1048576; do
+  if [ $have_node = 1 ]; then
+    v[ipc/node-cluster/$size/rate]=$(timeout 60 node bench/ipc_echo.js node "$secs" $size | awk '{print $4}')
+    echo "  node:cluster ipc echo $size B: ${v[ipc/node-cluster/$size/rate]} round trips/s" >&2
+  fi
+  if [ $have_node_rc = 1 ]; then
+    v[ipc/node-rcluster/$size/rate]=$(timeout 60 node bench/ipc_echo.js rcluster "$secs" $size | awk '{print $4}')
+    echo "  rcluster (node binding) ipc echo $size B: ${v[ipc/node-rcluster/$size/rate]} round trips/s" >&2
+  fi
+  for how in plain batched; do
+    v[ipc/py-$how/$size/rate]=$(RCLUSTER_LIB=$PWD/target/release/librcluster.so PYTHONPATH=bindings/python \
+      timeout 60 python3 bench/py_ipc_echo.py "$secs" $how $size | awk '{print $(NF-4)}')
+    echo "  rcluster (python, $how) ipc echo $size B: ${v[ipc/py-$how/$size/rate]} round trips/s" >&2
+  done
+done
 
 echo "[startup, memory]" >&2
 median() { sort -g | awk '{a[NR]=$1} END { if (NR) print a[int((NR+1)/2)]; else print 0 }'; }
@@ -148,12 +166,19 @@ for mode in close keepalive; do
     row "$label rcluster-$pol req/s" "${v[$mode/rcluster-$pol]:-}" plain-reuseport "${v[$mode/plain-reuseport]:-}" "(info)" ""
   done
   row "$label node-rcluster-rr req/s (same JS)" "${v[$mode/node-rcluster-rr]:-}" node-cluster-rr "${v[$mode/node-cluster-rr]:-}" ">= 1.3x (run.sh)" "r >= 1.3"
+  row "$label python-rcluster-wsgi req/s (same app)" "${v[$mode/python-rcluster-wsgi]:-}" gunicorn-sync "${v[$mode/gunicorn-sync]:-}" ">= 1.0x" "r >= 1.0"
 done
-row "ipc 64 B windowed msg/s" "${v[ipc/rcluster/64/rate]:-}" raw-seqpacket "${v[ipc/raw-seqpacket/64/rate]:-}" ">= 0.8x" "r >= 0.8"
-row "ipc 64 B windowed msg/s" "${v[ipc/rcluster/64/rate]:-}" "node:cluster (ipc_echo.js)" "${v[ipc/node-cluster/64/rate]:-}" ">= 1.5x" "r >= 1.5"
-row "ipc 64 B node binding msg/s" "${v[ipc/node-rcluster/64/rate]:-}" "node:cluster (ipc_echo.js)" "${v[ipc/node-cluster/64/rate]:-}" "(info)" ""
-row "ipc 4 KiB windowed msg/s" "${v[ipc/rcluster/4096/rate]:-}" raw-seqpacket "${v[ipc/raw-seqpacket/4096/rate]:-}" "(info)" ""
+row "ipc 64 B windowed msg/s (batching on)" "${v[ipc/rcluster-batched/64/rate]:-}" raw-seqpacket "${v[ipc/raw-seqpacket/64/rate]:-}" ">= 0.8x" "r >= 0.8"
+row "ipc 64 B windowed msg/s (batching on)" "${v[ipc/rcluster-batched/64/rate]:-}" "node:cluster (ipc_echo.js)" "${v[ipc/node-cluster/64/rate]:-}" ">= 1.5x" "r >= 1.5"
+row "ipc 64 B windowed msg/s (default)" "${v[ipc/rcluster/64/rate]:-}" raw-seqpacket "${v[ipc/raw-seqpacket/64/rate]:-}" "(info)" ""
+row "ipc 4 KiB windowed msg/s (batching on)" "${v[ipc/rcluster-batched/4096/rate]:-}" raw-seqpacket "${v[ipc/raw-seqpacket/4096/rate]:-}" "(info)" ""
+row "ipc 4 KiB windowed msg/s (default)" "${v[ipc/rcluster/4096/rate]:-}" raw-seqpacket "${v[ipc/raw-seqpacket/4096/rate]:-}" "(info)" ""
 row "ipc 1 MiB windowed MB/s" "${v[ipc/rcluster/1048576/mbs]:-}" raw-stream "${v[ipc/raw-stream/1048576/mbs]:-}" ">= 1000 MB/s" "x >= 1000"
+for size in 64 4096 1048576; do
+  row "ipc $size B node binding round trips/s" "${v[ipc/node-rcluster/$size/rate]:-}" "node:cluster (same script)" "${v[ipc/node-cluster/$size/rate]:-}" ">= 2x" "r >= 2"
+  row "ipc $size B python (batching) round trips/s" "${v[ipc/py-batched/$size/rate]:-}" "node:cluster (ipc_echo.js)" "${v[ipc/node-cluster/$size/rate]:-}" ">= 1.0x" "r >= 1.0"
+  row "ipc $size B python (default) round trips/s" "${v[ipc/py-plain/$size/rate]:-}" "node:cluster (ipc_echo.js)" "${v[ipc/node-cluster/$size/rate]:-}" "(info)" ""
+done
 row "ipc 64 B RTT median us (lower better)" "${v[ipc/rcluster/64/rtt]:-}" raw-seqpacket "${v[ipc/raw-seqpacket/64/rtt]:-}" "(info)" ""
 row "ipc 4 KiB RTT median us (lower better)" "${v[ipc/rcluster/4096/rtt]:-}" raw-seqpacket "${v[ipc/raw-seqpacket/4096/rtt]:-}" "(info)" ""
 row "ipc 1 MiB RTT median us (lower better)" "${v[ipc/rcluster/1048576/rtt]:-}" raw-stream "${v[ipc/raw-stream/1048576/rtt]:-}" "(info)" ""

@@ -1,18 +1,19 @@
-// IPC echo: the primary sends 64-byte messages to one worker, which sends each back; prints
-// round trips per second, with 64 messages in flight.
-//   node ipc_echo.js node|rcluster [seconds]
+// IPC echo: the primary sends SIZE-byte messages (default 64) to one worker, which sends each
+// back; prints round trips per second, with 64 messages in flight (4 from 64 KiB up).
+//   node ipc_echo.js node|rcluster [seconds] [size]
 'use strict';
 const which = process.argv[2];
 const secs = Number(process.argv[3] || 3);
 const rc = which === 'rcluster';
 const cluster = rc ? require('../bindings/node') : require('node:cluster');
-const WINDOW = 64;
+const size = Number(process.argv[4] || 64);
+const WINDOW = size >= 65536 ? 4 : 64;
 if (cluster.isPrimary) {
   if (rc) cluster.setupPrimary({ listen: [] });
   const w = cluster.fork();
   // node:cluster's send() carries JSON: the same 64 bytes travel as a string there; rcluster
   // carries the Buffer raw.
-  const payload = rc ? Buffer.alloc(64, 7) : 'x'.repeat(64);
+  const payload = rc ? Buffer.alloc(size, 7) : 'x'.repeat(size);
   let done = 0;
   let inflight = 0;
   let end = 0;
@@ -22,7 +23,7 @@ if (cluster.isPrimary) {
     inflight--;
     if (Date.now() < end) send();
     else if (inflight === 0) {
-      console.log(`${which} ipc echo: ${Math.round(done / secs)} round trips/s`);
+      console.log(`${which} ipc echo: ${Math.round(done / secs)} round trips/s (${size} B)`);
       w.kill();
       setTimeout(() => process.exit(0), 100);
     }

@@ -1,7 +1,8 @@
-"""IPC echo from Python: the primary sends 64-byte messages to one worker, which sends each
-back; prints round trips per second with 64 in flight (compare: bench/ipc_echo.js node).
+"""IPC echo from Python: the primary sends SIZE-byte messages (default 64) to one worker, which
+sends each back; prints round trips per second with 64 in flight, 4 from 64 KiB up (compare:
+bench/ipc_echo.js node).
 
-    python3 bench/py_ipc_echo.py [seconds] [batched]
+    python3 bench/py_ipc_echo.py [seconds] [batched|plain] [size]
 
 `batched` turns on rcluster.set_batching in the primary and (inherited by fork) the worker.
 """
@@ -12,8 +13,9 @@ import rcluster
 
 SECS = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
 BATCHED = len(sys.argv) > 2 and sys.argv[2] == "batched"
-WINDOW = 64
-PAYLOAD = bytes(64)
+SIZE = int(sys.argv[3]) if len(sys.argv) > 3 else 64
+WINDOW = 4 if SIZE >= 65536 else 64
+PAYLOAD = bytes(SIZE)
 
 
 def worker() -> int:
@@ -51,7 +53,7 @@ def _(worker_id, data):
         c.send(worker_id, PAYLOAD)
     elif state["inflight"] == 0:
         name = "python rcluster (batched)" if BATCHED else "python rcluster"
-        print(f"{name} ipc echo: {round(state['done'] / SECS)} round trips/s")
+        print(f"{name} ipc echo: {round(state['done'] / SECS)} round trips/s ({SIZE} B)")
         c.shutdown(1000)
 
 

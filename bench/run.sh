@@ -13,7 +13,7 @@ conns=${3:-32}
 out=target/bench
 mkdir -p "$out"
 
-command -v wrk >/dev/null || { echo "bench: wrk missing (apt-get install wrk)"; exit 2; }
+bench/setup.sh
 cargo build --release --quiet
 cc -std=gnu11 -O2 -Wall -Wextra -Werror -Iinclude bench/rcluster_server.c -o $out/rcluster_server \
    -Ltarget/release -Wl,-rpath,"$PWD/target/release" -lrcluster

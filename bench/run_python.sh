@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-5}
 workers=${2:-2}
 conns=${3:-32}
-command -v wrk >/dev/null || { echo "bench: wrk missing (apt-get install wrk)"; exit 2; }
+bench/setup.sh
 python3 -c 'import gunicorn' 2>/dev/null || { echo "bench: gunicorn missing (pip install gunicorn)"; exit 2; }
 cargo build --release --quiet
 export RCLUSTER_LIB=$PWD/target/release/librcluster.so PYTHONPATH=$PWD/bench:$PWD/bindings/python
