@@ -711,10 +711,11 @@ int32_t cluster_send_fd(uint32_t to, const uint8_t *data, size_t len, int32_t fd
 int32_t cluster_set_batch_handler(cluster_batch_cb cb, void *userdata);
 
 /**
- * Holds every message this process sends from now on (from any thread) until
- * `cluster_uncork()`, which sends them in as few datagrams as possible: a burst of small
- * messages then costs one system call on each side instead of one per message. Order is
- * kept. For hosts that deliver a batch of events themselves (the Node binding corks around
+ * Holds every message this process sends from now on (from any thread) and sends them in
+ * batches: each time 8 are together they leave as one datagram (so the peer starts on them
+ * while this process goes on), and `cluster_uncork()` sends the rest. A burst of small
+ * messages then costs one system call per 8 on each side instead of one per message. Order
+ * is kept. For hosts that deliver a batch of events themselves (the Node binding corks around
  * one), or for a loop that sends many messages at once. Never hold it across a wait.
  */
 int32_t cluster_cork(void);
@@ -726,10 +727,10 @@ int32_t cluster_uncork(void);
 
 /**
  * Batches what this process's event callbacks send (`on` nonzero) or not (0, the default).
- * On: messages sent from inside callbacks, on the thread that runs `cluster_dispatch`, wait
- * until every callback of that dispatch has returned, then leave in as few datagrams as
- * possible (a burst of replies costs one system call per channel instead of one each), as
- * Node's `process.send` leaves when the JavaScript stack unwinds. Sends from other threads
+ * On: messages sent from inside callbacks, on the thread that runs `cluster_dispatch`, leave
+ * in batches: 8 at a time as soon as they are together, the rest when every callback of that
+ * dispatch has returned (a burst of replies costs one system call per 8 instead of one each),
+ * much as Node's `process.send` leaves when the JavaScript stack unwinds. Sends from other threads
  * are never held, and take held ones along. `cluster_uncork()` inside a callback sends what
  * it held so far. Off by default because a callback that sends and then blocks holds its
  * message until it returns. Callable any time, in the primary or a worker (each process

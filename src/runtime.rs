@@ -611,8 +611,9 @@ pub fn cork() -> Result<()> {
 static BATCHING: AtomicBool = AtomicBool::new(false);
 
 /// Turns batching of callback sends on or off for this process: on, what event callbacks
-/// send (on the dispatching thread) leaves batched when the dispatch's callbacks are done,
-/// as Node's `process.send` leaves when the JavaScript stack unwinds. Off by default, because
+/// send (on the dispatching thread) leaves in batches (`BATCH_FRAMES` at a time, the rest when
+/// the dispatch's callbacks are done), much as Node's `process.send` leaves when the
+/// JavaScript stack unwinds. Off by default, because
 /// a callback that sends and then blocks would hold its message until it returns.
 pub fn set_batching(on: bool) {
     BATCHING.store(on, Ordering::Relaxed);

@@ -99,10 +99,10 @@ def worker_id() -> int:
 
 def set_batching(on: bool) -> None:
     """Batch what this process's handlers send (off by default). On, messages sent from
-    inside event handlers (on the thread that dispatches) wait until every handler of that
-    dispatch has returned, then leave in as few datagrams as possible: a burst of replies costs
-    one system call instead of one each, as Node's ``process.send`` leaves when the
-    JavaScript stack unwinds. Sends from other threads are never held. Off by default because
+    inside event handlers (on the thread that dispatches) leave in batches of 8 as soon as 8
+    are together, the rest when every handler of that dispatch has returned: a burst of
+    replies costs one system call per 8 instead of one each, much as Node's
+    ``process.send`` leaves when the JavaScript stack unwinds. Sends from other threads are never held. Off by default because
     a handler that sends and then blocks holds its message until it returns. Each process
     decides for itself (a FORK-mode worker inherits the setting of the primary it was forked
     from)."""
