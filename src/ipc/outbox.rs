@@ -65,7 +65,7 @@ impl Frame {
         header.from = from;
         header.to = to;
         header.len = data.len() as u64;
-        let mut fds = Vec::with_capacity(2);
+        let mut fds = Vec::new(); // no allocation for the usual message without fds
         let payload = if data.len() > INLINE_MAX {
             header.flags |= FLAG_BIG;
             fds.push(payload::seal(data).map_err(|e| Error::sys("memfd for a large message", e))?);
