@@ -43,37 +43,12 @@ static void on_primary(void *ud, const cluster_event *ev) {
     }
 }
 
-/* The client: `conns` connections, BATCH at a time; exits 0 when every one was answered. */
-static void client(int port, int conns) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    test_deadline(140);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    for (int done = 0; done < conns; done += BATCH) {
-        int fds[BATCH], k = conns - done < BATCH ? conns - done : BATCH;
-        for (int i = 0; i < k; i++) {
-            fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-            CHECK(fds[i] >= 0, "socket: %s", strerror(errno));
-            CHECK(connect(fds[i], (struct sockaddr *)&a, sizeof a) == 0, "connection %d: connect: %s", done + i,
-                  strerror(errno));
-            CHECK(write(fds[i], "hi\n", 3) == 3, "connection %d: write: %s", done + i, strerror(errno));
-        }
-        for (int i = 0; i < k; i++) {
-            char buf[64];
-            ssize_t n = read_all(fds[i], buf, sizeof buf);
-            CHECK(n > 0 && !strncmp(buf, "worker ", 7), "connection %d was not answered (%zd bytes)", done + i, n);
-            close(fds[i]);
-        }
-    }
-    _exit(0);
-}
-
 /* Runs the client and keeps the loop turning until it exits 0. */
 static void run_client(int port, int conns, int timeout_ms) {
     fflush(stdout);
     pid_t cl = fork();
     CHECK(cl >= 0, "fork client");
-    if (cl == 0) client(port, conns);
+    if (cl == 0) answered_clients(port, conns, BATCH, 140);
     int status = -1;
     long long end = now_ms() + timeout_ms;
     for (;;) {

@@ -315,4 +315,32 @@ static inline long vm_rss_kb(pid_t pid) {
     return kb;
 }
 
+/* A client process's work: `conns` TCP connections to 127.0.0.1:port, `batch` open at a time
+ * (batch <= 64), each writing a line and reading its answer to EOF; the answer must start with
+ * "worker ". Exits 0 when every one was answered; dies with the parent. */
+static inline void answered_clients(int port, int conns, int batch, unsigned deadline_secs) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    test_deadline(deadline_secs);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    CHECK(batch > 0 && batch <= 64, "batch %d", batch);
+    for (int done = 0; done < conns; done += batch) {
+        int fds[64], k = conns - done < batch ? conns - done : batch;
+        for (int i = 0; i < k; i++) {
+            fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            CHECK(fds[i] >= 0, "socket: %s", strerror(errno));
+            CHECK(connect(fds[i], (struct sockaddr *)&a, sizeof a) == 0, "connection %d: connect: %s", done + i,
+                  strerror(errno));
+            CHECK(write(fds[i], "hi\n", 3) == 3, "connection %d: write: %s", done + i, strerror(errno));
+        }
+        for (int i = 0; i < k; i++) {
+            char buf[64];
+            ssize_t n = read_all(fds[i], buf, sizeof buf);
+            CHECK(n > 0 && !strncmp(buf, "worker ", 7), "connection %d was not answered (%zd bytes)", done + i, n);
+            close(fds[i]);
+        }
+    }
+    _exit(0);
+}
+
 #endif

@@ -215,31 +215,6 @@ static void on_primary(void *ud, const cluster_event *ev) {
     }
 }
 
-/* The client: `conns` connections, BATCH at a time; exits 0 when every one was answered. */
-static void client(int port, int conns) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    test_deadline(170);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    for (int done = 0; done < conns; done += BATCH) {
-        int fds[BATCH], k = conns - done < BATCH ? conns - done : BATCH;
-        for (int i = 0; i < k; i++) {
-            fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-            CHECK(fds[i] >= 0, "socket: %s", strerror(errno));
-            CHECK(connect(fds[i], (struct sockaddr *)&a, sizeof a) == 0, "connection %d: connect: %s", done + i,
-                  strerror(errno));
-            CHECK(write(fds[i], "hi\n", 3) == 3, "connection %d: write: %s", done + i, strerror(errno));
-        }
-        for (int i = 0; i < k; i++) {
-            char buf[64];
-            ssize_t n = read_all(fds[i], buf, sizeof buf);
-            CHECK(n > 0 && !strncmp(buf, "worker ", 7), "connection %d was not answered (%zd bytes)", done + i, n);
-            close(fds[i]);
-        }
-    }
-    _exit(0);
-}
-
 /* One corked loop turn after waiting up to wait_ms for cluster_fd(). */
 static void turn(int wait_ms) {
     struct pollfd p = {.fd = cluster_fd(), .events = POLLIN};
@@ -273,7 +248,7 @@ static void run_phase(const char *name, int port, int conns, uint64_t msgs, uint
     if (conns > 0) {
         cl = fork();
         CHECK(cl >= 0, "fork client");
-        if (cl == 0) client(port, conns);
+        if (cl == 0) answered_clients(port, conns, BATCH, 170);
     }
     long long t0 = now_ms(), end = t0 + timeout_ms, msgs_ms = -1, conns_ms = conns > 0 ? -1 : 0;
     while (cl > 0 || echoed < target || acknowledged() < acked_total) {
