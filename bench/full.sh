@@ -4,8 +4,9 @@
 #   name | value | peer value | ratio (value/peer) | target | met / NOT met
 # Sections:
 #   handoff     wrk, a new connection per request ("Connection: close"), WORKERS workers: C
-#               (rcluster policies, plain SO_REUSEPORT), Node (node:cluster, the binding with the
-#               same JS), Python (the WSGI example, gunicorn sync, the same app)
+#               (rcluster policies, plain SO_REUSEPORT), Node (node:cluster round-robin and
+#               SCHED_NONE, the binding with the same JS), Python (the WSGI example, gunicorn
+#               sync, the same app)
 #   keep-alive  the same contestants with wrk's default keep-alive (servers in "keepalive" mode)
 #   ipc         bench/ipc_c.c: rcluster primary <-> one FORK worker echo vs a raw socketpair echo
 #               (64 in flight for msgs/s and MB/s; one in flight for the median RTT), by default
@@ -47,6 +48,7 @@ c_least()     { exec "$out/rcluster_server" "$1" "$2" least "$3"; }
 c_shared()    { exec "$out/rcluster_server" "$1" "$2" shared "$3"; }
 c_reuseport() { exec "$out/rcluster_server" "$1" "$2" reuseport "$3"; }
 c_node()      { if [ "$3" = keepalive ]; then exec node bench/node_cluster.js "$1" "$2" keepalive; else exec node bench/node_cluster.js "$1" "$2"; fi; }
+c_node_none() { exec node bench/node_cluster.js "$1" "$2" "$3" none; }
 c_node_rc()   { if [ "$3" = keepalive ]; then exec node bench/node_rcluster.js "$1" "$2" keepalive; else exec node bench/node_rcluster.js "$1" "$2"; fi; }
 # Python: the same WSGI app (bench/py_app.py) on rcluster's example server and on gunicorn's
 # sync workers (which close every connection: their keep-alive row measures that).
@@ -80,6 +82,7 @@ for mode in close keepalive; do
   measure $mode rcluster-shared c_shared
   measure $mode rcluster-reuseport c_reuseport
   [ $have_node = 1 ] && measure $mode node-cluster-rr c_node
+  [ $have_node = 1 ] && measure $mode node-cluster-none c_node_none
   [ $have_node_rc = 1 ] && measure $mode node-rcluster-rr c_node_rc
   [ $have_py = 1 ] && measure $mode python-rcluster-wsgi c_pywsgi
   [ $have_py = 1 ] && measure $mode gunicorn-sync c_gunicorn
@@ -94,7 +97,8 @@ done < <(timeout 120 "$out/ipc_c" 1 | grep '^ipc '; timeout 120 "$out/ipc_c" 1 b
 for size in 64 4096 1048576; do
   if [ $have_node = 1 ]; then
     v[ipc/node-cluster/$size/rate]=$(timeout 60 node bench/ipc_echo.js node "$secs" $size | awk '{print $4}')
-    echo "  node:cluster ipc echo $size B: ${v[ipc/node-cluster/$size/rate]} round trips/s" >&2
+    v[ipc/node-cluster/$size/rtt]=$(timeout 60 node bench/ipc_echo.js node "$secs" $size rtt | awk '{print $4}')
+    echo "  node:cluster ipc echo $size B: ${v[ipc/node-cluster/$size/rate]} round trips/s, RTT median ${v[ipc/node-cluster/$size/rtt]} us" >&2
   fi
   if [ $have_node_rc = 1 ]; then
     v[ipc/node-rcluster/$size/rate]=$(timeout 60 node bench/ipc_echo.js rcluster "$secs" $size | awk '{print $4}')
@@ -162,6 +166,7 @@ for mode in close keepalive; do
   label=handoff; [ $mode = keepalive ] && label=keep-alive
   row "$label rcluster-rr req/s" "${v[$mode/rcluster-rr]:-}" plain-reuseport "${v[$mode/plain-reuseport]:-}" ">= 0.85x" "r >= 0.85"
   row "$label rcluster-rr req/s" "${v[$mode/rcluster-rr]:-}" node-cluster-rr "${v[$mode/node-cluster-rr]:-}" ">= 1.8x" "r >= 1.8"
+  row "$label rcluster-rr req/s" "${v[$mode/rcluster-rr]:-}" "node-cluster-none (SCHED_NONE)" "${v[$mode/node-cluster-none]:-}" "(info)" ""
   for pol in least shared reuseport; do
     row "$label rcluster-$pol req/s" "${v[$mode/rcluster-$pol]:-}" plain-reuseport "${v[$mode/plain-reuseport]:-}" "(info)" ""
   done
@@ -182,6 +187,9 @@ done
 row "ipc 64 B RTT median us (lower better)" "${v[ipc/rcluster/64/rtt]:-}" raw-seqpacket "${v[ipc/raw-seqpacket/64/rtt]:-}" "(info)" ""
 row "ipc 4 KiB RTT median us (lower better)" "${v[ipc/rcluster/4096/rtt]:-}" raw-seqpacket "${v[ipc/raw-seqpacket/4096/rtt]:-}" "(info)" ""
 row "ipc 1 MiB RTT median us (lower better)" "${v[ipc/rcluster/1048576/rtt]:-}" raw-stream "${v[ipc/raw-stream/1048576/rtt]:-}" "(info)" ""
+for size in 64 4096 1048576; do
+  row "ipc $size B RTT median us (lower better)" "${v[ipc/rcluster/$size/rtt]:-}" "node:cluster" "${v[ipc/node-cluster/$size/rtt]:-}" "(info)" ""
+done
 row "startup 8 READY FORK ms (median of 5)" "${v[startup/fork]:-}" "node:cluster online" "${v[startup/node]:-}" "< 20 ms" "x < 20"
 row "startup 8 READY EXEC (C) ms (median of 5)" "${v[startup/exec]:-}" "node:cluster online" "${v[startup/node]:-}" "< 100 ms" "x < 100"
 row "balance rr max/min (10k conns, 8 w)" "${v[balance/rcluster-rr]:-}" plain-reuseport "${v[balance/plain-reuseport]:-}" "<= 1.05" "x <= 1.05"

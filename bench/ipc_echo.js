@@ -1,13 +1,17 @@
 // IPC echo: the primary sends SIZE-byte messages (default 64) to one worker, which sends each
 // back; prints round trips per second, with 64 messages in flight (4 from 64 KiB up).
-//   node ipc_echo.js node|rcluster [seconds] [size]
+//   node ipc_echo.js node|rcluster [seconds] [size] [rtt]
+// rtt: one message in flight; prints the median round-trip time in microseconds instead.
 'use strict';
 const which = process.argv[2];
 const secs = Number(process.argv[3] || 3);
 const rc = which === 'rcluster';
 const cluster = rc ? require('../bindings/node') : require('node:cluster');
 const size = Number(process.argv[4] || 64);
-const WINDOW = size >= 65536 ? 4 : 64;
+const rtt = process.argv[5] === 'rtt';
+const WINDOW = rtt ? 1 : size >= 65536 ? 4 : 64;
+const samples = [];
+let sentAt = 0n;
 if (cluster.isPrimary) {
   if (rc) cluster.setupPrimary({ listen: [] });
   const w = cluster.fork();
@@ -17,13 +21,19 @@ if (cluster.isPrimary) {
   let done = 0;
   let inflight = 0;
   let end = 0;
-  const send = () => { inflight++; w.send(payload); };
+  const send = () => { inflight++; if (rtt) sentAt = process.hrtime.bigint(); w.send(payload); };
   w.on('message', () => {
+    if (rtt) samples.push(Number(process.hrtime.bigint() - sentAt) / 1000);
     done++;
     inflight--;
     if (Date.now() < end) send();
     else if (inflight === 0) {
-      console.log(`${which} ipc echo: ${Math.round(done / secs)} round trips/s (${size} B)`);
+      if (rtt) {
+        samples.sort((a, b) => a - b);
+        console.log(`${which} ipc rtt: ${samples[samples.length >> 1].toFixed(1)} us median (${size} B)`);
+      } else {
+        console.log(`${which} ipc echo: ${Math.round(done / secs)} round trips/s (${size} B)`);
+      }
       w.kill();
       setTimeout(() => process.exit(0), 100);
     }

@@ -1,5 +1,6 @@
 // Node's own cluster module in round-robin mode, serving the same response: the peer that
-// rcluster is meant to replace.   node node_cluster.js PORT WORKERS [keepalive]
+// rcluster is meant to replace.   node node_cluster.js PORT WORKERS [keepalive|close] [none]
+// A fourth argument "none": SCHED_NONE (the workers accept on the shared socket themselves).
 'use strict';
 const cluster = require('node:cluster');
 const net = require('node:net');
@@ -12,7 +13,7 @@ const onData = (s, d) => {
   const n = Math.max(1, d.toString('latin1').split('\r\n\r\n').length - 1);
   s.write(RESPONSE_KA.repeat(n));
 };
-cluster.schedulingPolicy = cluster.SCHED_RR;
+cluster.schedulingPolicy = process.argv[5] === 'none' ? cluster.SCHED_NONE : cluster.SCHED_RR;
 if (cluster.isPrimary) {
   let ready = 0;
   for (let i = 0; i < workers; i++) cluster.fork();
