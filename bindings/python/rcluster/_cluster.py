@@ -240,6 +240,15 @@ class Cluster(_events.Runtime):
             wid = ev.worker_id
             emit = self._handlers.emit
             if kind == _lib.CLUSTER_EVENT_MESSAGE:
+                plain = self._handlers.plain_message
+                if plain is not None and fd < 0:  # the common case in a few steps
+                    fn, most = plain
+                    data = _events.event_data(ev)
+                    if most >= 3:
+                        fn(wid, data, None)
+                    else:
+                        fn(*(wid, data)[:most])
+                    return
                 fd = -1
                 self._deliver_message(wid, _events.event_data(ev), ev.fd, sender_first=True)
             elif kind == _lib.CLUSTER_EVENT_FORK:

@@ -61,6 +61,14 @@ class Handlers:
         self._owner = owner
         self._events = events
         self._by_name: Dict[str, List[Tuple[Callable[..., Any], Optional[int]]]] = {n: [] for n in events}
+        #: The one "message" handler and how many arguments it takes, when it is the only one
+        #: and no "object" handler exists: message events then skip emit's general path.
+        self.plain_message: Optional[Tuple[Callable[..., Any], int]] = None
+
+    def _refresh(self) -> None:
+        msg = self._by_name.get("message", [])
+        plain = len(msg) == 1 and not self._by_name.get("object")
+        self.plain_message = (msg[0][0], 3 if msg[0][1] is None else msg[0][1]) if plain else None
 
     def add(self, event: str, fn: Callable[..., Any]) -> None:
         if event not in self._events:
@@ -76,10 +84,12 @@ class Handlers:
                 f"the event gives {len(params)}: ({', '.join(params)})"
             )
         self._by_name[event].append((fn, most))
+        self._refresh()
 
     def remove(self, event: str, fn: Optional[Callable[..., Any]] = None) -> None:
         lst = self._by_name.get(event, [])
         lst[:] = [] if fn is None else [(f, n) for (f, n) in lst if f is not fn]
+        self._refresh()
 
     def has(self, event: str) -> bool:
         return bool(self._by_name.get(event))

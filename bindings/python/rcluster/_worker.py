@@ -93,6 +93,16 @@ class Worker(_events.Runtime):
                 fd = -1
                 self._on_connection(ev.fd, ev.listener, _events.parse_peer(ev.peer, ev.peer_len))
             elif kind == _lib.CLUSTER_EVENT_MESSAGE:
+                plain = self._handlers.plain_message
+                if plain is not None and fd < 0:  # the common case in a few steps
+                    fn, most = plain
+                    data = _events.event_data(ev)
+                    wid = ev.worker_id
+                    if most >= 3:
+                        fn(data, wid, None)
+                    else:
+                        fn(*(data, wid)[:most])
+                    return
                 fd = -1
                 self._deliver_message(ev.worker_id, _events.event_data(ev), ev.fd, sender_first=False)
             elif kind == _lib.CLUSTER_EVENT_SHUTDOWN:
