@@ -403,6 +403,9 @@ static void free_buffer(napi_env env, void *data, void *hint) {
     free(data);
 }
 
+/* Payloads up to this size reach JS as a copy rather than as an external Buffer. */
+#define SMALL_COPY 4096
+
 static napi_value ev_to_js(napi_env env, ev_t *e) {
     napi_value o, v;
     TRY(napi_create_object(env, &o));
@@ -413,15 +416,25 @@ static napi_value ev_to_js(napi_env env, ev_t *e) {
     } while (0)
     SET_INT("kind", e->kind);
     SET_INT("workerId", e->worker_id);
-    SET_INT("pid", e->pid);
     SET_INT("fd", e->fd);
-    SET_INT("exitCode", e->exit_code);
-    SET_INT("signal", e->signal);
-    SET_INT("listener", e->listener);
+    if (e->kind != CLUSTER_EVENT_MESSAGE) { /* a message needs no more: the hot path stays short */
+        SET_INT("pid", e->pid);
+        SET_INT("exitCode", e->exit_code);
+        SET_INT("signal", e->signal);
+        SET_INT("listener", e->listener);
+        TRY(napi_get_boolean(env, e->exited_after_disconnect, &v));
+        TRY(napi_set_named_property(env, o, "exitedAfterDisconnect", v));
+    }
 #undef SET_INT
-    TRY(napi_get_boolean(env, e->exited_after_disconnect, &v));
-    TRY(napi_set_named_property(env, o, "exitedAfterDisconnect", v));
-    if (e->data) {
+    if (e->data && e->len <= SMALL_COPY) {
+        /* Small: a plain copy costs less than a Buffer with a finalizer for the GC to run. */
+        void *dst;
+        napi_status st = napi_create_buffer_copy(env, e->len, e->data, &dst, &v);
+        free(e->data);
+        e->data = NULL;
+        if (st != napi_ok) goto fail;
+        TRY(napi_set_named_property(env, o, "data", v));
+    } else if (e->data) {
         /* The copy made in the callback becomes the Buffer's memory (no second copy). */
         napi_status st = napi_create_external_buffer(env, e->len, e->data, free_buffer, NULL, &v);
         if (st == napi_ok) {
