@@ -69,6 +69,11 @@ class WorkerInfo:
     started_at_ms: int
 
 
+#: Looked up once: they run for every message.
+_MESSAGE = _lib.CLUSTER_EVENT_MESSAGE
+_string_at = ctypes.string_at
+
+
 def _after_fork_in_child(cluster: "Cluster") -> None:
     """In a FORK-mode worker, before the user's worker function: the interpreter's own
     after-fork work (what os.fork() does: os.register_at_fork hooks such as the random
@@ -238,12 +243,12 @@ class Cluster(_events.Runtime):
             fd = ev.fd
             kind = ev.kind
             wid = ev.worker_id
-            emit = self._handlers.emit
-            if kind == _lib.CLUSTER_EVENT_MESSAGE:
+            if kind == _MESSAGE:
                 plain = self._handlers.plain_message
                 if plain is not None and fd < 0:  # the common case in a few steps
                     fn, most = plain
-                    data = _events.event_data(ev)
+                    n = ev.len
+                    data = _string_at(ev.data, n) if n else b""
                     if most >= 3:
                         fn(wid, data, None)
                     else:
@@ -251,7 +256,9 @@ class Cluster(_events.Runtime):
                     return
                 fd = -1
                 self._deliver_message(wid, _events.event_data(ev), ev.fd, sender_first=True)
-            elif kind == _lib.CLUSTER_EVENT_FORK:
+                return
+            emit = self._handlers.emit
+            if kind == _lib.CLUSTER_EVENT_FORK:
                 emit("fork", wid, ev.pid)
             elif kind == _lib.CLUSTER_EVENT_ONLINE:
                 emit("online", wid, ev.pid)

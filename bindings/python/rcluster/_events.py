@@ -138,8 +138,25 @@ def pickled(obj: Any) -> bytes:
     return PICKLE_PREFIX + pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+#: Looked up once: these run for every message.
+_cluster_send = _lib.cdll.cluster_send
+_U32_MAX = _lib.U32_MAX
+_MESSAGE = _lib.CLUSTER_EVENT_MESSAGE
+_string_at = string_at = ctypes.string_at
+
+#: The head of a ``struct cluster_event`` (kind, worker_id, fd, data, len), padded to its size,
+#: for reading a batch of events with one struct call.
+_EVENT_SIZE = ctypes.sizeof(_lib.cluster_event)
+_EVENT_HEAD = struct.Struct("@II4xiPN" + f"{_EVENT_SIZE - 32}x")
+if (_lib.cluster_event.fd.offset, _lib.cluster_event.data.offset, _lib.cluster_event.len.offset) != (12, 16, 24) or (
+    _EVENT_HEAD.size != _EVENT_SIZE
+):
+    raise ImportError("rcluster: struct cluster_event does not have the layout this binding reads")
+
+
 def event_data(ev: _lib.cluster_event) -> bytes:
-    return ctypes.string_at(ev.data, ev.len) if ev.len and ev.data else b""
+    n = ev.len
+    return string_at(ev.data, n) if n else b""
 
 
 def parse_peer(ptr: Optional[int], length: int) -> Peer:
@@ -302,11 +319,32 @@ class Runtime:
     def _event(self, ev: Any) -> None:
         raise NotImplementedError
 
-    def _on_events(self, _userdata: Optional[int], evs: Any, n: int) -> None:
-        """The batch callback: every event of a loop turn (each handled as ``_on_event`` would)."""
+    #: Message handlers take (sender, data, fd) in the primary, (data, sender, fd) in a worker.
+    _sender_first: bool = True
+
+    def _on_events(self, _userdata: Optional[int], addr: int, n: int) -> None:
+        """The batch callback: every event of a loop turn. A message with no fd, for one plain
+        handler, is read straight from the array with struct (no ctypes object per event) and
+        handed over; any other event goes through ``_event`` as a ``cluster_event``."""
+        size = _EVENT_SIZE
+        raw = _string_at(addr, n * size)
         event = self._event
-        for i in range(n):
-            event(evs[i])
+        handlers = self._handlers
+        sender_first = self._sender_first
+        for i, (kind, wid, fd, data, length) in enumerate(_EVENT_HEAD.iter_unpack(raw)):
+            plain = handlers.plain_message
+            if kind != _MESSAGE or fd >= 0 or plain is None:
+                event(_lib.cluster_event.from_address(addr + i * size))
+                continue
+            try:
+                fn, most = plain
+                payload = _string_at(data, length) if length else b""
+                args = (wid, payload, None) if sender_first else (payload, wid, None)
+                if most < 3:
+                    args = args[:most]
+                fn(*args)
+            except BaseException as e:  # re-raised from run()/dispatch(), never into C
+                self._errors.add(e)
 
     #: True for Worker, False for Cluster: the role whose process may use the object.
     _worker_role: bool = False
@@ -318,14 +356,14 @@ class Runtime:
         if (
             type(data) is not bytes
             or type(to) is not int
-            or not 0 <= to <= _lib.U32_MAX
+            or not 0 <= to <= _U32_MAX
             or not self._started
             or self._finished
             or _lib.owner_pid != _lib.my_pid
             or _lib.is_worker is not self._worker_role
         ):
             return False
-        rc = _lib.cdll.cluster_send(to, data, len(data))
+        rc = _cluster_send(to, data, len(data))
         if rc < 0:
             err = _lib.error(rc)
             _lib.raise_pending()

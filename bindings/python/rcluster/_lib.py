@@ -163,7 +163,8 @@ class cluster_worker_info(Structure):
 
 cluster_config_p = c_void_p
 EVENT_CB = CFUNCTYPE(None, c_void_p, POINTER(cluster_event))
-BATCH_CB = CFUNCTYPE(None, c_void_p, POINTER(cluster_event), c_size_t)
+# The events arrive as an address: the binding reads the array with struct (see _events).
+BATCH_CB = CFUNCTYPE(None, c_void_p, c_void_p, c_size_t)
 WORKER_MAIN = CFUNCTYPE(c_int, c_void_p)
 LOG_CB = CFUNCTYPE(None, c_void_p, c_int32, c_char_p, c_char_p)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import socket
 from typing import Any, Dict, List, Optional, Tuple
@@ -12,6 +13,11 @@ from ._cluster import RUN_WAIT_MS
 from ._lib import ClusterError
 
 _KEEP_ALIVE: List[Any] = []
+
+
+#: Looked up once: they run for every message.
+_MESSAGE = _lib.CLUSTER_EVENT_MESSAGE
+_string_at = ctypes.string_at
 
 
 class Worker(_events.Runtime):
@@ -80,6 +86,7 @@ class Worker(_events.Runtime):
     # ---- events ----
 
     _worker_role = True
+    _sender_first = False
 
     def _on_event(self, _userdata: Optional[int], evp: Any) -> None:
         self._event(evp.contents)
@@ -92,11 +99,12 @@ class Worker(_events.Runtime):
             if kind == _lib.CLUSTER_EVENT_CONNECTION:
                 fd = -1
                 self._on_connection(ev.fd, ev.listener, _events.parse_peer(ev.peer, ev.peer_len))
-            elif kind == _lib.CLUSTER_EVENT_MESSAGE:
+            elif kind == _MESSAGE:
                 plain = self._handlers.plain_message
                 if plain is not None and fd < 0:  # the common case in a few steps
                     fn, most = plain
-                    data = _events.event_data(ev)
+                    n = ev.len
+                    data = _string_at(ev.data, n) if n else b""
                     wid = ev.worker_id
                     if most >= 3:
                         fn(data, wid, None)
