@@ -91,17 +91,7 @@ static void settle(uint64_t want) {
 
 int main(void) {
     test_deadline(150);
-    cluster_config *cfg = cluster_config_new();
-    CHECK(cfg != NULL, "cluster_config_new");
-    OK(cluster_config_set_workers(cfg, WORKERS));
-    OK(cluster_config_set_worker_main(cfg, worker_main, NULL));
-    OK(cluster_config_set_signals(cfg, false));
-    OK(cluster_config_set_policy(cfg, CLUSTER_POLICY_ROUND_ROBIN));
-    CHECK(OK(cluster_config_listen_tcp(cfg, "127.0.0.1", 0)) == 0, "the listener is index 0");
-    OK(cluster_primary_start(cfg, on_primary, NULL));
-    cluster_config_free(cfg);
-    int port = OK(cluster_local_port(0));
-    CHECK(port > 0, "port 0 was given a real port");
+    int port = start_rr_cluster(WORKERS, worker_main, on_primary);
     {
         long long end = now_ms() + 20000;
         while (ready < WORKERS) {

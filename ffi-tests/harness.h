@@ -343,4 +343,21 @@ static inline void answered_clients(int port, int conns, int batch, unsigned dea
     _exit(0);
 }
 
+/* Starts a FORK-mode round-robin cluster of `workers` on 127.0.0.1:0 (signals left alone);
+ * returns the port it got. */
+static inline int start_rr_cluster(uint32_t workers, cluster_worker_main main_fn, cluster_event_cb on_event) {
+    cluster_config *cfg = cluster_config_new();
+    CHECK(cfg != NULL, "cluster_config_new");
+    OK(cluster_config_set_workers(cfg, workers));
+    OK(cluster_config_set_worker_main(cfg, main_fn, NULL));
+    OK(cluster_config_set_signals(cfg, false));
+    OK(cluster_config_set_policy(cfg, CLUSTER_POLICY_ROUND_ROBIN));
+    CHECK(OK(cluster_config_listen_tcp(cfg, "127.0.0.1", 0)) == 0, "the listener is index 0");
+    OK(cluster_primary_start(cfg, on_event, NULL));
+    cluster_config_free(cfg);
+    int port = OK(cluster_local_port(0));
+    CHECK(port > 0, "port 0 was given a real port");
+    return port;
+}
+
 #endif

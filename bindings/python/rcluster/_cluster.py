@@ -69,11 +69,6 @@ class WorkerInfo:
     started_at_ms: int
 
 
-#: Looked up once: they run for every message.
-_MESSAGE = _lib.CLUSTER_EVENT_MESSAGE
-_string_at = ctypes.string_at
-
-
 def _after_fork_in_child(cluster: "Cluster") -> None:
     """In a FORK-mode worker, before the user's worker function: the interpreter's own
     after-fork work (what os.fork() does: os.register_at_fork hooks such as the random
@@ -243,17 +238,7 @@ class Cluster(_events.Runtime):
             fd = ev.fd
             kind = ev.kind
             wid = ev.worker_id
-            if kind == _MESSAGE:
-                plain = self._handlers.plain_message
-                if plain is not None and fd < 0:  # the common case in a few steps
-                    fn, most = plain
-                    n = ev.len
-                    data = _string_at(ev.data, n) if n else b""
-                    if most >= 3:
-                        fn(wid, data, None)
-                    else:
-                        fn(*(wid, data)[:most])
-                    return
+            if kind == _lib.CLUSTER_EVENT_MESSAGE:  # (plain messages take the batch path: _on_events)
                 fd = -1
                 self._deliver_message(wid, _events.event_data(ev), ev.fd, sender_first=True)
                 return

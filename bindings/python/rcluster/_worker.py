@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import signal
 import socket
 from typing import Any, Dict, List, Optional, Tuple
@@ -13,11 +12,6 @@ from ._cluster import RUN_WAIT_MS
 from ._lib import ClusterError
 
 _KEEP_ALIVE: List[Any] = []
-
-
-#: Looked up once: they run for every message.
-_MESSAGE = _lib.CLUSTER_EVENT_MESSAGE
-_string_at = ctypes.string_at
 
 
 class Worker(_events.Runtime):
@@ -99,18 +93,7 @@ class Worker(_events.Runtime):
             if kind == _lib.CLUSTER_EVENT_CONNECTION:
                 fd = -1
                 self._on_connection(ev.fd, ev.listener, _events.parse_peer(ev.peer, ev.peer_len))
-            elif kind == _MESSAGE:
-                plain = self._handlers.plain_message
-                if plain is not None and fd < 0:  # the common case in a few steps
-                    fn, most = plain
-                    n = ev.len
-                    data = _string_at(ev.data, n) if n else b""
-                    wid = ev.worker_id
-                    if most >= 3:
-                        fn(data, wid, None)
-                    else:
-                        fn(*(data, wid)[:most])
-                    return
+            elif kind == _lib.CLUSTER_EVENT_MESSAGE:  # (plain messages take the batch path: _on_events)
                 fd = -1
                 self._deliver_message(ev.worker_id, _events.event_data(ev), ev.fd, sender_first=False)
             elif kind == _lib.CLUSTER_EVENT_SHUTDOWN:

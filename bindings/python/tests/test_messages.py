@@ -156,3 +156,40 @@ def test_scale_fork_kill_disconnect(make_cluster):
     assert exits[new] == (-1, 9, True)
     assert exits[third] == (0, 0, True)
     assert c.worker_ids() == ids
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_burst_reaches_handlers_of_every_arity_in_order(make_cluster, mode):
+    """A loop turn's messages come through the batch path: a handler gets as many arguments as
+    it takes, in order, none lost."""
+    c, (a, _) = ready_cluster(make_cluster, mode)
+    senders: List[int] = []
+    c.on("message", lambda wid: senders.append(wid))  # takes only the sender
+    c.send(a, b"burst:300")
+    drive(c, lambda: len(senders) == 300)
+    assert senders == [a] * 300
+    c.off("message")
+    full: List[Tuple[int, bytes, Optional[int]]] = []
+    c.on("message", lambda *args: full.append(args))  # takes everything
+    c.send(a, b"burst:300")
+    drive(c, lambda: len(full) == 300)
+    assert full == [(a, b"%d" % i, None) for i in range(300)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_exception_in_a_burst_surfaces_and_the_rest_is_delivered(make_cluster, mode):
+    c, (a, _) = ready_cluster(make_cluster, mode)
+    got: List[bytes] = []
+
+    def on_message(wid: int, data: bytes) -> None:
+        got.append(data)
+        if data == b"5":
+            raise ValueError("boom at 5")
+
+    c.on("message", on_message)
+    c.send(a, b"burst:100")
+    with pytest.raises(ValueError, match="boom at 5"):
+        drive(c, lambda: len(got) == 100)
+    drive(c, lambda: len(got) == 100)
+    assert got == [b"%d" % i for i in range(100)]
+

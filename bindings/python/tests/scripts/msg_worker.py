@@ -41,6 +41,9 @@ def main() -> int:
             os.close(wr)
             w.send(0, b"here", fd=r)
             os.close(r)
+        elif data.startswith(b"burst:"):
+            for i in range(int(data[6:])):  # many in one loop turn: they reach the primary batched
+                w.send(0, b"%d" % i)
         elif data == b"raise":
             raise ValueError(f"boom in worker {me}")
         elif data == b"bye":
