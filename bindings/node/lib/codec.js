@@ -39,6 +39,13 @@ function encode(value) {
   return [TAG_JSON, json];
 }
 
+/** The tag of a message sent as it is (a string or a Buffer), or 0 when it needs encode(). */
+function plainTag(value) {
+  if (typeof value === 'string') return TAG_STRING;
+  if (Buffer.isBuffer(value)) return TAG_BYTES;
+  return 0;
+}
+
 /** The value a sender's encode() carried; `buf` is a Buffer (or undefined for empty). */
 function decode(buf) {
   if (!buf || buf.length === 0) return Buffer.alloc(0);
@@ -58,4 +65,4 @@ function decode(buf) {
   }
 }
 
-module.exports = { encode, decode, TAG_BYTES, TAG_STRING, TAG_JSON, RAW };
+module.exports = { encode, decode, plainTag, TAG_BYTES, TAG_STRING, TAG_JSON, RAW };

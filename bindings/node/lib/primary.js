@@ -169,6 +169,13 @@ module.exports = function installPrimary(cluster, native) {
 
     /** Sends a message (Buffer, string, or JSON value), optionally with an fd to pass. */
     send(message, handle, callback) {
+      // The common case (a string or a Buffer, no fd, no callback) in one native call.
+      const tag = handle === undefined && callback === undefined ? codec.plainTag(message) : 0;
+      if (tag !== 0) {
+        this.checkRun();
+        native.send(this.id, tag, message, undefined);
+        return true;
+      }
       if (typeof handle === 'function') [handle, callback] = [undefined, handle];
       return withCallback(() => {
         const [tag, payload] = codec.encode(message);

@@ -50,6 +50,12 @@ module.exports = function installWorker(cluster, native) {
 
     /** Sends to worker `id` (0: the primary), relayed by the primary, which stamps the sender. */
     sendTo(id, message, handle, callback) {
+      // The common case (a string or a Buffer, no fd, no callback) in one native call.
+      const tag = handle === undefined && callback === undefined ? codec.plainTag(message) : 0;
+      if (tag !== 0 && Number.isInteger(id) && id >= 0) {
+        native.send(id, tag, message, undefined);
+        return true;
+      }
       if (typeof handle === 'function') [handle, callback] = [undefined, handle];
       return withCallback(() => {
         if (!Number.isInteger(id) || id < 0) throw invalidArg('id', 'a worker id (0: the primary)');

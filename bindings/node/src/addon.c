@@ -406,6 +406,35 @@ static void free_buffer(napi_env env, void *data, void *hint) {
 /* Payloads up to this size reach JS as a copy rather than as an external Buffer. */
 #define SMALL_COPY 4096
 
+/* The property names of a message event, made once per batch (not once per event). */
+typedef struct {
+    napi_value kind, worker_id, fd, data;
+} msg_keys_t;
+
+/* A MESSAGE event without an fd, in one call: {kind, workerId, fd, data}. */
+static napi_value message_to_js(napi_env env, ev_t *e, const msg_keys_t *k) {
+    napi_value o, kind, wid, fd, data = NULL;
+    void *dst;
+    TRY(napi_create_object(env, &o));
+    TRY(napi_create_uint32(env, e->kind, &kind));
+    TRY(napi_create_uint32(env, e->worker_id, &wid));
+    TRY(napi_create_int32(env, e->fd, &fd));
+    napi_status st = napi_create_buffer_copy(env, e->len, e->data ? e->data : (void *)"", &dst, &data);
+    free(e->data);
+    e->data = NULL;
+    if (st != napi_ok) goto fail;
+    napi_property_descriptor d[4] = {
+        {NULL, k->kind, NULL, NULL, NULL, kind, napi_writable | napi_enumerable | napi_configurable, NULL},
+        {NULL, k->worker_id, NULL, NULL, NULL, wid, napi_writable | napi_enumerable | napi_configurable, NULL},
+        {NULL, k->fd, NULL, NULL, NULL, fd, napi_writable | napi_enumerable | napi_configurable, NULL},
+        {NULL, k->data, NULL, NULL, NULL, data, napi_writable | napi_enumerable | napi_configurable, NULL},
+    };
+    TRY(napi_define_properties(env, o, 4, d));
+    return o;
+fail:
+    return NULL;
+}
+
 static napi_value ev_to_js(napi_env env, ev_t *e) {
     napi_value o, v;
     TRY(napi_create_object(env, &o));
@@ -491,9 +520,16 @@ static void deliver(void) {
     }
     napi_value arr, fn, recv, result;
     size_t n = g.n;
+    msg_keys_t keys;
     TRY(napi_create_array_with_length(env, n, &arr));
+    TRY(napi_create_string_latin1(env, "kind", NAPI_AUTO_LENGTH, &keys.kind));
+    TRY(napi_create_string_latin1(env, "workerId", NAPI_AUTO_LENGTH, &keys.worker_id));
+    TRY(napi_create_string_latin1(env, "fd", NAPI_AUTO_LENGTH, &keys.fd));
+    TRY(napi_create_string_latin1(env, "data", NAPI_AUTO_LENGTH, &keys.data));
     for (size_t i = 0; i < n; i++) {
-        napi_value v = ev_to_js(env, &g.evs[i]);
+        ev_t *e = &g.evs[i];
+        bool small_message = e->kind == CLUSTER_EVENT_MESSAGE && e->fd < 0 && e->len <= SMALL_COPY;
+        napi_value v = small_message ? message_to_js(env, e, &keys) : ev_to_js(env, e);
         if (!v || napi_set_element(env, arr, (uint32_t)i, v) != napi_ok) goto fail;
     }
     g.n = 0; /* everything is JS's now (payloads in Buffers, fds as numbers) */
