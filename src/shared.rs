@@ -13,8 +13,9 @@ use crate::ipc::outbox::{Frame, Outbox, Pushed};
 use crate::sync;
 
 thread_local! {
-    /// Set while this thread runs event callbacks: its sends wait in their queues and leave
-    /// batched when the callbacks of that dispatch are done (`release_held`).
+    /// Set while this thread runs event callbacks (with batching on): its sends wait in their
+    /// queues, leave in batches as they form, and the rest when the dispatch's callbacks are
+    /// done (`release_held`).
     static HOLDING: Cell<bool> = const { Cell::new(false) };
     /// The outboxes this thread holds frames in.
     static HELD: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
@@ -116,8 +117,7 @@ impl Shared {
         }
     }
 
-    /// Holds every send until `uncork_all` (the loop does this around a turn, so what a turn
-    /// sends leaves batched).
+    /// Holds every send (`cluster_cork`): batches leave as they form, the rest at `uncork_all`.
     pub fn cork_all(&self) {
         for (_, outbox) in self.all() {
             outbox.cork();

@@ -184,10 +184,12 @@ struct Queue {
     want_drain: bool,
     closed: bool,
     armed: bool,
-    /// Hold frames until `uncork` (`cluster_cork`: every thread's sends wait).
+    /// Every push is held (`cluster_cork`, any thread): batches of `BATCH_FRAMES` leave as they
+    /// form, the rest at `uncork`.
     corked: bool,
-    /// Frames pushed with `hold` wait for `release`: what an event callback sends leaves
-    /// batched when its dispatch ends. A push without `hold` sends them along at once.
+    /// Frames pushed with `hold` are held: what an event callback sends leaves in batches of
+    /// `BATCH_FRAMES` as they form, the rest at `release` when the dispatch ends. A push without
+    /// `hold` (another thread) sends them along at once.
     held: bool,
 }
 
