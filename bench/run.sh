@@ -18,6 +18,10 @@ cargo build --release --quiet
 cc -std=gnu11 -O2 -Wall -Wextra -Werror -Iinclude bench/rcluster_server.c -o $out/rcluster_server \
    -Ltarget/release -Wl,-rpath,"$PWD/target/release" -lrcluster
 cc -std=gnu11 -O2 -Wall -Wextra -Werror bench/reuseport_server.c -o $out/reuseport_server
+if command -v node >/dev/null; then
+  # The Node binding against the release library (a test run may have built it against debug).
+  (cd bindings/node && RCLUSTER_LIB_DIR="$PWD/../../target/release" npm install --no-audit --no-fund --loglevel=error >/dev/null) || true
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
