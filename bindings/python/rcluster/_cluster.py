@@ -637,10 +637,7 @@ class Cluster(_events.Runtime):
         Raises ClusterError (``.code == E_AGAIN``) when its queue is full: a ``drain`` event
         follows. `fd`: an int or an object with ``fileno()`` (TypeError otherwise; ValueError
         when negative or over 2**31 - 1; ClusterError E_SYS when it is not open)."""
-        if fd is None and self._send_fast(worker_id, data):
-            return
-        self._enter()
-        _events.send(_lib.cdll, worker_id, data, fd)
+        self._send(worker_id, data, fd)
 
     def send_obj(self, worker_id: int, obj: Any) -> None:
         """Sends a picklable object; the worker gets it in ``on("object")``."""

@@ -349,6 +349,13 @@ class Runtime:
     #: True for Worker, False for Cluster: the role whose process may use the object.
     _worker_role: bool = False
 
+    def _send(self, to: Any, data: Any, fd: Any) -> None:
+        """send() of Cluster and Worker: the fast path, else every check and its precise error."""
+        if fd is None and self._send_fast(to, data):
+            return
+        self._enter()
+        send(_lib.cdll, to, data, fd)
+
     def _send_fast(self, to: Any, data: Any) -> bool:
         """send()'s common case in one library call: bytes to an int id, from the process
         that owns this running runtime, in its role. False (nothing done) when any of that does

@@ -219,10 +219,7 @@ class Worker(_events.Runtime):
         thread. ClusterError E_AGAIN when the queue is full (a ``drain`` event follows),
         E_INVAL to itself. `fd`: an int or an object with ``fileno()`` (TypeError otherwise;
         ValueError when negative or over 2**31 - 1; ClusterError E_SYS when it is not open)."""
-        if fd is None and self._send_fast(to, data):
-            return
-        self._enter()
-        _events.send(_lib.cdll, to, data, fd)
+        self._send(to, data, fd)
 
     def send_obj(self, to: int, obj: Any) -> None:
         """Sends a picklable object (received in ``on("object")``)."""
