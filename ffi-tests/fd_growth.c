@@ -14,15 +14,7 @@
 
 static void on_worker(void *ud, const cluster_event *ev) {
     (void)ud;
-    if (ev->kind != CLUSTER_EVENT_CONNECTION) return;
-    char req[256];
-    ssize_t r = read(ev->fd, req, sizeof req); /* the client sends one short line */
-    (void)r;
-    char resp[32];
-    int n = snprintf(resp, sizeof resp, "worker %u\n", cluster_worker_id());
-    ssize_t w = write(ev->fd, resp, (size_t)n);
-    (void)w;
-    close(ev->fd);
+    if (ev->kind == CLUSTER_EVENT_CONNECTION) answer_line(ev->fd);
 }
 
 static int worker_main(void *ud) {

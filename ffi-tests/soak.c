@@ -80,14 +80,7 @@ static void w_echo(const struct soak_msg *m) {
 static void on_worker(void *ud, const cluster_event *ev) {
     (void)ud;
     if (ev->kind == CLUSTER_EVENT_CONNECTION) {
-        char req[256];
-        ssize_t r = read(ev->fd, req, sizeof req); /* the client sends one short line */
-        (void)r;
-        char resp[32];
-        int n = snprintf(resp, sizeof resp, "worker %u\n", cluster_worker_id());
-        ssize_t w = write(ev->fd, resp, (size_t)n);
-        (void)w;
-        close(ev->fd);
+        answer_line(ev->fd);
     } else if (ev->kind == CLUSTER_EVENT_DRAIN) {
         w_flush_backlog();
     } else if (ev->kind == CLUSTER_EVENT_MESSAGE) {
