@@ -48,21 +48,30 @@ function plainTag(value) {
 
 /** The value a sender's encode() carried; `buf` is a Buffer (or undefined for empty). */
 function decode(buf) {
-  if (!buf || buf.length === 0) return Buffer.alloc(0);
-  switch (buf[0]) {
+  return buf ? decodeAt(buf, 0, buf.length) : Buffer.alloc(0);
+}
+
+/**
+ * The value carried by the `len` bytes of `buf` from `start` (a packed message of a batch:
+ * Buffers come back as views into `buf`, like Node's own pooled Buffers).
+ */
+function decodeAt(buf, start, len) {
+  if (len === 0) return Buffer.alloc(0);
+  const end = start + len;
+  switch (buf[start]) {
     case TAG_BYTES:
-      return buf.subarray(1);
+      return buf.subarray(start + 1, end);
     case TAG_STRING:
-      return buf.toString('utf8', 1);
+      return buf.toString('utf8', start + 1, end);
     case TAG_JSON:
       try {
-        return JSON.parse(buf.toString('utf8', 1));
+        return JSON.parse(buf.toString('utf8', start + 1, end));
       } catch {
-        return buf; // not ours after all: as it came
+        return buf.subarray(start, end); // not ours after all: as it came
       }
     default:
-      return buf;
+      return buf.subarray(start, end);
   }
 }
 
-module.exports = { encode, decode, plainTag, TAG_BYTES, TAG_STRING, TAG_JSON, RAW };
+module.exports = { encode, decode, decodeAt, plainTag, TAG_BYTES, TAG_STRING, TAG_JSON, RAW };

@@ -446,14 +446,9 @@ module.exports = function installPrimary(cluster, native) {
         cluster.emit('ready', w);
         break;
       }
-      case K.CLUSTER_EVENT_MESSAGE: {
-        const w = cluster.workers[id];
-        const message = codec.decode(ev.data);
-        const fd = ev.fd >= 0 ? ev.fd : undefined;
-        if (w) w.emit('message', message, fd);
-        cluster.emit('message', w, message, fd);
+      case K.CLUSTER_EVENT_MESSAGE:
+        onMessage(id, codec.decode(ev.data), ev.fd >= 0 ? ev.fd : undefined);
         break;
-      }
       case K.CLUSTER_EVENT_DISCONNECT: {
         const w = cluster.workers[id];
         if (!w || !w[kConnected]) break;
@@ -536,10 +531,23 @@ module.exports = function installPrimary(cluster, native) {
     }
   }
 
-  native.setHandler(function onEvents(list) {
-    for (const ev of list) {
+  function onMessage(id, message, fd) {
+    const w = cluster.workers[id];
+    if (w) w.emit('message', message, fd);
+    cluster.emit('message', w, message, fd);
+  }
+
+  // A batch (see the addon's deliver()): packed plain messages in meta/data, the rest in list.
+  native.setHandler(function onEvents(list, meta, data) {
+    const n = list ? list.length : meta.length / 3;
+    for (let i = 0, j = 0; i < n; i++) {
+      const ev = list ? list[i] : undefined;
       try {
-        handle(ev);
+        if (ev !== undefined) handle(ev);
+        else {
+          j += 3;
+          onMessage(meta[j - 3], codec.decodeAt(data, meta[j - 2], meta[j - 1]), undefined);
+        }
       } catch (err) {
         rethrowLater(err);
       }

@@ -259,12 +259,9 @@ module.exports = function installWorker(cluster, native) {
         else hold('connection', { fd: ev.fd, info });
         break;
       }
-      case K.CLUSTER_EVENT_MESSAGE: {
-        const args = [codec.decode(ev.data), ev.workerId, ev.fd >= 0 ? ev.fd : undefined];
-        if (worker.listenerCount('message') > 0) worker.emit('message', ...args);
-        else hold('message', args);
+      case K.CLUSTER_EVENT_MESSAGE:
+        onMessage(codec.decode(ev.data), ev.workerId, ev.fd >= 0 ? ev.fd : undefined);
         break;
-      }
       case K.CLUSTER_EVENT_SHUTDOWN:
         shutdownSeen = true;
         worker.state = 'disconnecting';
@@ -303,10 +300,22 @@ module.exports = function installWorker(cluster, native) {
     }
   }
 
-  native.setHandler(function onEvents(list) {
-    for (const ev of list) {
+  function onMessage(message, from, fd) {
+    if (worker.listenerCount('message') > 0) worker.emit('message', message, from, fd);
+    else hold('message', [message, from, fd]);
+  }
+
+  // A batch (see the addon's deliver()): packed plain messages in meta/data, the rest in list.
+  native.setHandler(function onEvents(list, meta, data) {
+    const n = list ? list.length : meta.length / 3;
+    for (let i = 0, j = 0; i < n; i++) {
+      const ev = list ? list[i] : undefined;
       try {
-        handle(ev);
+        if (ev !== undefined) handle(ev);
+        else {
+          j += 3;
+          onMessage(codec.decodeAt(data, meta[j - 2], meta[j - 1]), meta[j - 3], undefined);
+        }
       } catch (err) {
         rethrowLater(err);
       }

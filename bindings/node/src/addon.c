@@ -58,6 +58,14 @@
 /* Busy dispatch turns before yielding to the libuv loop. */
 #define MAX_TURNS 64
 
+/* Messages without an fd up to this size are packed: their payloads reach JS as views into
+ * one Buffer per batch (no allocation per message on either side). Larger ones get their
+ * own memory (an external Buffer: no second copy). */
+#define SMALL_COPY 16384
+
+/* The packed payloads' buffer is kept between batches up to this capacity. */
+#define ARENA_KEEP (1u << 20)
+
 /* ---------------------------------------------------------------------------------------- */
 /* Events, as copied out of the callback                                                     */
 
@@ -70,8 +78,10 @@ typedef struct {
     int32_t signal;
     bool exited_after_disconnect;
     uint32_t listener;
-    uint8_t *data; /* malloc'd copy, or NULL */
+    uint8_t *data; /* malloc'd copy, or NULL (also when packed) */
     size_t len;
+    bool packed; /* a plain message whose payload is at `off` in g.arena (see deliver) */
+    size_t off;
     int family; /* 0: no peer; 4, 6: IP; 1: unix */
     int port;
     char addr[sizeof(((struct sockaddr_un *)0)->sun_path) + 2];
@@ -100,6 +110,8 @@ static struct {
     pump_t *pump; /* the current runtime's pump, NULL when none */
     ev_t *evs;
     size_t n, cap;
+    uint8_t *arena; /* the payloads of this batch's plain messages, back to back */
+    size_t alen, acap;
     size_t lost; /* events dropped for lack of memory */
     napi_threadsafe_function log_tsfn; /* records from other threads */
     napi_ref logger;                    /* JS function(level, target, message), or NULL */
@@ -180,7 +192,26 @@ static void on_event(void *userdata, const cluster_event *ev) {
     e->signal = ev->signal;
     e->exited_after_disconnect = ev->exited_after_disconnect;
     e->listener = ev->listener;
-    if (ev->data && ev->len > 0) {
+    if (ev->kind == CLUSTER_EVENT_MESSAGE && ev->fd < 0 && ev->len <= SMALL_COPY) {
+        /* The hot path: no allocation per message; deliver() hands the arena over whole. */
+        if (g.acap - g.alen < ev->len) {
+            size_t cap = g.acap ? g.acap : 4096;
+            while (cap - g.alen < ev->len) cap *= 2;
+            uint8_t *p = realloc(g.arena, cap);
+            if (!p) {
+                g.n--;
+                g.lost++;
+                return;
+            }
+            g.arena = p;
+            g.acap = cap;
+        }
+        if (ev->len) memcpy(g.arena + g.alen, ev->data, ev->len);
+        e->packed = true;
+        e->off = g.alen;
+        e->len = ev->len;
+        g.alen += ev->len;
+    } else if (ev->data && ev->len > 0) {
         e->data = malloc(ev->len);
         if (!e->data) {
             ev_free(e);
@@ -214,6 +245,7 @@ static void push_synthetic(uint32_t kind, const char *why) {
 static void discard_events(void) {
     for (size_t i = 0; i < g.n; i++) ev_free(&g.evs[i]);
     g.n = 0;
+    g.alen = 0;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -403,38 +435,6 @@ static void free_buffer(napi_env env, void *data, void *hint) {
     free(data);
 }
 
-/* Payloads up to this size reach JS as a copy rather than as an external Buffer. */
-#define SMALL_COPY 4096
-
-/* The property names of a message event, made once per batch (not once per event). */
-typedef struct {
-    napi_value kind, worker_id, fd, data;
-} msg_keys_t;
-
-/* A MESSAGE event without an fd, in one call: {kind, workerId, fd, data}. */
-static napi_value message_to_js(napi_env env, ev_t *e, const msg_keys_t *k) {
-    napi_value o, kind, wid, fd, data = NULL;
-    void *dst;
-    TRY(napi_create_object(env, &o));
-    TRY(napi_create_uint32(env, e->kind, &kind));
-    TRY(napi_create_uint32(env, e->worker_id, &wid));
-    TRY(napi_create_int32(env, e->fd, &fd));
-    napi_status st = napi_create_buffer_copy(env, e->len, e->data ? e->data : (void *)"", &dst, &data);
-    free(e->data);
-    e->data = NULL;
-    if (st != napi_ok) goto fail;
-    napi_property_descriptor d[4] = {
-        {NULL, k->kind, NULL, NULL, NULL, kind, napi_writable | napi_enumerable | napi_configurable, NULL},
-        {NULL, k->worker_id, NULL, NULL, NULL, wid, napi_writable | napi_enumerable | napi_configurable, NULL},
-        {NULL, k->fd, NULL, NULL, NULL, fd, napi_writable | napi_enumerable | napi_configurable, NULL},
-        {NULL, k->data, NULL, NULL, NULL, data, napi_writable | napi_enumerable | napi_configurable, NULL},
-    };
-    TRY(napi_define_properties(env, o, 4, d));
-    return o;
-fail:
-    return NULL;
-}
-
 static napi_value ev_to_js(napi_env env, ev_t *e) {
     napi_value o, v;
     TRY(napi_create_object(env, &o));
@@ -503,7 +503,13 @@ static void raise_pending(napi_env env) {
         napi_fatal_exception(env, err);
 }
 
-/* Hands the collected events to the JS handler. The fds and payloads belong to JS after. */
+/* Hands the collected events to the JS handler as handler(list, meta, data):
+ *  - plain messages (packed, the hot path) are three int32s each in `meta` (workerId,
+ *    offset, length), their payloads back to back in the Buffer `data`: two allocations per
+ *    batch instead of an object and a Buffer per message;
+ *  - every other event is an object in `list`, at its index in the batch (the packed ones
+ *    leave holes there, which keeps the order); `list` is null when every event is packed.
+ * The fds and payloads belong to JS after. */
 static void deliver(void) {
     napi_env env = g.env;
     napi_handle_scope scope;
@@ -518,27 +524,49 @@ static void deliver(void) {
         g.lost = 0;
         push_synthetic(CLUSTER_EVENT_ERROR, why);
     }
-    napi_value arr, fn, recv, result;
-    size_t n = g.n;
-    msg_keys_t keys;
-    TRY(napi_create_array_with_length(env, n, &arr));
-    TRY(napi_create_string_latin1(env, "kind", NAPI_AUTO_LENGTH, &keys.kind));
-    TRY(napi_create_string_latin1(env, "workerId", NAPI_AUTO_LENGTH, &keys.worker_id));
-    TRY(napi_create_string_latin1(env, "fd", NAPI_AUTO_LENGTH, &keys.fd));
-    TRY(napi_create_string_latin1(env, "data", NAPI_AUTO_LENGTH, &keys.data));
-    for (size_t i = 0; i < n; i++) {
-        ev_t *e = &g.evs[i];
-        bool small_message = e->kind == CLUSTER_EVENT_MESSAGE && e->fd < 0 && e->len <= SMALL_COPY;
-        napi_value v = small_message ? message_to_js(env, e, &keys) : ev_to_js(env, e);
-        if (!v || napi_set_element(env, arr, (uint32_t)i, v) != napi_ok) goto fail;
+    napi_value args[3], fn, recv, result;
+    size_t n = g.n, packed = 0;
+    for (size_t i = 0; i < n; i++) packed += g.evs[i].packed;
+    if (packed < n) {
+        TRY(napi_create_array_with_length(env, n, &args[0]));
+        for (size_t i = 0; i < n; i++) {
+            if (g.evs[i].packed) continue;
+            napi_value v = ev_to_js(env, &g.evs[i]);
+            if (!v || napi_set_element(env, args[0], (uint32_t)i, v) != napi_ok) goto fail;
+        }
+    } else {
+        TRY(napi_get_null(env, &args[0]));
+    }
+    if (packed > 0) {
+        void *meta, *bytes;
+        napi_value ab;
+        TRY(napi_create_arraybuffer(env, packed * 3 * sizeof(int32_t), &meta, &ab));
+        TRY(napi_create_typedarray(env, napi_int32_array, packed * 3, ab, 0, &args[1]));
+        TRY(napi_create_buffer_copy(env, g.alen, g.alen ? g.arena : (void *)"", &bytes, &args[2]));
+        int32_t *m = meta;
+        for (size_t i = 0; i < n; i++) {
+            if (!g.evs[i].packed) continue;
+            *m++ = (int32_t)g.evs[i].worker_id;
+            *m++ = (int32_t)g.evs[i].off; /* < 2^31: a turn reads at most a few MiB */
+            *m++ = (int32_t)g.evs[i].len;
+        }
+    } else {
+        TRY(napi_get_undefined(env, &args[1]));
+        args[2] = args[1];
     }
     g.n = 0; /* everything is JS's now (payloads in Buffers, fds as numbers) */
+    g.alen = 0;
+    if (g.acap > ARENA_KEEP) { /* one huge turn does not pin its memory for good */
+        free(g.arena);
+        g.arena = NULL;
+        g.acap = 0;
+    }
     TRY(napi_get_reference_value(env, g.handler, &fn));
     TRY(napi_get_global(env, &recv));
     /* What the handlers send in reply to this batch leaves batched (node's sends are
      * asynchronous anyway): one datagram instead of one per message. */
     bool corked = cluster_cork() == 0;
-    napi_status st = napi_make_callback(env, g.actx, recv, fn, 1, &arr, &result);
+    napi_status st = napi_make_callback(env, g.actx, recv, fn, 3, args, &result);
     if (corked) cluster_uncork();
     if (st != napi_ok) raise_pending(env);
     napi_close_handle_scope(env, scope);
@@ -1013,8 +1041,13 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
     return throw_rc(env, CLUSTER_E_STATE, "rcluster: stats kept growing");
 }
 
-/* A tagged payload: [tag][bytes] (tag < 0: the bytes alone). Value: bytes or a string. */
-static uint8_t *build_payload(napi_env env, int32_t tag, napi_value value, size_t *out_len) {
+/* Payloads up to this size are built on the stack (no allocation per send). */
+#define SEND_STACK 2048
+
+/* A tagged payload: [tag][bytes] (tag < 0: the bytes alone). Value: bytes or a string.
+ * Built in `stack` (`cap` bytes) when it fits, else in memory the caller frees (payload_free). */
+static uint8_t *build_payload(napi_env env, int32_t tag, napi_value value, uint8_t *stack, size_t cap,
+                              size_t *out_len) {
     const uint8_t *bytes = NULL;
     size_t len = 0, head = tag >= 0 ? 1 : 0;
     uint8_t *buf = NULL;
@@ -1022,16 +1055,23 @@ static uint8_t *build_payload(napi_env env, int32_t tag, napi_value value, size_
     if (napi_typeof(env, value, &t) != napi_ok) return NULL;
     if (t == napi_string) {
         size_t got = 0;
-        if (napi_get_value_string_utf8(env, value, NULL, 0, &len) != napi_ok) return NULL;
-        buf = malloc(head + len + 1);
-        if (!buf) return NULL;
-        if (napi_get_value_string_utf8(env, value, (char *)buf + head, len + 1, &got) != napi_ok) {
-            free(buf);
-            return NULL;
+        /* First straight into the stack buffer: if it stopped well short of the end (a cut
+         * never leaves more than one UTF-8 sequence, 4 bytes, unused) the string was whole. */
+        if (napi_get_value_string_utf8(env, value, (char *)stack + head, cap - head, &got) != napi_ok) return NULL;
+        if (got + 4 < cap - head - 1) {
+            buf = stack;
+        } else {
+            if (napi_get_value_string_utf8(env, value, NULL, 0, &len) != napi_ok) return NULL;
+            buf = malloc(head + len + 1);
+            if (!buf) return NULL;
+            if (napi_get_value_string_utf8(env, value, (char *)buf + head, len + 1, &got) != napi_ok) {
+                free(buf);
+                return NULL;
+            }
         }
         len = got;
     } else if (get_bytes(env, value, &bytes, &len)) {
-        buf = malloc(head + len + 1);
+        buf = head + len <= cap ? stack : malloc(head + len + 1);
         if (!buf) return NULL;
         if (len) memcpy(buf + head, bytes, len);
     } else {
@@ -1042,21 +1082,26 @@ static uint8_t *build_payload(napi_env env, int32_t tag, napi_value value, size_
     return buf;
 }
 
+static void payload_free(uint8_t *buf, const uint8_t *stack) {
+    if (buf != stack) free(buf);
+}
+
 /* send(to, tag, value, fd?): cluster_send / cluster_send_fd. */
 static napi_value js_send(napi_env env, napi_callback_info info) {
     napi_value argv[4];
     uint32_t to;
     int32_t tag, fd = -1;
     size_t len = 0;
+    uint8_t stack[SEND_STACK];
     if (!owner(env) || !get_args(env, info, 4, argv, NULL)) return NULL;
     if (!get_u32(env, argv[0], &to) || !get_i32(env, argv[1], &tag) || tag > 255)
         return throw_type(env, "send(to, tag, value, fd)");
     if (!is_nullish(env, argv[3]) && (!get_i32(env, argv[3], &fd) || fd < 0))
         return throw_type(env, "the fd to pass must be a non-negative integer");
-    uint8_t *buf = build_payload(env, tag, argv[2], &len);
+    uint8_t *buf = build_payload(env, tag, argv[2], stack, sizeof stack, &len);
     if (!buf) return throw_type(env, "a message is a Buffer, a TypedArray, an ArrayBuffer or a string");
     int32_t rc = fd >= 0 ? cluster_send_fd(to, buf, len, fd) : cluster_send(to, buf, len);
-    free(buf);
+    payload_free(buf, stack);
     return rc_result(env, rc);
 }
 
@@ -1067,10 +1112,11 @@ static napi_value js_broadcast(napi_env env, napi_callback_info info) {
     size_t len = 0;
     if (!owner(env) || !get_args(env, info, 2, argv, NULL)) return NULL;
     if (!get_i32(env, argv[0], &tag) || tag > 255) return throw_type(env, "broadcast(tag, value)");
-    uint8_t *buf = build_payload(env, tag, argv[1], &len);
+    uint8_t stack[SEND_STACK];
+    uint8_t *buf = build_payload(env, tag, argv[1], stack, sizeof stack, &len);
     if (!buf) return throw_type(env, "a message is a Buffer, a TypedArray, an ArrayBuffer or a string");
     int32_t rc = cluster_broadcast(buf, len);
-    free(buf);
+    payload_free(buf, stack);
     return rc_result(env, rc);
 }
 
@@ -1227,6 +1273,9 @@ static void on_env_cleanup(void *arg) {
     free(g.evs);
     g.evs = NULL;
     g.cap = 0;
+    free(g.arena);
+    g.arena = NULL;
+    g.acap = 0;
     g.env = NULL;
 }
 
