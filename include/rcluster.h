@@ -463,6 +463,15 @@ int32_t cluster_config_set_send_queue(struct cluster_config *cfg,
 int32_t cluster_config_set_manual_ready(struct cluster_config *cfg, bool on);
 
 /**
+ * Whether the primary's loop thread runs under SCHED_BATCH (no wakeup preemption, the same
+ * fair share of CPU), which lets connections gather into larger handoff batches on a busy
+ * machine. Default: on when the primary hands off connections (a balancing policy and a
+ * listener), off otherwise. Only a thread under SCHED_OTHER is switched; its class comes back
+ * when the runtime finishes, and workers start under it.
+ */
+int32_t cluster_config_set_sched_batch(struct cluster_config *cfg, bool on);
+
+/**
  * Whether a worker that dies unasked is replaced (default on), in the same slot, after a
  * backoff (see `cluster_config_set_backoff`).
  */

@@ -90,6 +90,9 @@ pub struct Config {
     pub max_pending: usize,
     /// Workers call `ready()` themselves instead of READY following `worker_start`.
     pub manual_ready: bool,
+    /// Run the primary's loop thread under SCHED_BATCH (see `primary::sched`); None: when the
+    /// primary hands off connections (a balancing policy and at least one listener).
+    pub sched_batch: Option<bool>,
     /// listen(2) backlog.
     pub backlog: i32,
     /// Start a replacement when a worker dies unasked (default on), with this backoff and
@@ -146,6 +149,7 @@ impl Default for Config {
             window: 64,
             max_pending: 4096,
             manual_ready: false,
+            sched_batch: None,
             backlog: libc::SOMAXCONN,
             restart: Some(RestartPolicy::default()),
             startup_timeout_ms: 30_000,

@@ -72,6 +72,17 @@ fn messages_exec_mode_from_a_threaded_primary() {
 }
 
 #[test]
+fn the_primary_in_the_data_path_runs_under_sched_batch_and_its_workers_do_not() {
+    run_c("sched", &["default"], Duration::from_secs(60));
+}
+
+#[test]
+fn sched_batch_can_be_turned_off_and_is_not_used_without_listeners() {
+    run_c("sched", &["off"], Duration::from_secs(60));
+    run_c("sched", &["no_listener"], Duration::from_secs(60));
+}
+
+#[test]
 fn handoff_round_robin_ipv4_ipv6() {
     run_c("handoff", &[], Duration::from_secs(60));
 }

@@ -64,6 +64,8 @@ declare namespace rcluster {
     maxRequests?: number | { requests: number; jitter: number } | [number, number];
     /** READY only when the worker calls cluster.worker.ready(). */
     manualReady?: boolean;
+    /** The primary's thread under SCHED_BATCH while it hands off connections (default: then). */
+    schedBatch?: boolean;
     /** Largest message in bytes (default 64 MiB). */
     maxMessage?: number;
     /** Send queue bounds (defaults 8 MiB, 4096 messages). */

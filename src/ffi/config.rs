@@ -249,6 +249,19 @@ pub extern "C" fn cluster_config_set_manual_ready(cfg: *mut cluster_config, on: 
     })
 }
 
+/// Whether the primary's loop thread runs under SCHED_BATCH (no wakeup preemption, the same
+/// fair share of CPU), which lets connections gather into larger handoff batches on a busy
+/// machine. Default: on when the primary hands off connections (a balancing policy and a
+/// listener), off otherwise. Only a thread under SCHED_OTHER is switched; its class comes back
+/// when the runtime finishes, and workers start under it.
+#[no_mangle]
+pub extern "C" fn cluster_config_set_sched_batch(cfg: *mut cluster_config, on: bool) -> i32 {
+    guard(|| {
+        cfg_mut(cfg)?.sched_batch = Some(on);
+        Ok(0)
+    })
+}
+
 /// Whether a worker that dies unasked is replaced (default on), in the same slot, after a
 /// backoff (see `cluster_config_set_backoff`).
 #[no_mangle]

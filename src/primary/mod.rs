@@ -12,6 +12,7 @@ pub mod harness;
 mod lifecycle;
 mod relay;
 pub mod restart;
+pub mod sched;
 pub mod spawn;
 mod supervise;
 pub mod workers;
@@ -112,6 +113,9 @@ pub struct Primary {
     /// READY=1 was sent to systemd.
     ready_notified: bool,
     started_ms: u64,
+    /// SCHED_BATCH on the loop thread while connections go through the primary (see sched);
+    /// held for its drop, which switches back.
+    _sched: Option<sched::Batch>,
 }
 
 impl Primary {
@@ -141,6 +145,8 @@ impl Primary {
             reactor.add(s.fd(), Source::Signals, true, false)?;
         }
         let shared = Arc::new(Shared::new(0, cfg.max_message, reactor.waker()));
+        let in_data_path = balance.is_some() && !listeners.is_empty();
+        let sched = if cfg.sched_batch.unwrap_or(in_data_path) { sched::Batch::enter() } else { None };
         let mut p = Primary {
             reader: Reader::new(cfg.max_message),
             cfg,
@@ -168,6 +174,7 @@ impl Primary {
             notifier: crate::net::notify::Notifier::from_env(|k| std::env::var(k).ok()),
             ready_notified: false,
             started_ms: sys::monotonic_ms(),
+            _sched: sched,
         };
         p.start_timers();
         for _ in 0..p.cfg.effective_workers() {

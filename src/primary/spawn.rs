@@ -61,6 +61,7 @@ pub fn fork_worker(template: WorkerEnv, process: &WorkerProcess) -> Result<Spawn
     if pid == 0 {
         die_with_parent(parent);
         signals::reset_in_child(&signals::PRIMARY_SIGNALS);
+        super::sched::reset_in_child();
         // SAFETY: a freshly forked child of a single-threaded process.
         if let Err((stage, errno)) = unsafe { setup.apply() } {
             eprintln!("rcluster worker {}: {}: {}", template.id, stage, io::Error::from_raw_os_error(errno));
@@ -180,6 +181,7 @@ pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv, process: &WorkerProcess
     if pid == 0 {
         die_with_parent(parent);
         signals::reset_in_child(&signals::PRIMARY_SIGNALS);
+        super::sched::reset_in_child();
         // SAFETY: async-signal-safe calls on integers and on pointers prepared before the fork
         // (the NUL-terminated argv/envp arrays point into CStrings that the copy-on-write child
         // still holds).

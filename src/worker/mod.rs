@@ -46,6 +46,8 @@ pub struct Worker {
     reader: Reader,
     /// Frames of the primary's last batch datagram not handled yet.
     inbox: Inbox,
+    /// Connections received in this read pass, acknowledged together at its end.
+    acks: Vec<u64>,
     signals: Option<SignalPipe>,
     events: Vec<Event>,
     phase: Phase,
@@ -108,6 +110,7 @@ impl Worker {
             listeners,
             reader: Reader::new(env.max_message),
             inbox: Inbox::default(),
+            acks: Vec::new(),
             env,
             reactor,
             shared,
@@ -311,6 +314,18 @@ impl Worker {
     }
 
     fn on_readable(&mut self) {
+        self.read_frames();
+        if !self.acks.is_empty() && self.phase != Phase::Disconnected {
+            // One ACK for every connection of the pass, still before any callback runs: the
+            // primary closes its copies at once, so a handler that closes its fd really closes
+            // the connection. (One per NEWCONN frame cost a datagram, and often a wakeup of the
+            // primary, per frame.)
+            let ids = std::mem::take(&mut self.acks);
+            self.push(Frame::control(Kind::Ack, encode_ids(&ids)));
+        }
+    }
+
+    fn read_frames(&mut self) {
         for _ in 0..FRAMES_PER_TURN {
             if self.phase == Phase::Disconnected {
                 return;
@@ -352,15 +367,13 @@ impl Worker {
                         return;
                     }
                 };
-                let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
                 if self.phase != Phase::Running {
                     // Refused: the primary still holds these and gives them to another worker.
+                    let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
                     self.push(Frame::control(Kind::Nack, encode_ids(&ids)));
                     return;
                 }
-                // ACK before the callbacks run: the primary then closes its copies at once, so a
-                // handler that closes its fd really closes the connection.
-                self.push(Frame::control(Kind::Ack, encode_ids(&ids)));
+                self.acks.extend(entries.iter().map(|e| e.id)); // acknowledged at the end of the pass
                 for (entry, fd) in entries.into_iter().zip(f.fds) {
                     self.events.push(Event {
                         fd: Some(fd),

@@ -289,6 +289,7 @@ module.exports = function installPrimary(cluster, native) {
     if (s.maxMessage !== undefined) ops.push(['max_message', s.maxMessage]);
     if (s.sendQueue !== undefined) ops.push(['send_queue', ...numbers(s.sendQueue, ['bytes', 'messages'], 'settings.sendQueue')]);
     if (s.manualReady !== undefined) ops.push(['manual_ready', Boolean(s.manualReady)]);
+    if (s.schedBatch !== undefined) ops.push(['sched_batch', Boolean(s.schedBatch)]);
     if (s.restart !== undefined) ops.push(['restart', Boolean(s.restart)]);
     if (s.backoff !== undefined) ops.push(['backoff', ...numbers(s.backoff, ['min', 'max', 'reset'], 'settings.backoff')]);
     if (s.crashLoop !== undefined) ops.push(['crash_loop', ...numbers(s.crashLoop, ['deaths', 'window'], 'settings.crashLoop')]);

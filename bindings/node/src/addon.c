@@ -752,6 +752,8 @@ static int32_t apply_op(napi_env env, cluster_config *cfg, napi_value op, char *
             rc = CALL(cluster_config_set_send_queue(cfg, (size_t)q[0], (size_t)q[1]));
     } else if (!strcmp(name, "manual_ready")) {
         if (get_bool(env, a[1], &b)) rc = CALL(cluster_config_set_manual_ready(cfg, b));
+    } else if (!strcmp(name, "sched_batch")) {
+        if (get_bool(env, a[1], &b)) rc = CALL(cluster_config_set_sched_batch(cfg, b));
     } else if (!strcmp(name, "restart")) {
         if (get_bool(env, a[1], &b)) rc = CALL(cluster_config_set_restart(cfg, b));
     } else if (!strcmp(name, "backoff")) {

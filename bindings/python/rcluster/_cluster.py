@@ -165,6 +165,7 @@ class Cluster(_events.Runtime):
         startup_timeout: Optional[int] = None,
         max_requests: Optional[Union[int, Tuple[int, int]]] = None,
         manual_ready: Optional[bool] = None,
+        sched_batch: Optional[bool] = None,
         send_queue: Optional[Tuple[int, int]] = None,
         user: Optional[Union[int, str, Tuple[int, int]]] = None,
         groups: Optional[Sequence[int]] = None,
@@ -203,6 +204,7 @@ class Cluster(_events.Runtime):
             startup_timeout=startup_timeout,
             max_requests=max_requests,
             manual_ready=manual_ready,
+            sched_batch=sched_batch,
             send_queue=send_queue,
             user=user,
             groups=groups,
@@ -372,6 +374,8 @@ class Cluster(_events.Runtime):
             c(lib.cluster_config_set_max_requests, cfg, n, jitter)
         if o["manual_ready"] is not None:
             c(lib.cluster_config_set_manual_ready, cfg, _lib.flag("manual_ready", o["manual_ready"]))
+        if o["sched_batch"] is not None:
+            c(lib.cluster_config_set_sched_batch, cfg, _lib.flag("sched_batch", o["sched_batch"]))
         if o["send_queue"] is not None:
             c(lib.cluster_config_set_send_queue, cfg, *_numbers("send_queue", o["send_queue"], 2, _lib.size))
         user = o["user"]

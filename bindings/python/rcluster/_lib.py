@@ -190,6 +190,7 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "cluster_config_set_grace": (I32, [CFG, c_uint32]),
     "cluster_config_set_send_queue": (I32, [CFG, c_size_t, c_size_t]),
     "cluster_config_set_manual_ready": (I32, [CFG, c_bool]),
+    "cluster_config_set_sched_batch": (I32, [CFG, c_bool]),
     "cluster_config_set_restart": (I32, [CFG, c_bool]),
     "cluster_config_set_backoff": (I32, [CFG, c_uint32, c_uint32, c_uint32]),
     "cluster_config_set_crash_loop": (I32, [CFG, c_uint32, c_uint32]),
