@@ -260,12 +260,18 @@ pub const MAX_PEER: usize = 128;
 pub fn encode_conns(entries: &[ConnEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.len() * 32);
     for e in entries {
-        out.extend_from_slice(&e.id.to_le_bytes());
-        out.extend_from_slice(&e.listener.to_le_bytes());
-        out.extend_from_slice(&(e.peer.len() as u32).to_le_bytes());
-        out.extend_from_slice(&e.peer);
+        encode_conn(&mut out, e.id, e.listener, &e.peer);
     }
     out
+}
+
+/// Appends one connection entry to `out` (what `encode_conns` writes for each, without an
+/// entry to build first).
+pub fn encode_conn(out: &mut Vec<u8>, id: u64, listener: u32, peer: &[u8]) {
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&listener.to_le_bytes());
+    out.extend_from_slice(&(peer.len() as u32).to_le_bytes());
+    out.extend_from_slice(peer);
 }
 
 /// Decodes connection entries; the count must equal the fds that arrived.

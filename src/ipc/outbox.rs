@@ -86,7 +86,7 @@ impl Frame {
     pub fn relay(from: u32, to: u32, mut payload: Payload, fd: Option<OwnedFd>, max: u64) -> Result<Frame> {
         let memfd = match &mut payload {
             Payload::Mapped(m) => m.take_memfd(),
-            Payload::Bytes(_) => None,
+            Payload::Bytes(_) | Payload::Shared { .. } => None,
         };
         let Some((memfd, len)) = memfd else { return Frame::message(from, to, &payload, fd, max) };
         let mut header = Header { from, to, len: len as u64, flags: FLAG_BIG, ..Header::new(Kind::Message) };
@@ -350,10 +350,12 @@ impl Outbox {
             };
             match sent {
                 Ok(()) => {
-                    for frame in q.frames.drain(..n.max(1)).collect::<Vec<_>>() {
+                    let gone = n.max(1);
+                    for frame in q.frames.iter().take(gone) {
                         q.user_bytes -= frame.user_bytes;
                         q.user_frames -= usize::from(frame.user_bytes > 0);
                     }
+                    q.frames.drain(..gone);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed { empty: false, drained: false }),
                 Err(e) => {

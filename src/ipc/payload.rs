@@ -3,6 +3,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 
 use crate::error::{Code, Error, Result};
 use crate::sys::{cvt, owned};
@@ -39,6 +40,16 @@ pub fn seal(data: &[u8]) -> io::Result<OwnedFd> {
 pub enum Payload {
     /// Inline bytes.
     Bytes(Vec<u8>),
+    /// `len` bytes at `start` of a buffer shared with other payloads: the frames of one batch
+    /// datagram, copied out of the read buffer once for all of them.
+    Shared {
+        /// The batch's bytes.
+        buf: Arc<[u8]>,
+        /// Where this payload starts in `buf`.
+        start: usize,
+        /// Its length.
+        len: usize,
+    },
     /// A sealed memfd's contents, mapped.
     Mapped(Mapped),
 }
@@ -67,6 +78,7 @@ impl std::ops::Deref for Payload {
     fn deref(&self) -> &[u8] {
         match self {
             Payload::Bytes(v) => v,
+            Payload::Shared { buf, start, len } => &buf[*start..*start + *len],
             Payload::Mapped(m) => m.bytes(),
         }
     }
@@ -76,6 +88,7 @@ impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Payload::Bytes(v) => write!(f, "Bytes({} bytes)", v.len()),
+            Payload::Shared { len, .. } => write!(f, "Shared({len} bytes)"),
             Payload::Mapped(m) => write!(f, "Mapped({} bytes)", m.len),
         }
     }

@@ -5,6 +5,7 @@ use std::os::fd::{OwnedFd, RawFd};
 
 use super::channel::{self, Recv, RECV_BUF};
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use super::frame::{decode_batch, FrameError, Header, Kind, FLAG_BIG, HEADER_LEN, MAX_FDS};
 use super::payload::{self, Payload};
@@ -123,6 +124,10 @@ impl Reader {
             Ok(f) => f,
             Err(e) => return Read::Bad(e),
         };
+        // One copy of the whole batch, which its frames' payloads share (rather than an
+        // allocation and a copy per frame).
+        let body = &self.buf[HEADER_LEN..HEADER_LEN + len];
+        let shared: Arc<[u8]> = Arc::from(body);
         let mut out = VecDeque::with_capacity(frames.len());
         for inner in frames {
             match Header::decode(inner, 0, self.max_message) {
@@ -130,7 +135,11 @@ impl Reader {
                     return Read::Bad(FrameError::Payload("a batch holds a batch or a flagged frame"));
                 }
                 Ok((header, payload)) => {
-                    out.push_back(Incoming { header, payload: Payload::Bytes(payload.to_vec()), fds: Vec::new() })
+                    // `payload` lies within `body` (decode_batch and Header::decode slice it).
+                    let start = payload.as_ptr() as usize - body.as_ptr() as usize;
+                    debug_assert!(start + payload.len() <= body.len());
+                    let payload = Payload::Shared { buf: Arc::clone(&shared), start, len: payload.len() };
+                    out.push_back(Incoming { header, payload, fds: Vec::new() })
                 }
                 Err(e) => return Read::Bad(e),
             }
@@ -193,6 +202,29 @@ mod tests {
             matches!(r.read(b.as_raw_fd(), &mut inbox).unwrap(), Read::Frame(f) if f.header.kind == Kind::Heartbeat)
         );
         assert!(matches!(r.read(b.as_raw_fd(), &mut inbox).unwrap(), Read::WouldBlock));
+    }
+
+    #[test]
+    fn the_frames_of_a_batch_keep_their_own_bytes_after_later_reads() {
+        let (a, b) = sys::seqpacket_pair().unwrap();
+        let out = Outbox::new(a, Limits::default());
+        let payload = |i: usize| -> Vec<u8> { (0..i % 23).map(|j| (i * 31 + j) as u8).collect() };
+        out.cork();
+        for i in 0..50 {
+            out.push(Frame::message(2, 0, &payload(i), None, 1024).unwrap()).unwrap();
+        }
+        assert!(out.uncork().unwrap().empty);
+        let mut r = Reader::new(1 << 20);
+        let mut inbox = Inbox::default();
+        let kept: Vec<Incoming> = (0..50)
+            .map(|i| match r.read(b.as_raw_fd(), &mut inbox).unwrap() {
+                Read::Frame(f) => f,
+                other => panic!("frame {i}: {other:?}"),
+            })
+            .collect();
+        for (i, f) in kept.iter().enumerate() {
+            assert_eq!(f.payload[..], payload(i)[..], "frame {i}, of any length (empty too), intact");
+        }
     }
 
     #[test]

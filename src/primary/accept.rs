@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use crate::error::Code;
 use crate::event_loop::Source;
-use crate::ipc::frame::{encode_conns, ConnEntry, Kind, MAX_FDS};
+use crate::ipc::frame::{encode_conn, Kind, MAX_FDS};
 use crate::ipc::outbox::{Frame, Pushed};
 use crate::net::listener;
 use crate::sys;
@@ -124,18 +124,18 @@ impl Primary {
     fn send_conns(&mut self, id: u32, conns: Vec<Conn>) {
         let mut conns = conns.into_iter().peekable();
         while conns.peek().is_some() {
-            let chunk: Vec<Conn> = conns.by_ref().take(MAX_FDS).collect();
-            let entries: Vec<ConnEntry> =
-                chunk.iter().map(|c| ConnEntry { id: c.id, listener: c.listener, peer: c.peer.clone() }).collect();
-            let fds: Vec<RawFd> = chunk.iter().map(|c| c.fd.as_raw_fd()).collect();
-            for c in chunk {
+            let mut payload = Vec::with_capacity(MAX_FDS.min(conns.len()) * 32);
+            let mut fds: Vec<RawFd> = Vec::with_capacity(MAX_FDS.min(conns.len()));
+            for c in conns.by_ref().take(MAX_FDS) {
+                encode_conn(&mut payload, c.id, c.listener, &c.peer);
+                fds.push(c.fd.as_raw_fd());
                 self.handoff.sent(id, c);
             }
             // SAFETY: the connections stay in `handoff` (in flight to `id`) until that worker ACKs
             // or NACKs them, which it can only do after this frame was sent, or until its
             // channel is lost, and `channel_lost` closes the outbox (dropping this frame if it
             // is still queued) before `worker_gone` gives the connections back.
-            let frame = unsafe { Frame::with_borrowed_fds(Kind::NewConn, encode_conns(&entries), fds) };
+            let frame = unsafe { Frame::with_borrowed_fds(Kind::NewConn, payload, fds) };
             let Some(slot) = self.slots.get(&id) else { return };
             match slot.outbox.push(frame) {
                 Ok(Pushed::Queued { arm: true }) => self.arm_if_queued(id),

@@ -5,7 +5,9 @@
 //! and they go to another worker. A connection is closed unanswered only when no worker can
 //! ever take it, and that is counted.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::OwnedFd;
 
 /// An accepted connection the primary still holds.
@@ -23,6 +25,28 @@ pub struct Conn {
     pub tries: u32,
 }
 
+/// Hashes connection ids, which the primary numbers itself (1, 2, 3...): one multiply spreads
+/// them over the table. (SipHash, the default, costs more and buys nothing here: a worker can
+/// make the primary look an id up, never insert one.)
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64((self.0 << 8) | u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15); // 2^64 / the golden ratio
+    }
+}
+
 /// Handoffs that give up on a connection after this many refusals.
 pub const MAX_TRIES: u32 = 8;
 
@@ -32,7 +56,7 @@ pub struct Handoff {
     next_id: u64,
     /// Accepted, waiting for a worker.
     pub waiting: VecDeque<Conn>,
-    inflight: HashMap<u64, (u32, Conn)>,
+    inflight: HashMap<u64, (u32, Conn), BuildHasherDefault<IdHasher>>,
     /// Connections closed unanswered (no worker could ever take them).
     pub dropped: u64,
 }
@@ -53,25 +77,26 @@ impl Handoff {
     /// Worker `worker` acknowledged `id`: the primary's copy is closed. Returns false for an id
     /// that is not in flight to that worker (a confused or hostile worker: ignored).
     pub fn ack(&mut self, worker: u32, id: u64) -> bool {
-        match self.inflight.get(&id) {
-            Some((w, _)) if *w == worker => {
-                self.inflight.remove(&id);
-                true
-            }
-            _ => false,
-        }
+        self.take(worker, id).is_some()
     }
 
     /// Worker `worker` refused `id`: it goes back to the front of the queue (or is dropped
     /// after too many tries). Returns false for an id not in flight to that worker.
     pub fn nack(&mut self, worker: u32, id: u64) -> bool {
-        match self.inflight.get(&id) {
-            Some((w, _)) if *w == worker => {
-                let (_, conn) = self.inflight.remove(&id).expect("just found");
+        match self.take(worker, id) {
+            Some(conn) => {
                 self.requeue(conn);
                 true
             }
-            _ => false,
+            None => false,
+        }
+    }
+
+    /// Removes `id` from what is in flight, if it is in flight to `worker`.
+    fn take(&mut self, worker: u32, id: u64) -> Option<Conn> {
+        match self.inflight.entry(id) {
+            Entry::Occupied(e) if e.get().0 == worker => Some(e.remove().1),
+            _ => None,
         }
     }
 
