@@ -157,6 +157,7 @@ static void read_report(int fd, int *answered, int counts[MAX_IDS + 1], const ch
 int main(void) {
     test_deadline(110);
     setvbuf(stdout, NULL, _IONBF, 0);
+    if (getenv("RCLUSTER_LOG")) cluster_log_init();
     long long t0 = now_ms();
     cluster_config *cfg = cluster_config_new();
     CHECK(cfg != NULL, "cluster_config_new");

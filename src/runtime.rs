@@ -354,7 +354,14 @@ pub fn dispatch(timeout_ms: i32) -> Result<usize> {
             _ => Vec::new(),
         }
     };
-    Ok(deliver(events))
+    let n = deliver(events);
+    if n > 0 {
+        // The callbacks may have used up fds: the primary must know before it hands over more.
+        if let Runtime::Worker(w) = &mut *runtime()? {
+            w.check_fds();
+        }
+    }
+    Ok(n)
 }
 
 /// Tears the runtime down once it is done, and says so with `Closed`.

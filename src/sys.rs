@@ -104,6 +104,23 @@ pub fn eventfd() -> io::Result<OwnedFd> {
     owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })
 }
 
+/// This process's soft RLIMIT_NOFILE (u64::MAX when unlimited or unknown).
+pub fn fd_limit() -> u64 {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `rl` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 || rl.rlim_cur == libc::RLIM_INFINITY {
+        return u64::MAX;
+    }
+    rl.rlim_cur
+}
+
+/// True when `fd` has something to read right now.
+pub fn readable_now(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, no waiting.
+    unsafe { libc::poll(&mut pfd, 1, 0) > 0 && pfd.revents & libc::POLLIN != 0 }
+}
+
 /// Reads and discards whatever is readable on a non-blocking fd (eventfd, pipe, timerfd).
 pub fn drain_fd(fd: RawFd) {
     let mut buf = [0u8; 64];

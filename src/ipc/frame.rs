@@ -40,7 +40,8 @@ pub enum Kind {
     NewConn = 4,
     /// worker -> primary: these connection ids arrived (payload: u64 ids).
     Ack = 5,
-    /// worker -> primary: these connection ids were refused (draining) or their fds were lost.
+    /// worker -> primary: these connection ids were refused (draining: their fds come back
+    /// with it) or their fds were lost.
     Nack = 6,
     /// primary -> worker: stop gracefully.
     Shutdown = 7,
@@ -55,6 +56,9 @@ pub enum Kind {
     /// Several fd-less frames in one datagram (see [`encode_batch`]): small messages sent in
     /// one loop turn cost one system call on each side instead of one each.
     Batch = 12,
+    /// worker -> primary: it is short of fds (payload: 1 byte, 1) or no longer (0): the
+    /// primary keeps its copy of each connection handed to it until the ACK while it is.
+    FdPressure = 13,
 }
 
 impl Kind {
@@ -72,6 +76,7 @@ impl Kind {
             10 => Kind::Undeliverable,
             11 => Kind::ConnDone,
             12 => Kind::Batch,
+            13 => Kind::FdPressure,
             _ => return None,
         })
     }
@@ -166,7 +171,8 @@ impl Header {
         }
         let fds_expected = match kind {
             Kind::Message => usize::from(big) + usize::from(h.flags & FLAG_FD != 0),
-            Kind::NewConn => h.nfds as usize,
+            // A NACK may give back the fds of the connections it refuses.
+            Kind::NewConn | Kind::Nack => h.nfds as usize,
             _ => 0,
         };
         if kind != Kind::Message && h.flags != 0 {

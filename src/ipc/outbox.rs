@@ -41,6 +41,14 @@ impl Frame {
         Frame { header, payload, fds: Vec::new(), borrowed: Vec::new(), user_bytes: 0 }
     }
 
+    /// A control frame of `kind` passing `fds` (closed once sent).
+    pub fn control_with_fds(kind: Kind, payload: Vec<u8>, fds: Vec<OwnedFd>) -> Frame {
+        let mut frame = Frame::control(kind, payload);
+        frame.header.nfds = fds.len() as u8;
+        frame.fds = fds;
+        frame
+    }
+
     /// A control frame passing fds it does not own: the primary's handed-off connections,
     /// which it keeps until the worker's ACK anyway (a dup per connection would cost two
     /// system calls for nothing).

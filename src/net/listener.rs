@@ -276,6 +276,30 @@ pub fn accept(listener: RawFd) -> io::Result<Option<Accepted>> {
     }
 }
 
+/// True when `fd` is a connected stream socket whose peer address is `peer` (the bytes
+/// accept(2) gave): how the primary checks a connection a worker gives back.
+pub fn is_connection_from(fd: RawFd, peer: &[u8]) -> bool {
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `kind` is writable for `len` bytes.
+    let ok = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut kind as *mut libc::c_int).cast(), &mut len)
+    };
+    if ok != 0 || kind != libc::SOCK_STREAM {
+        return false;
+    }
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `ss` is writable for `len` bytes.
+    if unsafe { libc::getpeername(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) } != 0 {
+        return false;
+    }
+    // SAFETY: the kernel wrote `len` <= sizeof(ss) bytes of address.
+    let got = unsafe { std::slice::from_raw_parts((&ss as *const libc::sockaddr_storage).cast::<u8>(), len as usize) };
+    got == peer
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

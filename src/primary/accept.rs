@@ -126,18 +126,26 @@ impl Primary {
         while conns.peek().is_some() {
             let mut payload = Vec::with_capacity(MAX_FDS.min(conns.len()) * 32);
             let mut fds: Vec<RawFd> = Vec::with_capacity(MAX_FDS.min(conns.len()));
+            let mut ids: Vec<u64> = Vec::with_capacity(MAX_FDS.min(conns.len()));
             for c in conns.by_ref().take(MAX_FDS) {
+                // Waiting connections always hold their fd (`Handoff::requeue` drops the others).
+                let Some(fd) = c.fd.as_ref().map(|f| f.as_raw_fd()) else { continue };
                 encode_conn(&mut payload, c.id, c.listener, &c.peer);
-                fds.push(c.fd.as_raw_fd());
+                fds.push(fd);
+                ids.push(c.id);
                 self.handoff.sent(id, c);
             }
-            // SAFETY: the connections stay in `handoff` (in flight to `id`) until that worker ACKs
-            // or NACKs them, which it can only do after this frame was sent, or until its
-            // channel is lost, and `channel_lost` closes the outbox (dropping this frame if it
-            // is still queued) before `worker_gone` gives the connections back.
+            // SAFETY: the connections stay in `handoff` (in flight to `id`) with their fds
+            // until this frame was sent (`let_go` below runs only once `push` sent it and
+            // dropped it), or until that worker ACKs or NACKs them, which it can only do after
+            // this frame was sent, or until its channel is lost, and `channel_lost` closes the
+            // outbox (dropping this frame if it is still queued) before `worker_gone` gives the
+            // connections back.
             let frame = unsafe { Frame::with_borrowed_fds(Kind::NewConn, payload, fds) };
             let Some(slot) = self.slots.get(&id) else { return };
             match slot.outbox.push(frame) {
+                // In the worker's socket now: the primary's copies can go (see handoff's doc).
+                Ok(Pushed::Sent) if slot.eager_handoff() => self.handoff.let_go(id, &ids),
                 Ok(Pushed::Queued { arm: true }) => self.arm_if_queued(id),
                 Ok(_) => {}
                 Err(e) => {

@@ -81,7 +81,7 @@ impl Harness {
         while let Some(id) = primary.next_spawn() {
             let (primary_end, worker_end) = sys::seqpacket_pair()?;
             let slot = primary.free_slot();
-            primary.adopt(id, slot, NO_PROCESS, primary_end);
+            primary.adopt(id, slot, NO_PROCESS, primary_end, None);
             fakes.push(Fake { id, end: Some(worker_end) });
         }
         primary.take_events();

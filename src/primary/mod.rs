@@ -259,16 +259,23 @@ impl Primary {
         };
         match spawned {
             Spawned::Child(env) => Ok(Some(env)),
-            Spawned::Parent { pid, channel } => {
-                self.adopt(id, slot, pid, channel);
+            Spawned::Parent { pid, channel, recovery } => {
+                self.adopt(id, slot, pid, channel, Some(recovery));
                 Ok(None)
             }
         }
     }
 
-    /// Takes worker `id` (process `pid`, primary end of its `channel`) into `slot`: watches its
-    /// channel and exit, and reports FORK.
-    fn adopt(&mut self, id: u32, slot: u32, pid: libc::pid_t, channel: std::os::fd::OwnedFd) {
+    /// Takes worker `id` (process `pid`, primary end of its `channel`, a duplicate of the
+    /// worker's end as `recovery`) into `slot`: watches its channel and exit, and reports FORK.
+    fn adopt(
+        &mut self,
+        id: u32,
+        slot: u32,
+        pid: libc::pid_t,
+        channel: std::os::fd::OwnedFd,
+        recovery: Option<std::os::fd::OwnedFd>,
+    ) {
         let fd = channel.as_raw_fd();
         let outbox = Arc::new(Outbox::new(channel, self.cfg.send_limits));
         let pidfd = sys::pidfd_open(pid);
@@ -283,6 +290,7 @@ impl Primary {
         let mut entry = Slot::new(id, slot, pid, outbox, pidfd);
         entry.restarts = self.histories.get(&slot).map_or(0, |h| h.restarts);
         entry.request_limit = self.request_limit();
+        entry.recovery = recovery;
         self.slots.insert(id, entry);
         self.worker_started(id);
         log::info!("worker {id} started, pid {pid}");
@@ -396,7 +404,7 @@ impl Primary {
         if slot.disconnect_requested && slot.state == WorkerState::Disconnecting {
             return Ok(());
         }
-        slot.disconnect_requested = true;
+        slot.leaving();
         slot.state = WorkerState::Disconnecting;
         slot.outbox.push(Frame::control(Kind::Shutdown, Vec::new())).map(drop).or_else(|e| match e.code {
             Code::Closed => Ok(()),

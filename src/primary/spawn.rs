@@ -24,6 +24,8 @@ pub enum Spawned {
         pid: libc::pid_t,
         /// The primary's end of the channel.
         channel: OwnedFd,
+        /// The worker's end, kept to recover what it never received (see `Slot::recovery`).
+        recovery: OwnedFd,
     },
     /// FORK mode, and we are the new worker: tear the primary down and run the worker main.
     Child(WorkerEnv),
@@ -79,7 +81,7 @@ pub fn fork_worker(template: WorkerEnv, process: &WorkerProcess) -> Result<Spawn
         let channel = std::os::fd::IntoRawFd::into_raw_fd(theirs);
         return Ok(Spawned::Child(WorkerEnv { channel, ..template }));
     }
-    Ok(Spawned::Parent { pid, channel: ours })
+    Ok(Spawned::Parent { pid, channel: ours, recovery: theirs })
 }
 
 /// `Threads` when this process has more than one thread (FORK mode cannot be used).
@@ -207,7 +209,6 @@ pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv, process: &WorkerProcess
         }
     }
     drop(err_w);
-    drop(theirs);
     // The pipe's write end closes on a successful exec (CLOEXEC): EOF means the worker runs.
     let mut failure: [libc::c_int; 2] = [0; 2];
     let n = loop {
@@ -228,7 +229,7 @@ pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv, process: &WorkerProcess
         };
         return Err(Error::sys(what, io::Error::from_raw_os_error(failure[1])));
     }
-    Ok(Spawned::Parent { pid, channel: ours })
+    Ok(Spawned::Parent { pid, channel: ours, recovery: theirs })
 }
 
 /// The step of a worker's setup that failed (reported through the exec error pipe).

@@ -2,9 +2,11 @@
 
 use crate::event::{Event, EventKind};
 use crate::event_loop::{Ready, Source};
-use crate::ipc::frame::{decode_ids, Kind};
-use crate::ipc::reader::{Incoming, Read};
+use crate::ipc::frame::{decode_conns, decode_ids, Kind};
+use crate::ipc::reader::{Inbox, Incoming, Read, Reader};
+use crate::net::listener;
 use crate::sys::{self, ExitStatus};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::workers::WorkerState;
 use super::{Phase, Primary, Timer, CLOSED_CHANNEL_EXIT_MS};
@@ -15,6 +17,9 @@ const FRAMES_PER_TURN: usize = 64;
 /// frame limit alone, a worker sending 64 maximum-size messages would make the primary hold
 /// 64 of them before its host sees one; with this, one turn holds about one per worker.
 const BYTES_PER_TURN: usize = 1 << 20;
+
+/// Most datagrams read from the channel of a worker that has exited, and from its own end.
+const DRAIN_READS: usize = 4096;
 
 impl Primary {
     /// Handles everything the loop reported, then settles the turn (handoffs, shutdown
@@ -173,6 +178,15 @@ impl Primary {
                     return self.channel_lost(id, None);
                 }
                 Ok(Read::Bad(e)) => return self.drop_worker(id, &format!("malformed frame: {e}")),
+                Ok(Read::FdsLost(h, payload)) if h.kind == Kind::Nack => {
+                    // The connections it gave back did not fit in our fd table: what the
+                    // primary holds no copy of is lost (and counted).
+                    log::error!("worker {id}: the fds of a NACK could not be received (out of fds?)");
+                    match decode_ids(&payload) {
+                        Ok(ids) => self.on_ack(id, false, &ids, Vec::new()),
+                        Err(e) => return self.drop_worker(id, &format!("malformed Nack: {e}")),
+                    }
+                }
                 Ok(Read::FdsLost(h, _)) if h.kind != Kind::Message => {
                     let kind = h.kind;
                     return self.drop_worker(id, &format!("sent a {kind:?} frame, which only the primary sends"));
@@ -216,11 +230,17 @@ impl Primary {
                 self.route(id, frame);
             }
             Kind::Ack | Kind::Nack => match decode_ids(&frame.payload) {
-                Ok(ids) => self.on_ack(id, frame.header.kind == Kind::Ack, &ids),
+                Ok(ids) if frame.fds.is_empty() || frame.fds.len() == ids.len() => {
+                    self.on_ack(id, frame.header.kind == Kind::Ack, &ids, frame.fds)
+                }
+                Ok(ids) => {
+                    let reason = format!("a NACK of {} connection(s) with {} fd(s)", ids.len(), frame.fds.len());
+                    self.drop_worker(id, &reason)
+                }
                 Err(e) => self.drop_worker(id, &format!("malformed {:?}: {e}", frame.header.kind)),
             },
             Kind::Bye => {
-                slot.disconnect_requested = true;
+                slot.leaving();
                 slot.state = WorkerState::Disconnecting;
                 log::info!("worker {id} is leaving");
             }
@@ -229,6 +249,15 @@ impl Primary {
                 Err(_) => self.drop_worker(id, "malformed ConnDone"),
             },
             Kind::Heartbeat => {}
+            Kind::FdPressure => match frame.payload[..] {
+                [on] if on <= 1 => {
+                    if slot.fd_pressure != (on == 1) {
+                        log::info!("worker {id} is {} of fds", if on == 1 { "short" } else { "no longer short" });
+                    }
+                    slot.fd_pressure = on == 1;
+                }
+                _ => self.drop_worker(id, "malformed FdPressure"),
+            },
             Kind::NewConn | Kind::Shutdown | Kind::Undeliverable | Kind::Batch => {
                 let kind = frame.header.kind;
                 self.drop_worker(id, &format!("sent a {kind:?} frame, which only the primary sends"));
@@ -236,10 +265,29 @@ impl Primary {
         }
     }
 
-    fn on_ack(&mut self, id: u32, ack: bool, ids: &[u64]) {
+    /// ACK or NACK of `ids` by worker `id`; a NACK may give back their fds (`returned`, one
+    /// per id, in order), which the primary needs when it let go of its copies.
+    fn on_ack(&mut self, id: u32, ack: bool, ids: &[u64], returned: Vec<OwnedFd>) {
         let mut unknown = 0usize;
+        let mut returned = returned.into_iter();
         for &conn in ids {
-            let known = if ack { self.handoff.ack(id, conn) } else { self.handoff.nack(id, conn) };
+            let known = if ack {
+                self.handoff.ack(id, conn)
+            } else {
+                // Only the connection itself is taken back: a stream socket connected to the
+                // same peer. A worker cannot slip another fd to the next worker.
+                let given = returned.next().filter(|fd| {
+                    let ok = self
+                        .handoff
+                        .held(id, conn)
+                        .is_some_and(|c| listener::is_connection_from(fd.as_raw_fd(), &c.peer));
+                    if !ok {
+                        log::warn!("worker {id}: the fd given back for connection {conn} is not that connection");
+                    }
+                    ok
+                });
+                self.handoff.nack(id, conn, given)
+            };
             let Some(slot) = self.slots.get_mut(&id) else { return };
             if known {
                 slot.unacked = slot.unacked.saturating_sub(1);
@@ -274,7 +322,22 @@ impl Primary {
     }
 
     fn on_exit(&mut self, id: u32, status: ExitStatus) {
+        // What it sent before it exited comes first (its last messages, its last ACKs): the
+        // primary holds its end of the channel (`Slot::recovery`), so no EOF marks the end of
+        // what it sent; a dead worker adds nothing, and the socket holds a bounded amount.
+        for _ in 0..DRAIN_READS {
+            match self.slots.get(&id) {
+                Some(s) if s.channel_open && s.stalled.is_none() => {
+                    if s.inbox.is_empty() && !sys::readable_now(s.outbox.fd()) {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+            self.on_readable(id);
+        }
         self.channel_lost(id, None);
+        self.recover_connections(id);
         let Some(slot) = self.slots.remove(&id) else { return };
         if let Some(pidfd) = &slot.pidfd {
             self.reactor.remove(std::os::fd::AsRawFd::as_raw_fd(pidfd));
@@ -299,6 +362,35 @@ impl Primary {
         });
         self.retry_stalled();
         self.after_exit(&slot, status);
+    }
+
+    /// Worker `id` has exited: the connections it never received are still in its socket,
+    /// whose duplicate the primary holds; they go to other workers (see `Handoff`).
+    fn recover_connections(&mut self, id: u32) {
+        let recovery = self.slots.get_mut(&id).and_then(|s| s.recovery.take());
+        let mut found = Vec::new();
+        if let Some(fd) = recovery {
+            let mut reader = Reader::new(self.cfg.max_message);
+            let mut inbox = Inbox::default();
+            for _ in 0..DRAIN_READS {
+                match reader.read(fd.as_raw_fd(), &mut inbox) {
+                    Ok(Read::Frame(f)) if f.header.kind == Kind::NewConn => {
+                        if let Ok(entries) = decode_conns(&f.payload, f.fds.len()) {
+                            found.extend(entries.into_iter().map(|e| e.id).zip(f.fds));
+                        }
+                    }
+                    Ok(Read::Frame(_)) | Ok(Read::FdsLost(..)) | Ok(Read::Bad(_)) => {}
+                    Ok(Read::WouldBlock) | Ok(Read::Closed) | Err(_) => break,
+                }
+            }
+        }
+        let (requeued, lost) = self.handoff.recovered(id, found);
+        if requeued > 0 {
+            log::info!("worker {id} exited before receiving {requeued} connection(s): handing them to others");
+        }
+        if lost > 0 {
+            log::warn!("worker {id} exited with {lost} connection(s) it had received but not acknowledged");
+        }
     }
 
     /// The channel to `id` is gone (EOF, error, or we dropped it): no more sends, its

@@ -98,6 +98,13 @@ pub struct Slot {
     pub request_limit: u64,
     /// Frames of its last batch datagram not handled yet.
     pub inbox: Inbox,
+    /// A duplicate of the worker's own end of the channel, read only once the worker is gone:
+    /// what it never received (connections above all) is still queued there.
+    pub recovery: Option<OwnedFd>,
+    /// The worker reported it is short of fds: the primary keeps its copy of each connection
+    /// until the ACK (a receive that runs out of fds loses the ones that did not fit), instead
+    /// of closing it as soon as the connection is in the worker's socket.
+    pub fd_pressure: bool,
 }
 
 impl Slot {
@@ -125,7 +132,23 @@ impl Slot {
             watchdog_fired: false,
             request_limit: 0,
             inbox: Inbox::default(),
+            recovery: None,
+            fd_pressure: false,
         }
+    }
+
+    /// Whether a connection handed to it may be closed in the primary as soon as it is in the
+    /// worker's socket: while its queue can be recovered should it die, and it has fds to spare.
+    pub fn eager_handoff(&self) -> bool {
+        self.recovery.is_some() && !self.fd_pressure
+    }
+
+    /// The worker is leaving on purpose (SHUTDOWN sent, or it said BYE): let go of its end of
+    /// the channel, so that its closing shows as EOF even if it lingers. Connections still sent
+    /// to it are then kept until its ACK.
+    pub fn leaving(&mut self) {
+        self.disconnect_requested = true;
+        self.recovery = None;
     }
 
     /// Batched frames wait in its inbox and may be read now (epoll will not report them: they

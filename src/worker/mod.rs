@@ -3,13 +3,13 @@
 
 pub mod env;
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::event::{Event, EventKind};
 use crate::event_loop::{Reactor, Ready, Source};
-use crate::ipc::frame::{decode_conns, encode_ids, Kind};
+use crate::ipc::frame::{decode_conns, encode_ids, Kind, MAX_FDS};
 use crate::ipc::outbox::{Frame, Outbox};
 use crate::ipc::reader::{Inbox, Incoming, Read, Reader};
 use crate::net::listener;
@@ -48,6 +48,11 @@ pub struct Worker {
     inbox: Inbox,
     /// Connections received in this read pass, acknowledged together at its end.
     acks: Vec<u64>,
+    /// The highest fd number of the connections received in the last pass that brought any
+    /// (fds are allocated lowest first: it tells how full the fd table is).
+    fd_high: i32,
+    /// We told the primary we are short of fds (see `check_fds`).
+    fd_pressure: bool,
     signals: Option<SignalPipe>,
     events: Vec<Event>,
     phase: Phase,
@@ -111,6 +116,8 @@ impl Worker {
             reader: Reader::new(env.max_message),
             inbox: Inbox::default(),
             acks: Vec::new(),
+            fd_high: lowest_free_fd() - 1,
+            fd_pressure: false,
             env,
             reactor,
             shared,
@@ -259,6 +266,32 @@ impl Worker {
         }
     }
 
+    /// After the callbacks of a turn ran (they may have opened fds or lowered the limit), and
+    /// before the next read: tells the primary whether this worker is short of fds, i.e. within
+    /// two full NEWCONN frames of its RLIMIT_NOFILE. While it is, the primary keeps a copy of
+    /// each connection it hands over until the ACK, so a receive that runs out of fds loses
+    /// nothing (the NACK sends it elsewhere). Only for workers the primary hands connections to.
+    pub fn check_fds(&mut self) {
+        if !matches!(self.env.accept, AcceptFrom::Primary) || self.phase == Phase::Disconnected {
+            return;
+        }
+        let limit = sys::fd_limit();
+        let room = limit.saturating_sub(self.fd_high.max(0) as u64);
+        let margin = 2 * MAX_FDS as u64;
+        if !self.fd_pressure && room <= margin {
+            self.report_fd_pressure(true);
+        } else if self.fd_pressure && room > 2 * margin {
+            self.report_fd_pressure(false);
+        }
+    }
+
+    fn report_fd_pressure(&mut self, on: bool) {
+        if self.fd_pressure != on {
+            self.fd_pressure = on;
+            self.push(Frame::control(Kind::FdPressure, vec![u8::from(on)]));
+        }
+    }
+
     /// Sends a heartbeat (the watchdog in the primary kills a worker whose loop stops) and
     /// schedules the next.
     fn heartbeat(&mut self) {
@@ -348,6 +381,7 @@ impl Worker {
                             );
                             let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
                             self.push(Frame::control(Kind::Nack, encode_ids(&ids)));
+                            self.report_fd_pressure(true);
                         }
                     } else {
                         log::error!("worker {}: fds of a {:?} frame lost in transit", self.env.id, h.kind);
@@ -368,10 +402,14 @@ impl Worker {
                     }
                 };
                 if self.phase != Phase::Running {
-                    // Refused: the primary still holds these and gives them to another worker.
+                    // Refused, with the fds given back: the primary may have let go of its
+                    // copies, and gives these to another worker.
                     let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
-                    self.push(Frame::control(Kind::Nack, encode_ids(&ids)));
+                    self.push(Frame::control_with_fds(Kind::Nack, encode_ids(&ids), f.fds));
                     return;
+                }
+                if let Some(high) = f.fds.iter().map(|fd| fd.as_raw_fd()).max() {
+                    self.fd_high = high;
                 }
                 self.acks.extend(entries.iter().map(|e| e.id)); // acknowledged at the end of the pass
                 for (entry, fd) in entries.into_iter().zip(f.fds) {
@@ -407,5 +445,13 @@ impl Worker {
             self.reactor.remove(self.env.channel);
             self.events.push(Event::new(EventKind::Disconnect, 0));
         }
+    }
+}
+
+/// The lowest fd number not in use now (where the next fd will go).
+fn lowest_free_fd() -> i32 {
+    match sys::dup_cloexec(0).or_else(|_| sys::dup_cloexec(2)) {
+        Ok(fd) => fd.as_raw_fd(),
+        Err(_) => 0,
     }
 }
