@@ -103,7 +103,7 @@ static void send_huge(void) {
  * reserved u16, from u32, to u32, aux u64, len u64, all little-endian. */
 #define HDR 32
 enum { K_HELLO = 1, K_READY, K_MESSAGE, K_NEWCONN, K_ACK, K_NACK, K_SHUTDOWN, K_BYE, K_HEARTBEAT,
-       K_UNDELIVERABLE, K_CONNDONE, K_BATCH };
+       K_UNDELIVERABLE, K_CONNDONE, K_BATCH, K_FDPRESSURE };
 #define F_BIG 1
 #define F_FD 2
 #define TO_ALL 0xFFFFFFFFu /* `to` of a broadcast */
@@ -323,6 +323,26 @@ static void send_bad(const char *name) {
     } else if (!strcmp(name, "conndone-malformed")) {
         header(b, K_CONNDONE, 0, 0, 0, 3);
         len = HDR + 3;
+    } else if (!strcmp(name, "nack-fd-mismatch")) {
+        /* two ids, one fd: a NACK gives back one fd per connection or none */
+        null_fds(fds, nfds = 1);
+        header(b, K_NACK, 0, 1, 0, 16);
+        le64(b + HDR, 1ull << 40);
+        le64(b + HDR + 8, 7);
+        len = HDR + 16;
+    } else if (!strcmp(name, "nack-unknown-fds")) {
+        /* "giving back" fds (not connections) for ids never handed to it: ignored, closed */
+        null_fds(fds, nfds = 2);
+        header(b, K_NACK, 0, 2, 0, 16);
+        le64(b + HDR, 1ull << 40);
+        le64(b + HDR + 8, 7);
+        len = HDR + 16;
+    } else if (!strcmp(name, "pressure") || !strcmp(name, "pressure-malformed")) {
+        int bad = !strcmp(name, "pressure-malformed");
+        header(b, K_FDPRESSURE, 0, 0, 0, bad ? 2 : 1);
+        b[HDR] = bad ? 7 : 1;
+        b[HDR + 1] = 0;
+        len = HDR + (bad ? 2 : 1);
     } else if (!strcmp(name, "ack-unknown") || !strcmp(name, "nack-unknown")) {
         header(b, !strcmp(name, "ack-unknown") ? K_ACK : K_NACK, 0, 0, 0, 16);
         le64(b + HDR, 1ull << 40);
@@ -695,6 +715,10 @@ static const struct bad_frame {
     {"eof", "closed its channel (EOF) but did not exit", 1},
     {"ack-unknown", NULL, 1},
     {"nack-unknown", NULL, 1},
+    {"nack-fd-mismatch", "a NACK of 2 connection(s) with 1 fd(s)", 1},
+    {"nack-unknown-fds", NULL, 1},
+    {"pressure-malformed", "malformed FdPressure", 1},
+    {"pressure", NULL, 1},
 };
 
 #define MAXW 64

@@ -83,6 +83,11 @@ fn sched_batch_can_be_turned_off_and_is_not_used_without_listeners() {
 }
 
 #[test]
+fn connections_queued_for_a_worker_that_leaves_come_back_with_its_nack() {
+    run_c("refusal", &[], Duration::from_secs(60));
+}
+
+#[test]
 fn handoff_round_robin_ipv4_ipv6() {
     run_c("handoff", &[], Duration::from_secs(60));
 }

@@ -98,6 +98,8 @@ fn seeds_frame() -> Vec<(&'static str, Vec<u8>)> {
         ("ack", with_fds(0, frame(Kind::Ack, 0, 0, 0, 0, &encode_ids(&[1, 2, 3])))),
         ("batch", with_fds(0, batch)),
         ("conndone", with_fds(0, frame(Kind::ConnDone, 0, 0, 0, 0, &7u32.to_le_bytes()))),
+        ("nack-fds", with_fds(2, frame(Kind::Nack, 0, 0, 0, 2, &encode_ids(&[4, 5])))),
+        ("fd-pressure", with_fds(0, frame(Kind::FdPressure, 0, 0, 0, 0, &[1]))),
     ]
 }
 
@@ -165,12 +167,24 @@ fn seeds_primary() -> Vec<(&'static str, Vec<u8>)> {
         (
             "handoff",
             [
-                up,
+                up.clone(),
                 vec![CONNECT, CONNECT, READ_ALL],
                 step(0, 0, 0, &frame(Kind::Ack, 0, 0, 0, 0, &encode_ids(&[1]))),
                 step(1, 0, 0, &frame(Kind::Nack, 0, 0, 0, 0, &encode_ids(&[2]))),
                 vec![CONNECT, READ_ALL, 0x82 /* fake 0 dies */, CONNECT, READ_ALL],
                 step(2, 0, 0, &frame(Kind::ConnDone, 0, 0, 0, 0, &1u32.to_le_bytes())),
+            ]
+            .concat(),
+        ),
+        (
+            "handoff-given-back",
+            [
+                up,
+                step(1, 0, 0, &frame(Kind::FdPressure, 0, 0, 0, 0, &[1])),
+                vec![CONNECT, CONNECT, READ_ALL],
+                step(0, 1, 1, &frame(Kind::Nack, 0, 0, 0, 1, &encode_ids(&[1]))),
+                step(1, 0, 0, &frame(Kind::FdPressure, 0, 0, 0, 0, &[0])),
+                vec![CONNECT, READ_ALL],
             ]
             .concat(),
         ),

@@ -145,8 +145,6 @@ impl Primary {
             reactor.add(s.fd(), Source::Signals, true, false)?;
         }
         let shared = Arc::new(Shared::new(0, cfg.max_message, reactor.waker()));
-        let in_data_path = balance.is_some() && !listeners.is_empty();
-        let sched = if cfg.sched_batch.unwrap_or(in_data_path) { sched::Batch::enter() } else { None };
         let mut p = Primary {
             reader: Reader::new(cfg.max_message),
             cfg,
@@ -174,8 +172,11 @@ impl Primary {
             notifier: crate::net::notify::Notifier::from_env(|k| std::env::var(k).ok()),
             ready_notified: false,
             started_ms: sys::monotonic_ms(),
-            _sched: sched,
+            _sched: None,
         };
+        if p.cfg.sched_batch.unwrap_or(p.hands_off_connections()) {
+            p._sched = sched::Batch::enter();
+        }
         p.start_timers();
         for _ in 0..p.cfg.effective_workers() {
             p.request_spawn()?;
@@ -187,6 +188,12 @@ impl Primary {
             p.spawn_queue.len()
         );
         Ok(p)
+    }
+
+    /// True when the primary accepts and hands connections to workers (a balancing policy and
+    /// at least one listener).
+    fn hands_off_connections(&self) -> bool {
+        self.balance.is_some() && !self.listeners.is_empty()
     }
 
     /// State other threads use (sending).
@@ -290,7 +297,9 @@ impl Primary {
         let mut entry = Slot::new(id, slot, pid, outbox, pidfd);
         entry.restarts = self.histories.get(&slot).map_or(0, |h| h.restarts);
         entry.request_limit = self.request_limit();
-        entry.recovery = recovery;
+        // Kept only where connections go through the primary: elsewhere it would only hide
+        // the worker's closing of its channel (EOF) until it exits.
+        entry.recovery = recovery.filter(|_| self.hands_off_connections());
         self.slots.insert(id, entry);
         self.worker_started(id);
         log::info!("worker {id} started, pid {pid}");
