@@ -8,6 +8,9 @@ use std::sync::Arc;
 use crate::error::{Code, Error, Result};
 use crate::sys::{cvt, owned};
 
+/// Further attempts at sealing a memfd that the kernel reports busy.
+const SEAL_RETRIES: u32 = 20;
+
 const SEALS: libc::c_int = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
 
 /// Copies `data` into a new memfd and seals it: the receiver can trust its size and contents
@@ -30,8 +33,19 @@ pub fn seal(data: &[u8]) -> io::Result<OwnedFd> {
         }
         off += n as usize;
     }
-    // SAFETY: fcntl with integer arguments.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, SEALS) })?;
+    // F_SEAL_WRITE fails with EBUSY while the kernel still holds extra references to the
+    // pages just written (a per-CPU LRU batch of another CPU, under load: seen in a benchmark
+    // once in a few thousand 1 MiB sends). They go away by themselves: try again a few times.
+    for attempt in 0.. {
+        // SAFETY: fcntl with integer arguments.
+        match cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, SEALS) }) {
+            Ok(_) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < SEAL_RETRIES => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
     Ok(fd)
 }
 
