@@ -167,16 +167,23 @@ row() {
   else met=$(awk -v r="$ratio" -v x="$x" "BEGIN { if ($chk) print \"met\"; else print \"NOT met\" }"); fi
   rows+=("$(printf '%-44s %12s  %-30s %12s  %7s  %-22s %s' "$name" "${x:-n/a}" "$pn" "${p:-n/a}" "$ratio" "$tt" "$met")")
 }
+# The targets are for a new connection per request, where every request goes through the
+# handoff. With keep-alive a connection is handed off once and then carries many requests: those
+# rows compare the servers behind the handoff (C against node's http; the same JS for the Node
+# binding, where about 1x is expected), so they are information, apart from staying close to the
+# plain workers.
 for mode in close keepalive; do
   label=handoff; [ $mode = keepalive ] && label=keep-alive
+  target() { if [ $mode = close ]; then echo "$1"; else echo "(info)"; fi; }
+  check() { if [ $mode = close ]; then echo "$1"; fi; }
   row "$label rcluster-rr req/s" "${v[$mode/rcluster-rr]:-}" plain-reuseport "${v[$mode/plain-reuseport]:-}" ">= 0.85x" "r >= 0.85"
-  row "$label rcluster-rr req/s" "${v[$mode/rcluster-rr]:-}" node-cluster-rr "${v[$mode/node-cluster-rr]:-}" ">= 1.8x" "r >= 1.8"
+  row "$label rcluster-rr req/s" "${v[$mode/rcluster-rr]:-}" node-cluster-rr "${v[$mode/node-cluster-rr]:-}" "$(target '>= 1.8x')" "$(check 'r >= 1.8')"
   row "$label rcluster-rr req/s" "${v[$mode/rcluster-rr]:-}" "node-cluster-none (SCHED_NONE)" "${v[$mode/node-cluster-none]:-}" "(info)" ""
   for pol in least shared reuseport; do
     row "$label rcluster-$pol req/s" "${v[$mode/rcluster-$pol]:-}" plain-reuseport "${v[$mode/plain-reuseport]:-}" "(info)" ""
   done
-  row "$label node-rcluster-rr req/s (same JS)" "${v[$mode/node-rcluster-rr]:-}" node-cluster-rr "${v[$mode/node-cluster-rr]:-}" ">= 1.3x (run.sh)" "r >= 1.3"
-  row "$label python-rcluster-wsgi req/s (same app)" "${v[$mode/python-rcluster-wsgi]:-}" gunicorn-sync "${v[$mode/gunicorn-sync]:-}" ">= 1.0x" "r >= 1.0"
+  row "$label node-rcluster-rr req/s (same JS)" "${v[$mode/node-rcluster-rr]:-}" node-cluster-rr "${v[$mode/node-cluster-rr]:-}" "$(target '>= 1.3x')" "$(check 'r >= 1.3')"
+  row "$label python-rcluster-wsgi req/s (same app)" "${v[$mode/python-rcluster-wsgi]:-}" gunicorn-sync "${v[$mode/gunicorn-sync]:-}" "$(target '>= 1.0x')" "$(check 'r >= 1.0')"
 done
 row "ipc 64 B windowed msg/s (batching on)" "${v[ipc/rcluster-batched/64/rate]:-}" raw-seqpacket "${v[ipc/raw-seqpacket/64/rate]:-}" ">= 0.8x" "r >= 0.8"
 row "ipc 64 B windowed msg/s (batching on)" "${v[ipc/rcluster-batched/64/rate]:-}" "node:cluster (ipc_echo.js)" "${v[ipc/node-cluster/64/rate]:-}" ">= 1.5x" "r >= 1.5"
