@@ -1,14 +1,19 @@
 /* Connections handed to a worker that leaves before reading them are not lost. The primary
- * closes its own copy of a connection once it is in the worker's socket, so the worker that
- * refuses them (it is leaving) gives their fds back with its NACK, and another worker answers
- * every one. Worker 1 is held inside a callback while the clients connect (round-robin hands
- * it half of them, which wait unread in its socket); then it leaves (cluster_shutdown) and
- * returns to its loop, which refuses them. */
+ * closes its own copy of a connection once it is in the worker's socket, so:
+ *   refusal nack: the worker refuses them (it is leaving) and gives their fds back with its
+ *                 NACK;
+ *   refusal exit: the worker says it leaves and exits without reading them; the primary reads
+ *                 them back from the worker's socket (it keeps the worker's end until nothing
+ *                 it let go of is in flight there).
+ * Either way another worker answers every one. Worker 1 is held inside a callback while the
+ * clients connect (round-robin hands it half of them, which wait unread in its socket); then
+ * it leaves (cluster_shutdown). */
 #include "harness.h"
 
 #define CONNS 20
 
 static int gate[2]; /* worker 1 waits on it; the primary writes when it may go on */
+static int exit_at_once; /* "exit": worker 1 exits right after saying it leaves */
 
 static void on_worker(void *ud, const cluster_event *ev) {
     (void)ud;
@@ -22,6 +27,7 @@ static void on_worker(void *ud, const cluster_event *ev) {
         }
         CHECK(n == 1, "the gate opened");
         OK(cluster_shutdown(0)); /* leaving: what is queued for it will be refused */
+        if (exit_at_once) _exit(0);
     }
 }
 
@@ -67,8 +73,13 @@ static long total_stat(const char *key) {
     return v;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     test_deadline(60);
+    if (argc != 2 || (strcmp(argv[1], "nack") && strcmp(argv[1], "exit"))) {
+        fprintf(stderr, "usage: %s nack|exit\n", argv[0]);
+        return 2;
+    }
+    exit_at_once = !strcmp(argv[1], "exit");
     setvbuf(stdout, NULL, _IONBF, 0);
     if (getenv("RCLUSTER_LOG")) cluster_log_init();
     CHECK(pipe(gate) == 0, "pipe: %s", strerror(errno));
@@ -100,6 +111,6 @@ int main(void) {
     OK(cluster_shutdown(2000));
     end = now_ms() + 10000;
     while (cluster_dispatch(50) >= 0) CHECK(now_ms() < end, "the runtime finished");
-    printf("refusal: %ld connections handed to a leaving worker came back and were answered\n", queued);
+    printf("refusal %s: %ld connections handed to a leaving worker came back and were answered\n", argv[1], queued);
     return 0;
 }

@@ -114,6 +114,12 @@ pub fn fd_limit() -> u64 {
     rl.rlim_cur
 }
 
+/// How many fds this process has open (None without /proc).
+pub fn open_fd_count() -> Option<usize> {
+    // The directory's own fd is in the listing.
+    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count().saturating_sub(1))
+}
+
 /// True when `fd` has something to read right now.
 pub fn readable_now(fd: RawFd) -> bool {
     let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };

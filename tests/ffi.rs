@@ -84,7 +84,12 @@ fn sched_batch_can_be_turned_off_and_is_not_used_without_listeners() {
 
 #[test]
 fn connections_queued_for_a_worker_that_leaves_come_back_with_its_nack() {
-    run_c("refusal", &[], Duration::from_secs(60));
+    run_c("refusal", &["nack"], Duration::from_secs(60));
+}
+
+#[test]
+fn connections_queued_for_a_worker_that_leaves_and_exits_are_read_back_from_its_socket() {
+    run_c("refusal", &["exit"], Duration::from_secs(60));
 }
 
 #[test]

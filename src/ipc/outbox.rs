@@ -49,13 +49,14 @@ impl Frame {
         frame
     }
 
-    /// A control frame passing fds it does not own: the primary's handed-off connections,
-    /// which it keeps until the worker's ACK anyway (a dup per connection would cost two
-    /// system calls for nothing).
+    /// A control frame passing fds it does not own: the primary's handed-off connections (a
+    /// dup per connection would cost two system calls for nothing when, as nearly always, the
+    /// frame leaves at once). A frame that has to wait in the queue takes duplicates first
+    /// (`own_borrowed`): what happens to the originals after `push` returns cannot touch it.
     ///
     /// # Safety
-    /// Every fd stays open until this frame is sent or dropped unsent; the outbox drops its
-    /// queued frames when its channel closes (`close`), before the owner may close the fds.
+    /// Every fd stays open until `push` returns (or until the frame is dropped, if it is never
+    /// pushed).
     pub unsafe fn with_borrowed_fds(kind: Kind, payload: Vec<u8>, fds: Vec<RawFd>) -> Frame {
         let mut f = Frame::control(kind, payload);
         f.header.nfds = fds.len() as u8;
@@ -117,6 +118,15 @@ impl Frame {
             borrowed: self.borrowed.clone(),
             user_bytes: self.user_bytes,
         })
+    }
+
+    /// Replaces the borrowed fds by duplicates the frame owns (same order, after the owned
+    /// ones, as `send` passes them).
+    fn own_borrowed(&mut self) -> io::Result<()> {
+        for fd in std::mem::take(&mut self.borrowed) {
+            self.fds.push(crate::sys::dup_cloexec(fd)?);
+        }
+        Ok(())
     }
 
     fn send(&self, fd: RawFd) -> io::Result<()> {
@@ -287,6 +297,13 @@ impl Outbox {
                 }
             }
         }
+        // Queued: borrowed fds may be closed by their owner before this frame leaves (an ACK
+        // or NACK from the worker for connections it has not been sent yet, say).
+        let mut frame = frame;
+        if let Err(e) = frame.own_borrowed() {
+            self.messages.fetch_sub(u64::from(frame.user_bytes > 0), Ordering::Relaxed);
+            return Err(Error::sys("dup of an fd to queue", e));
+        }
         q.user_bytes += frame.user_bytes;
         q.user_frames += usize::from(frame.user_bytes > 0);
         q.frames.push_back(frame);
@@ -402,6 +419,7 @@ mod tests {
     use super::*;
     use crate::ipc::reader::Read;
     use crate::sys;
+    use std::os::fd::FromRawFd;
 
     fn msg(n: usize) -> Frame {
         Frame::message(0, 1, &vec![7u8; n], None, 64 << 20).unwrap()
@@ -449,6 +467,53 @@ mod tests {
         assert_eq!(arrivals(b.as_raw_fd()), vec![vec![1, 2, 3]], "another thread's send does not wait");
         assert!(out.release().unwrap().empty, "nothing left for the holder to send");
         assert!(arrivals(b.as_raw_fd()).is_empty());
+    }
+
+    #[test]
+    fn a_queued_frame_keeps_its_borrowed_fds_alive_after_their_owner_closes_them() {
+        let (a, b) = sys::seqpacket_pair().unwrap();
+        let out = Outbox::new(a, Limits::default());
+        // Fill the socket: control frames are never refused, so this ends with one queued.
+        let mut filled = 0;
+        while !matches!(out.push(Frame::control(Kind::Heartbeat, vec![0; 60_000])).unwrap(), Pushed::Queued { .. }) {
+            filled += 1;
+            assert!(filled < 100_000, "the socket never filled");
+        }
+        let (pipe_r, pipe_w) = {
+            let mut fds = [0; 2];
+            // SAFETY: `fds` is a writable array of two ints.
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            // SAFETY: both fds were just created and are owned here.
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+        };
+        // SAFETY: `pipe_r` stays open until `push` returns.
+        let frame = unsafe { Frame::with_borrowed_fds(Kind::NewConn, vec![0; 16], vec![pipe_r.as_raw_fd()]) };
+        assert!(matches!(out.push(frame).unwrap(), Pushed::Queued { .. }));
+        drop(pipe_r); // the owner lets go (an ACK for a connection not sent yet)
+        let _reuse = sys::eventfd().unwrap(); // and the number may be taken by anything
+        let mut reader = crate::ipc::reader::Reader::new(1 << 20);
+        let mut inbox = crate::ipc::reader::Inbox::default();
+        let mut got = None;
+        for _ in 0..1_000_000 {
+            match reader.read(b.as_raw_fd(), &mut inbox) {
+                Ok(Read::Frame(f)) if f.header.kind == Kind::NewConn => {
+                    got = Some(f.fds.into_iter().next().expect("one fd"));
+                    break;
+                }
+                Ok(Read::WouldBlock) => {
+                    out.flush().unwrap();
+                }
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let got = got.expect("the queued frame arrived");
+        // SAFETY: an all-zero stat is valid; fstat only writes into it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `got` is an open fd; `st` is writable.
+        assert_eq!(unsafe { libc::fstat(got.as_raw_fd(), &mut st) }, 0);
+        assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFIFO, "the pipe itself, not what took its number");
+        drop(pipe_w);
     }
 
     #[test]

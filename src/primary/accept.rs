@@ -135,12 +135,9 @@ impl Primary {
                 ids.push(c.id);
                 self.handoff.sent(id, c);
             }
-            // SAFETY: the connections stay in `handoff` (in flight to `id`) with their fds
-            // until this frame was sent (`let_go` below runs only once `push` sent it and
-            // dropped it), or until that worker ACKs or NACKs them, which it can only do after
-            // this frame was sent, or until its channel is lost, and `channel_lost` closes the
-            // outbox (dropping this frame if it is still queued) before `worker_gone` gives the
-            // connections back.
+            // SAFETY: the connections stay in `handoff` with their fds at least until `push`
+            // returns (`let_go` below runs after it); a frame that has to wait in the queue
+            // takes duplicates of them first.
             let frame = unsafe { Frame::with_borrowed_fds(Kind::NewConn, payload, fds) };
             let Some(slot) = self.slots.get(&id) else { return };
             match slot.outbox.push(frame) {
@@ -148,11 +145,21 @@ impl Primary {
                 Ok(Pushed::Sent) if slot.eager_handoff() => self.handoff.let_go(id, &ids),
                 Ok(Pushed::Queued { arm: true }) => self.arm_if_queued(id),
                 Ok(_) => {}
-                Err(e) => {
-                    // Closed: the connections come back through channel_lost.
-                    let reason = if e.code == Code::Closed { None } else { Some(e.message) };
-                    self.channel_lost(id, reason);
+                Err(e) if e.code == Code::Closed => {
+                    // They come back through channel_lost (the primary still holds them).
+                    self.channel_lost(id, None);
                     return;
+                }
+                Err(e) => {
+                    // Not queued (no fd left for the duplicates): they wait for another turn.
+                    log::error!("handing {} connection(s) to worker {id}: {}", ids.len(), e.message);
+                    for conn in ids {
+                        if self.handoff.nack(id, conn, None) {
+                            if let Some(slot) = self.slots.get_mut(&id) {
+                                slot.unacked = slot.unacked.saturating_sub(1);
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -103,6 +103,11 @@ impl Handoff {
         }
     }
 
+    /// True when something is in flight to `worker` whose copy the primary let go of.
+    pub fn has_uncopied(&self, worker: u32) -> bool {
+        self.inflight.values().any(|(w, c)| *w == worker && c.fd.is_none())
+    }
+
     /// The copy the primary still holds of `id`, in flight to `worker`, if any.
     pub fn held(&self, worker: u32, id: u64) -> Option<&Conn> {
         self.inflight.get(&id).filter(|(w, _)| *w == worker).map(|(_, c)| c)

@@ -413,14 +413,25 @@ impl Primary {
         if slot.disconnect_requested && slot.state == WorkerState::Disconnecting {
             return Ok(());
         }
-        slot.leaving();
+        slot.disconnect_requested = true;
         slot.state = WorkerState::Disconnecting;
         slot.outbox.push(Frame::control(Kind::Shutdown, Vec::new())).map(drop).or_else(|e| match e.code {
             Code::Closed => Ok(()),
             _ => Err(e),
         })?;
         self.arm_if_queued(id);
+        self.let_go_of_recovery(id);
         Ok(())
+    }
+
+    /// Worker `id` is leaving: once nothing the primary holds no copy of is in flight to it,
+    /// let go of its end of the channel, so that its closing shows as EOF even if it lingers
+    /// (connections still sent to it keep the primary's copy until the ACK).
+    fn let_go_of_recovery(&mut self, id: u32) {
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        if slot.disconnect_requested && slot.recovery.is_some() && !self.handoff.has_uncopied(id) {
+            slot.recovery = None;
+        }
     }
 
     /// Sets the number of workers: queues starts, or disconnects the newest workers.

@@ -61,11 +61,13 @@ impl Drop for Batch {
     }
 }
 
-/// In a child just forked by the primary: back to the class its thread had before the switch.
-/// Async-signal-safe (an atomic load and a system call).
+/// In a child just forked by the primary: back to the class its thread had before the switch
+/// (only if it runs under SCHED_BATCH: a child forked from another thread keeps that thread's
+/// class). Async-signal-safe (an atomic load and system calls).
 pub fn reset_in_child() {
     let before = BEFORE.load(Ordering::Relaxed);
-    if before >= 0 {
+    // SAFETY: sched_getscheduler takes a pid (0: the calling thread).
+    if before >= 0 && unsafe { libc::sched_getscheduler(0) } == libc::SCHED_BATCH {
         let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: `param` is valid; 0 names the calling thread.
         unsafe { libc::sched_setscheduler(0, before, &param) };

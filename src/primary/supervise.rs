@@ -240,9 +240,10 @@ impl Primary {
                 Err(e) => self.drop_worker(id, &format!("malformed {:?}: {e}", frame.header.kind)),
             },
             Kind::Bye => {
-                slot.leaving();
+                slot.disconnect_requested = true;
                 slot.state = WorkerState::Disconnecting;
                 log::info!("worker {id} is leaving");
+                self.let_go_of_recovery(id);
             }
             Kind::ConnDone => match <[u8; 4]>::try_from(&frame.payload[..]) {
                 Ok(n) => slot.done = (slot.done + u64::from(u32::from_le_bytes(n))).min(slot.connections),
@@ -252,7 +253,10 @@ impl Primary {
             Kind::FdPressure => match frame.payload[..] {
                 [on] if on <= 1 => {
                     if slot.fd_pressure != (on == 1) {
-                        log::info!("worker {id} is {} of fds", if on == 1 { "short" } else { "no longer short" });
+                        // A worker flipping it all the time gets a few lines, not thousands.
+                        slot.pressure_reports = slot.pressure_reports.saturating_add(1);
+                        let level = if slot.pressure_reports <= 8 { log::Level::Info } else { log::Level::Debug };
+                        log::log!(level, "worker {id} is {} of fds", if on == 1 { "short" } else { "no longer short" });
                     }
                     slot.fd_pressure = on == 1;
                 }
@@ -269,6 +273,7 @@ impl Primary {
     /// per id, in order), which the primary needs when it let go of its copies.
     fn on_ack(&mut self, id: u32, ack: bool, ids: &[u64], returned: Vec<OwnedFd>) {
         let mut unknown = 0usize;
+        let mut refused_fds = 0usize;
         let mut returned = returned.into_iter();
         for &conn in ids {
             let known = if ack {
@@ -281,9 +286,7 @@ impl Primary {
                         .handoff
                         .held(id, conn)
                         .is_some_and(|c| listener::is_connection_from(fd.as_raw_fd(), &c.peer));
-                    if !ok {
-                        log::warn!("worker {id}: the fd given back for connection {conn} is not that connection");
-                    }
+                    refused_fds += usize::from(!ok);
                     ok
                 });
                 self.handoff.nack(id, conn, given)
@@ -298,6 +301,9 @@ impl Primary {
                 unknown += 1;
             }
         }
+        if refused_fds > 0 {
+            log::warn!("worker {id}: {refused_fds} fd(s) given back with a NACK were not those connections: closed");
+        }
         if unknown > 0 {
             // One line per frame: a worker cannot flood the log with one line per id.
             let what = if ack { "ACK" } else { "NACK" };
@@ -306,6 +312,7 @@ impl Primary {
         if ack {
             self.check_recycle(id);
         }
+        self.let_go_of_recovery(id);
     }
 
     fn reap(&mut self, id: u32) {
@@ -336,6 +343,7 @@ impl Primary {
             }
             self.on_readable(id);
         }
+        self.drain_stalled_acks(id);
         self.channel_lost(id, None);
         self.recover_connections(id);
         let Some(slot) = self.slots.remove(&id) else { return };
@@ -362,6 +370,24 @@ impl Primary {
         });
         self.retry_stalled();
         self.after_exit(&slot, status);
+    }
+
+    /// Worker `id` has exited with its channel stalled (a relayed message waits for room at
+    /// its destination): the ACKs and NACKs behind it still count (a NACK may give back the
+    /// fds of connections the primary holds no copy of). The messages are lost with the
+    /// worker, as they always were.
+    fn drain_stalled_acks(&mut self, id: u32) {
+        for _ in 0..DRAIN_READS {
+            let Some(slot) = self.slots.get_mut(&id) else { return };
+            if !slot.channel_open || slot.stalled.is_none() {
+                return;
+            }
+            match self.reader.read(slot.outbox.fd(), &mut slot.inbox) {
+                Ok(Read::Frame(f)) if matches!(f.header.kind, Kind::Ack | Kind::Nack) => self.on_frame(id, f),
+                Ok(Read::Frame(_)) | Ok(Read::FdsLost(..)) | Ok(Read::Bad(_)) => {}
+                Ok(Read::WouldBlock) | Ok(Read::Closed) | Err(_) => return,
+            }
+        }
     }
 
     /// Worker `id` has exited: the connections it never received are still in its socket,

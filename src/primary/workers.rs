@@ -105,6 +105,8 @@ pub struct Slot {
     /// until the ACK (a receive that runs out of fds loses the ones that did not fit), instead
     /// of closing it as soon as the connection is in the worker's socket.
     pub fd_pressure: bool,
+    /// How often it changed `fd_pressure` (the first few changes are logged at info).
+    pub pressure_reports: u32,
 }
 
 impl Slot {
@@ -134,21 +136,14 @@ impl Slot {
             inbox: Inbox::default(),
             recovery: None,
             fd_pressure: false,
+            pressure_reports: 0,
         }
     }
 
     /// Whether a connection handed to it may be closed in the primary as soon as it is in the
     /// worker's socket: while its queue can be recovered should it die, and it has fds to spare.
     pub fn eager_handoff(&self) -> bool {
-        self.recovery.is_some() && !self.fd_pressure
-    }
-
-    /// The worker is leaving on purpose (SHUTDOWN sent, or it said BYE): let go of its end of
-    /// the channel, so that its closing shows as EOF even if it lingers. Connections still sent
-    /// to it are then kept until its ACK.
-    pub fn leaving(&mut self) {
-        self.disconnect_requested = true;
-        self.recovery = None;
+        self.recovery.is_some() && !self.fd_pressure && !self.disconnect_requested
     }
 
     /// Batched frames wait in its inbox and may be read now (epoll will not report them: they

@@ -21,6 +21,9 @@ use env::{AcceptFrom, WorkerEnv};
 
 const FRAMES_PER_TURN: usize = 64;
 
+/// How often `check_fds` counts the open fds when nothing suggests they are running out.
+const FD_COUNT_EVERY_MS: u64 = 100;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Running,
@@ -53,6 +56,8 @@ pub struct Worker {
     fd_high: i32,
     /// We told the primary we are short of fds (see `check_fds`).
     fd_pressure: bool,
+    /// When `check_fds` last counted the open fds.
+    fds_counted_ms: u64,
     signals: Option<SignalPipe>,
     events: Vec<Event>,
     phase: Phase,
@@ -118,6 +123,7 @@ impl Worker {
             acks: Vec::new(),
             fd_high: lowest_free_fd() - 1,
             fd_pressure: false,
+            fds_counted_ms: 0,
             env,
             reactor,
             shared,
@@ -271,13 +277,26 @@ impl Worker {
     /// two full NEWCONN frames of its RLIMIT_NOFILE. While it is, the primary keeps a copy of
     /// each connection it hands over until the ACK, so a receive that runs out of fds loses
     /// nothing (the NACK sends it elsewhere). Only for workers the primary hands connections to.
+    ///
+    /// The fds of the last connections received bound the room cheaply (fds are allocated
+    /// lowest first), but not the fds the callbacks opened: so the open fds are counted
+    /// (/proc/self/fd) every `FD_COUNT_EVERY_MS`, and every turn while that bound is near or
+    /// the worker is short. What this cannot see: callbacks that use up all but 128 of the
+    /// free fds within one such interval, while connections are in flight to this worker.
     pub fn check_fds(&mut self) {
         if !matches!(self.env.accept, AcceptFrom::Primary) || self.phase == Phase::Disconnected {
             return;
         }
         let limit = sys::fd_limit();
-        let room = limit.saturating_sub(self.fd_high.max(0) as u64);
         let margin = 2 * MAX_FDS as u64;
+        let mut room = limit.saturating_sub(self.fd_high.max(0) as u64 + 1);
+        let now = sys::monotonic_ms();
+        if self.fd_pressure || room <= 4 * margin || now >= self.fds_counted_ms + FD_COUNT_EVERY_MS {
+            self.fds_counted_ms = now;
+            if let Some(open) = sys::open_fd_count() {
+                room = limit.saturating_sub(open as u64);
+            }
+        }
         if !self.fd_pressure && room <= margin {
             self.report_fd_pressure(true);
         } else if self.fd_pressure && room > 2 * margin {
