@@ -95,13 +95,16 @@ static double raw_run(int type, size_t size, int window, double dur, double *ela
             size_t part = (size_t)(sent % size);
             if (part == 0 && (stop || sent / size - recvd / size >= (unsigned long long)window)) break; /* messages in flight */
             size_t chunk = size - part;
+            /* Timed before the send: the echo can run (and answer) before send() returns here,
+             * when the wakeup preempts this process. */
+            double t = now();
             ssize_t w = send(fd, payload, chunk, MSG_NOSIGNAL | MSG_DONTWAIT);
             if (w < 0) {
                 if (errno == EAGAIN) break;
                 perror("send");
                 return 0;
             }
-            if (part == 0 && window == 1) tsend = now();
+            if (part == 0 && window == 1) tsend = t;
             sent += (unsigned long long)w;
         }
         struct pollfd p = {.fd = fd, .events = POLLIN | (sent % size ? POLLOUT : 0)};
