@@ -135,10 +135,10 @@ struct Sent<'a> {
 /// another worker), and fds arrive only from a fake that attached some.
 fn check_received(h: &Harness, index: usize, ids: &[u32], sent: &[Sent<'_>; FAKES]) {
     for got in h.drain(index) {
-        let (header, payload) = Header::decode(&got.bytes, got.fds, u64::MAX)
+        let (header, payload) = Header::decode(&got.bytes, got.fds.len(), u64::MAX)
             .unwrap_or_else(|e| panic!("the primary sent fake {index} an invalid frame: {e}"));
         if header.kind == Kind::NewConn {
-            let entries = decode_conns(payload, got.fds).expect("the primary's NEWCONN frames are well formed");
+            let entries = decode_conns(payload, got.fds.len()).expect("the primary's NEWCONN frames are well formed");
             assert!(entries.iter().all(|e| e.listener == 0), "connections come from the one listener");
         }
         if header.kind != Kind::Message || header.from == 0 {
@@ -154,7 +154,11 @@ fn check_received(h: &Harness, index: usize, ids: &[u32], sent: &[Sent<'_>; FAKE
             header.from
         );
         assert!(header.to != BROADCAST || sender != index, "a broadcast went back to its sender");
-        assert!(got.fds == 0 || theirs.fds, "fds reached fake {index} that worker {} never attached", header.from);
+        assert!(
+            got.fds.is_empty() || theirs.fds,
+            "fds reached fake {index} that worker {} never attached",
+            header.from
+        );
     }
 }
 

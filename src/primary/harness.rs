@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::config::{Config, ListenSpec, Mode};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::event_loop::{self, Ready, Source};
 use crate::ipc::channel::{self, Recv, RECV_BUF};
-use crate::sys;
+use crate::sys::{self, ExitStatus};
 
 use super::Primary;
 
@@ -44,8 +44,8 @@ const MAX_CLIENTS: usize = 256;
 pub struct Received {
     /// The datagram.
     pub bytes: Vec<u8>,
-    /// How many fds came with it (they are closed).
-    pub fds: usize,
+    /// The fds that came with it (closed when dropped).
+    pub fds: Vec<OwnedFd>,
 }
 
 impl Harness {
@@ -81,7 +81,9 @@ impl Harness {
         while let Some(id) = primary.next_spawn() {
             let (primary_end, worker_end) = sys::seqpacket_pair()?;
             let slot = primary.free_slot();
-            primary.adopt(id, slot, NO_PROCESS, primary_end, None);
+            // As for a real worker, the primary keeps the worker's end (read once it "exits").
+            let recovery = sys::dup_cloexec(worker_end.as_raw_fd()).map_err(|e| Error::sys("dup", e))?;
+            primary.adopt(id, slot, NO_PROCESS, primary_end, Some(recovery));
             fakes.push(Fake { id, end: Some(worker_end) });
         }
         primary.take_events();
@@ -117,10 +119,13 @@ impl Harness {
         channel::send(end.as_raw_fd(), datagram, &[], &raw).map(|_| ())
     }
 
-    /// Closes fake worker `index`'s end: the primary sees EOF, as when a worker dies.
+    /// Fake worker `index` dies: its end closes, and the primary learns of its exit (what
+    /// the reaping of a real worker does).
     pub fn close(&mut self, index: usize) {
         if let Some(f) = self.fakes.get_mut(index) {
-            f.end = None;
+            if f.end.take().is_some() {
+                self.primary.on_exit(f.id, ExitStatus { code: 0, signal: 0 });
+            }
         }
     }
 
@@ -134,15 +139,14 @@ impl Harness {
         self.primary.take_events()
     }
 
-    /// Reads everything the primary sent fake worker `index` so far (fds closed at once).
+    /// Reads everything the primary sent fake worker `index` so far.
     pub fn drain(&self, index: usize) -> Vec<Received> {
         let Ok(end) = self.end(index) else { return Vec::new() };
         let mut out = Vec::new();
         let mut buf = Vec::with_capacity(RECV_BUF);
         let mut fds = Vec::new();
         while let Ok(Recv::Datagram { .. }) = channel::recv(end.as_raw_fd(), &mut buf, &mut fds) {
-            out.push(Received { bytes: buf.clone(), fds: fds.len() });
-            fds.clear();
+            out.push(Received { bytes: buf.clone(), fds: std::mem::take(&mut fds) });
         }
         out
     }
@@ -241,7 +245,7 @@ mod tests {
             let got = h.drain(0);
             let empty = got.is_empty();
             for g in got {
-                let (header, _) = Header::decode(&g.bytes, g.fds, 1024).expect("a valid frame");
+                let (header, _) = Header::decode(&g.bytes, g.fds.len(), 1024).expect("a valid frame");
                 if header.kind == Kind::Batch {
                     notices += crate::ipc::frame::decode_batch(&g.bytes[32..]).unwrap().len();
                 } else {
@@ -283,16 +287,16 @@ mod tests {
         [&Header { len: payload.len() as u64, ..Header::new(kind) }.encode()[..], payload].concat()
     }
 
-    /// Turns until a fake gets a NEWCONN; returns which fake and the connection ids.
-    fn next_handoff(h: &mut Harness) -> (usize, Vec<u64>) {
+    /// Turns until a fake gets a NEWCONN; returns which fake, the connection ids and fds.
+    fn next_handoff(h: &mut Harness) -> (usize, Vec<u64>, Vec<OwnedFd>) {
         for _ in 0..100 {
             h.turn();
             for i in 0..h.fakes.len() {
                 for got in h.drain(i) {
-                    let (header, payload) = Header::decode(&got.bytes, got.fds, 1024).unwrap();
+                    let (header, payload) = Header::decode(&got.bytes, got.fds.len(), 1024).unwrap();
                     if header.kind == Kind::NewConn {
-                        let conns = crate::ipc::frame::decode_conns(payload, got.fds).unwrap();
-                        return (i, conns.iter().map(|c| c.id).collect());
+                        let conns = crate::ipc::frame::decode_conns(payload, got.fds.len()).unwrap();
+                        return (i, conns.iter().map(|c| c.id).collect(), got.fds);
                     }
                 }
             }
@@ -309,10 +313,17 @@ mod tests {
             h.send(i, &control(Kind::Ready, &[]), &[]).unwrap();
         }
         assert!(h.connect());
-        let (first, conns) = next_handoff(&mut h);
+        let (first, conns, fds) = next_handoff(&mut h);
         assert_eq!(conns.len(), 1);
-        h.send(first, &control(Kind::Nack, &crate::ipc::frame::encode_ids(&conns)), &[]).unwrap();
-        let (second, again) = next_handoff(&mut h);
+        // Refused, with its fd given back (the primary closed its copy once it was sent).
+        let nack = [
+            &Header { nfds: 1, len: 8, ..Header::new(Kind::Nack) }.encode()[..],
+            &crate::ipc::frame::encode_ids(&conns),
+        ]
+        .concat();
+        h.send(first, &nack, &[fds[0].as_fd()]).unwrap();
+        drop(fds);
+        let (second, again, _) = next_handoff(&mut h);
         assert_ne!(second, first, "a refused connection goes to the other worker");
         h.send(second, &control(Kind::Ack, &crate::ipc::frame::encode_ids(&again)), &[]).unwrap();
         h.turn();
@@ -322,11 +333,21 @@ mod tests {
         h.send(first, &control(Kind::Ack, &crate::ipc::frame::encode_ids(&again)), &[]).unwrap();
         h.turn();
         assert_eq!(h.primary.slots[&ids[first]].connections, 0);
-        // A worker that dies holding an unacknowledged connection gives it back.
+        // A worker that dies before reading a connection handed to it: read back from its
+        // socket, it goes to the other one.
         assert!(h.connect());
-        let (holder, _) = next_handoff(&mut h);
+        let mut holder = None;
+        for _ in 0..100 {
+            h.turn();
+            holder = (0..2).find(|&i| h.primary.slots[&ids[i]].unacked == 1);
+            if holder.is_some() {
+                break;
+            }
+        }
+        let holder = holder.expect("the connection was handed to a worker");
         h.close(holder);
-        let (heir, _) = next_handoff(&mut h);
+        let (heir, _, _) = next_handoff(&mut h);
         assert_ne!(heir, holder, "the connection of a dead worker goes to the live one");
+        assert_eq!(h.primary.handoff.dropped, 0);
     }
 }

@@ -328,7 +328,7 @@ impl Primary {
         }
     }
 
-    fn on_exit(&mut self, id: u32, status: ExitStatus) {
+    pub(super) fn on_exit(&mut self, id: u32, status: ExitStatus) {
         // What it sent before it exited comes first (its last messages, its last ACKs): the
         // primary holds its end of the channel (`Slot::recovery`), so no EOF marks the end of
         // what it sent; a dead worker adds nothing, and the socket holds a bounded amount.
