@@ -323,17 +323,11 @@ static void send_bad(const char *name) {
     } else if (!strcmp(name, "conndone-malformed")) {
         header(b, K_CONNDONE, 0, 0, 0, 3);
         len = HDR + 3;
-    } else if (!strcmp(name, "nack-fd-mismatch")) {
-        /* two ids, one fd: a NACK gives back one fd per connection or none */
-        null_fds(fds, nfds = 1);
-        header(b, K_NACK, 0, 1, 0, 16);
-        le64(b + HDR, 1ull << 40);
-        le64(b + HDR + 8, 7);
-        len = HDR + 16;
-    } else if (!strcmp(name, "nack-unknown-fds")) {
-        /* "giving back" fds (not connections) for ids never handed to it: ignored, closed */
-        null_fds(fds, nfds = 2);
-        header(b, K_NACK, 0, 2, 0, 16);
+    } else if (!strcmp(name, "nack-fd-mismatch") || !strcmp(name, "nack-unknown-fds")) {
+        /* Two ids never handed to it. mismatch: one fd (a NACK gives back one fd per
+         * connection or none); unknown-fds: two fds "given back" (ignored, closed). */
+        null_fds(fds, nfds = !strcmp(name, "nack-fd-mismatch") ? 1 : 2);
+        header(b, K_NACK, 0, (uint8_t)nfds, 0, 16);
         le64(b + HDR, 1ull << 40);
         le64(b + HDR + 8, 7);
         len = HDR + 16;
