@@ -8,6 +8,11 @@
  *   supervision scale          cluster_scale up and down; SIGTTIN/SIGTTOU in a primary that
  *                              takes signals over (run in a child process), then SIGTERM.
  *   supervision maxreq         max-requests recycling loses no request.
+ *   supervision served         a READY worker SIGKILLed after the minimum uptime, over and
+ *                              over under load, is replaced at once (no doubling backoff),
+ *                              and the cluster stays at full size.
+ *   supervision readyloop      workers that report READY and then exit at once (a bind that
+ *                              fails, over and over) make a crash loop: the slot is given up.
  *   supervision process fork|exec
  *                              (root only) workers drop to a uid/gid (and still die with the
  *                              primary: PR_SET_PDEATHSIG survives the drop), start in a
@@ -97,6 +102,17 @@ static int worker_main(void *ud) {
                      pdeath);
     OK(cluster_send(0, (const uint8_t *)msg, (size_t)n));
     return cluster_run() == 0 ? 0 : 3;
+}
+
+/* readyloop: worker 1 serves; every other worker reports READY, turns its loop a little (so
+ * READY leaves), then exits with code 1, as a worker whose bind fails with EADDRINUSE does. */
+static int ready_then_exit_main(void *ud) {
+    if (cluster_worker_id() == 1) return http_worker_main(ud);
+    OK(cluster_worker_start(on_http_worker, ud));
+    OK(cluster_ready());
+    long long end = now_ms() + 50;
+    while (now_ms() < end) cluster_dispatch(10);
+    return 1;
 }
 
 /* manual: READY only once the worker calls cluster_ready() (after the primary says "go"). */
@@ -676,6 +692,124 @@ static int case_maxreq(void) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- served ---- */
+
+#define SERVED_WORKERS 4
+#define SERVED_MIN_UPTIME_MS 500
+
+/* A client process that keeps sending requests until it is killed (failures are expected:
+ * a SIGKILLed worker takes the requests it held with it). */
+static pid_t start_http_load(int port) {
+    pid_t pid = fork_client((const int[]){-1});
+    if (pid == 0) {
+        for (;;) (void)http_worker("127.0.0.1", port);
+    }
+    return pid;
+}
+
+static void stop_http_load(pid_t pid) {
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+static int case_served(void) {
+    cluster_config *cfg = base_config(SERVED_WORKERS, http_worker_main);
+    OK(cluster_config_set_min_uptime(cfg, SERVED_MIN_UPTIME_MS));
+    CHECK(OK(cluster_config_listen_tcp(cfg, "127.0.0.1", 0)) == 0, "first listener is index 0");
+    start(cfg);
+    int port = OK(cluster_local_port(0));
+    WAIT_FOR(n_ready == SERVED_WORKERS, 10000, "4 workers READY");
+    pid_t load = start_http_load(port);
+
+    /* Every 300 ms, SIGKILL the oldest READY worker, once it has lived past the minimum
+     * uptime (with a margin): it served, so its slot is replaced at once every time. The
+     * doubling backoff (100 ms, 200, 400, 800, 1600... in each slot) would leave the cluster
+     * short of workers. */
+    int kills = 0, skipped = 0;
+    long long end = now_ms() + 6000, next_kill = now_ms() + 300;
+    while (now_ms() < end) {
+        dispatch_for(20);
+        if (now_ms() < next_kill) continue;
+        next_kill += 300;
+        int victim = 0;
+        for (int id = 1; id <= MAX_IDS; id++)
+            if (W[id].ready && !W[id].exited && now_ms() - W[id].fork_ms >= SERVED_MIN_UPTIME_MS + 200 &&
+                (!victim || W[id].fork_ms < W[victim].fork_ms))
+                victim = id;
+        if (!victim) {
+            skipped++;
+            continue;
+        }
+        CHECK(kill(W[victim].pid, SIGKILL) == 0, "kill worker %d: %s", victim, strerror(errno));
+        WAIT_FOR(W[victim].exited, 5000, "the EXIT of the killed worker");
+        kills++;
+    }
+    stop_http_load(load);
+    long long stopped = now_ms();
+    WAIT_FOR(n_forks == SERVED_WORKERS + kills && n_ready == n_forks && live_workers() == SERVED_WORKERS, 5000,
+             "4 workers READY after the kills");
+    long long back = now_ms() - stopped;
+
+    /* Each replacement is the next FORK after an EXIT (nothing else starts workers here). */
+    int exits_seen[MAX_IDS], ne = 0, forks_seen[MAX_IDS], nf = 0;
+    for (int id = 1; id <= MAX_IDS; id++) {
+        if (W[id].exited) exits_seen[ne++] = id;
+        if (W[id].forked && id > SERVED_WORKERS) forks_seen[nf++] = id;
+    }
+    CHECK(ne == kills && nf == kills, "%d kills, %d EXIT events, %d replacements", kills, ne, nf);
+    /* Sort the exits by time (ids are in start order, not death order). */
+    for (int i = 1; i < ne; i++)
+        for (int j = i; j > 0 && W[exits_seen[j]].exit_ms < W[exits_seen[j - 1]].exit_ms; j--) {
+            int t = exits_seen[j];
+            exits_seen[j] = exits_seen[j - 1];
+            exits_seen[j - 1] = t;
+        }
+    long long worst = 0;
+    for (int i = 0; i < ne; i++) {
+        int dead = exits_seen[i], repl = forks_seen[i];
+        CHECK(W[dead].sig == SIGKILL && !W[dead].after_disconnect, "worker %d: signal %d after_disconnect %d", dead,
+              W[dead].sig, W[dead].after_disconnect);
+        long long gap = W[repl].fork_ms - W[dead].exit_ms;
+        if (gap > worst) worst = gap;
+    }
+    printf("served: %d kills (%d ticks skipped), slowest replacement %lld ms after its EXIT, "
+           "4 READY %lld ms after the kills\n",
+           kills, skipped, worst, back);
+    CHECK(kills >= 10, "only %d workers were killed in 6 s", kills);
+    /* At once: a loop turn and a fork. The backoff would reach 800 ms in a slot by its 4th
+     * restart; 700 ms leaves room for a loaded machine. */
+    CHECK(worst < 700, "a worker that served was replaced %lld ms after its EXIT: it waited a backoff", worst);
+    CHECK(n_slot_failed == 0, "%d SLOT_FAILED: deaths after the minimum uptime are not a crash loop", n_slot_failed);
+    stop_and_check();
+    return 0;
+}
+
+/* ---------------------------------------------------------------- readyloop ---- */
+
+static int case_readyloop(void) {
+    cluster_config *cfg = base_config(2, ready_then_exit_main);
+    CHECK(OK(cluster_config_listen_tcp(cfg, "127.0.0.1", 0)) == 0, "first listener is index 0");
+    start(cfg);
+    WAIT_FOR(n_slot_failed > 0, 15000, "SLOT_FAILED for the slot whose workers exit after READY");
+    int crashed = 0;
+    for (int id = 2; id <= MAX_IDS; id++) crashed += W[id].forked;
+    CHECK(crashed == 5, "%d workers were started in the failing slot, expected 5", crashed);
+    for (int id = 2; id <= 6; id++) {
+        CHECK(W[id].ready, "worker %d reported READY before it exited", id);
+        CHECK(W[id].exited && W[id].code == 1 && W[id].sig == 0, "worker %d: exited %d code %d signal %d", id,
+              W[id].exited, W[id].code, W[id].sig);
+    }
+    CHECK(slot_failed_id == 6 && strlen(slot_failed_why) > 0, "SLOT_FAILED names worker %d ('%s')", slot_failed_id,
+          slot_failed_why);
+    printf("readyloop: %s\n", slot_failed_why);
+    dispatch_for(1000);
+    CHECK(n_forks == 6 && n_slot_failed == 1, "%d FORKs, %d SLOT_FAILED: the slot stays given up", n_forks,
+          n_slot_failed);
+    CHECK(W[1].ready && !W[1].exited, "worker 1 keeps serving");
+    stop_and_check();
+    return 0;
+}
+
 /* ---------------------------------------------------------------- process ---- */
 
 /* The value of "key=" in a worker's report, or "" (static buffer). */
@@ -850,6 +984,10 @@ int main(int argc, char **argv) {
         rc = case_scale();
     else if (strcmp(c, "maxreq") == 0)
         rc = case_maxreq();
+    else if (strcmp(c, "served") == 0)
+        rc = case_served();
+    else if (strcmp(c, "readyloop") == 0)
+        rc = case_readyloop();
     else if (strcmp(c, "manual") == 0)
         rc = case_manual();
     else if (strcmp(c, "exec-reload") == 0)
@@ -857,7 +995,7 @@ int main(int argc, char **argv) {
     else if (strcmp(c, "process") == 0)
         rc = case_process(argc > 2 ? argv[2] : "");
     else {
-        fprintf(stderr, "usage: %s crashloop|startup|stuck|scale|maxreq|manual|exec-reload|process fork|process exec\n", argv[0]);
+        fprintf(stderr, "usage: %s crashloop|startup|stuck|scale|maxreq|served|readyloop|manual|exec-reload|process fork|process exec\n", argv[0]);
         return 2;
     }
     printf("supervision %s%s%s: ok (%lld ms)\n", c, argc > 2 ? " " : "", argc > 2 ? argv[2] : "", now_ms() - t0);

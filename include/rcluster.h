@@ -472,14 +472,16 @@ int32_t cluster_config_set_manual_ready(struct cluster_config *cfg, bool on);
 int32_t cluster_config_set_sched_batch(struct cluster_config *cfg, bool on);
 
 /**
- * Whether a worker that dies unasked is replaced (default on), in the same slot, after a
- * backoff (see `cluster_config_set_backoff`).
+ * Whether a worker that dies unasked is replaced (default on), in the same slot: at once if
+ * it had served (see `cluster_config_set_min_uptime`), after a backoff if it died young (see
+ * `cluster_config_set_backoff`).
  */
 int32_t cluster_config_set_restart(struct cluster_config *cfg, bool on);
 
 /**
- * Restart backoff: the first delay `min_ms` doubles up to `max_ms`, and resets after a
- * worker ran `reset_ms` (defaults 100, 15000, 30000).
+ * Restart backoff, for workers that die young (see `cluster_config_set_min_uptime`): the
+ * first delay `min_ms` doubles up to `max_ms`, and resets after a worker ran `reset_ms`, or
+ * served past the minimum uptime (defaults 100, 15000, 30000).
  */
 int32_t cluster_config_set_backoff(struct cluster_config *cfg,
                                    uint32_t min_ms,
@@ -487,12 +489,23 @@ int32_t cluster_config_set_backoff(struct cluster_config *cfg,
                                    uint32_t reset_ms);
 
 /**
- * Crash-loop detection: `deaths` workers of one slot dying before READY within `window_ms`
- * give that slot up (CLUSTER_EVENT_SLOT_FAILED). Defaults 5 in 10000 ms.
+ * Crash-loop detection: `deaths` workers of one slot dying young within `window_ms` give that
+ * slot up (CLUSTER_EVENT_SLOT_FAILED). Dying young is dying before READY, or after READY but
+ * within the minimum uptime (`cluster_config_set_min_uptime`) by the worker's own exit or a
+ * crash signal. A worker that lived past the minimum uptime clears the count. Defaults 5 in
+ * 10000 ms.
  */
 int32_t cluster_config_set_crash_loop(struct cluster_config *cfg,
                                       uint32_t deaths,
                                       uint32_t window_ms);
+
+/**
+ * A worker that was READY and lived at least `ms` (default 1000) is replaced at once when it
+ * dies; one that dies sooner died young: it waits the doubling backoff
+ * (`cluster_config_set_backoff`), and, unless a stopping signal (SIGKILL, SIGTERM, SIGINT,
+ * SIGQUIT, SIGHUP) ended it, counts toward crash-loop detection (`cluster_config_set_crash_loop`).
+ */
+int32_t cluster_config_set_min_uptime(struct cluster_config *cfg, uint32_t ms);
 
 /**
  * A worker not READY this long after it started is killed and counted as a failed start

@@ -327,6 +327,16 @@ fn a_crash_looping_slot_backs_off_then_is_given_up() {
 }
 
 #[test]
+fn a_worker_that_served_is_replaced_at_once_without_backoff() {
+    run_c("supervision", &["served"], Duration::from_secs(60));
+}
+
+#[test]
+fn workers_that_exit_right_after_ready_are_a_crash_loop() {
+    run_c("supervision", &["readyloop"], Duration::from_secs(60));
+}
+
+#[test]
 fn a_worker_not_ready_in_time_is_killed() {
     run_c("supervision", &["startup"], Duration::from_secs(60));
 }

@@ -52,9 +52,11 @@ declare namespace rcluster {
     signals?: boolean;
     /** Replace workers that die unasked (default true). */
     restart?: boolean;
-    /** Restart backoff in ms (defaults 100, 15000, 30000). */
+    /** A worker that was ready and lived this long (ms, default 1000) is replaced at once; one that dies sooner waits the backoff. */
+    minUptime?: number;
+    /** Restart backoff in ms for workers that die young (defaults 100, 15000, 30000). */
     backoff?: { min: number; max: number; reset: number } | [number, number, number];
-    /** Crash-loop detection: deaths before READY within a window (defaults 5 in 10000 ms). */
+    /** Crash-loop detection: young deaths (before READY, or by their own exit or crash within minUptime of it) within a window (defaults 5 in 10000 ms). */
     crashLoop?: { deaths: number; window: number } | [number, number];
     /** A worker not ready this long after it started is killed (ms, 0: no limit; default 30000). */
     startupTimeout?: number;

@@ -262,8 +262,9 @@ pub extern "C" fn cluster_config_set_sched_batch(cfg: *mut cluster_config, on: b
     })
 }
 
-/// Whether a worker that dies unasked is replaced (default on), in the same slot, after a
-/// backoff (see `cluster_config_set_backoff`).
+/// Whether a worker that dies unasked is replaced (default on), in the same slot: at once if
+/// it had served (see `cluster_config_set_min_uptime`), after a backoff if it died young (see
+/// `cluster_config_set_backoff`).
 #[no_mangle]
 pub extern "C" fn cluster_config_set_restart(cfg: *mut cluster_config, on: bool) -> i32 {
     guard(|| {
@@ -273,8 +274,9 @@ pub extern "C" fn cluster_config_set_restart(cfg: *mut cluster_config, on: bool)
     })
 }
 
-/// Restart backoff: the first delay `min_ms` doubles up to `max_ms`, and resets after a
-/// worker ran `reset_ms` (defaults 100, 15000, 30000).
+/// Restart backoff, for workers that die young (see `cluster_config_set_min_uptime`): the
+/// first delay `min_ms` doubles up to `max_ms`, and resets after a worker ran `reset_ms`, or
+/// served past the minimum uptime (defaults 100, 15000, 30000).
 #[no_mangle]
 pub extern "C" fn cluster_config_set_backoff(cfg: *mut cluster_config, min_ms: u32, max_ms: u32, reset_ms: u32) -> i32 {
     guard(|| {
@@ -291,8 +293,11 @@ pub extern "C" fn cluster_config_set_backoff(cfg: *mut cluster_config, min_ms: u
     })
 }
 
-/// Crash-loop detection: `deaths` workers of one slot dying before READY within `window_ms`
-/// give that slot up (CLUSTER_EVENT_SLOT_FAILED). Defaults 5 in 10000 ms.
+/// Crash-loop detection: `deaths` workers of one slot dying young within `window_ms` give that
+/// slot up (CLUSTER_EVENT_SLOT_FAILED). Dying young is dying before READY, or after READY but
+/// within the minimum uptime (`cluster_config_set_min_uptime`) by the worker's own exit or a
+/// crash signal. A worker that lived past the minimum uptime clears the count. Defaults 5 in
+/// 10000 ms.
 #[no_mangle]
 pub extern "C" fn cluster_config_set_crash_loop(cfg: *mut cluster_config, deaths: u32, window_ms: u32) -> i32 {
     guard(|| {
@@ -303,6 +308,21 @@ pub extern "C" fn cluster_config_set_crash_loop(cfg: *mut cluster_config, deaths
         let mut p = cfg.restart.unwrap_or_default();
         p.loop_deaths = deaths as usize;
         p.loop_window_ms = u64::from(window_ms);
+        cfg.restart = Some(p);
+        Ok(0)
+    })
+}
+
+/// A worker that was READY and lived at least `ms` (default 1000) is replaced at once when it
+/// dies; one that dies sooner died young: it waits the doubling backoff
+/// (`cluster_config_set_backoff`), and, unless a stopping signal (SIGKILL, SIGTERM, SIGINT,
+/// SIGQUIT, SIGHUP) ended it, counts toward crash-loop detection (`cluster_config_set_crash_loop`).
+#[no_mangle]
+pub extern "C" fn cluster_config_set_min_uptime(cfg: *mut cluster_config, ms: u32) -> i32 {
+    guard(|| {
+        let cfg = cfg_mut(cfg)?;
+        let mut p = cfg.restart.unwrap_or_default();
+        p.min_uptime_ms = u64::from(ms);
         cfg.restart = Some(p);
         Ok(0)
     })

@@ -8,7 +8,7 @@ use crate::error::{fail, Code, Result};
 use crate::event::{Event, EventKind};
 use crate::sys::{self, ExitStatus};
 
-use super::restart::Decision;
+use super::restart::{Death, Decision};
 use super::workers::{Slot, WorkerState};
 use super::{Phase, Primary, Timer};
 
@@ -62,7 +62,7 @@ impl Primary {
             self.abort_reload(format!("replacement worker {id} failed to start"));
             return;
         }
-        self.decide_restart(id, slot, 0, false);
+        self.decide_restart(id, slot, 0, false, 0);
     }
 
     /// Timers of this module.
@@ -157,10 +157,10 @@ impl Primary {
             return;
         }
         let uptime = sys::monotonic_ms().saturating_sub(slot.started_mono_ms);
-        self.decide_restart(slot.id, slot.slot, uptime, slot.ever_ready);
+        self.decide_restart(slot.id, slot.slot, uptime, slot.ever_ready, status.signal);
     }
 
-    fn decide_restart(&mut self, id: u32, slot: u32, uptime_ms: u64, was_ready: bool) {
+    fn decide_restart(&mut self, id: u32, slot: u32, uptime_ms: u64, was_ready: bool, signal: i32) {
         let Some(policy) = self.cfg.restart else { return };
         if self.phase != Phase::Running {
             return;
@@ -170,9 +170,17 @@ impl Primary {
         if history.given_up {
             return;
         }
-        match history.on_death(&policy, now, uptime_ms, was_ready) {
+        match history.on_death(&policy, Death { now_ms: now, uptime_ms, was_ready, signal }) {
+            Decision::RespawnAfter(0) => {
+                log::info!("slot {slot}: worker {id} had served, replacing it now (restart {})", history.restarts);
+                self.pending_respawns.insert(slot);
+                self.reactor.add_timer(now, Timer::Respawn(slot));
+            }
             Decision::RespawnAfter(delay) => {
-                log::info!("slot {slot}: restarting in {delay} ms (restart {})", history.restarts);
+                log::info!(
+                    "slot {slot}: worker {id} died young, restarting in {delay} ms (restart {})",
+                    history.restarts
+                );
                 self.pending_respawns.insert(slot);
                 self.reactor.add_timer(now + delay, Timer::Respawn(slot));
             }

@@ -91,6 +91,7 @@ function validateSettings(s) {
   }
   if (s.grace !== undefined) checkUint(s.grace, 'settings.grace');
   if (s.startupTimeout !== undefined) checkUint(s.startupTimeout, 'settings.startupTimeout');
+  if (s.minUptime !== undefined) checkUint(s.minUptime, 'settings.minUptime');
   if (s.maxMessage !== undefined) checkUint(s.maxMessage, 'settings.maxMessage', Number.MAX_SAFE_INTEGER);
   if (s.uid !== undefined) checkUint(s.uid, 'settings.uid');
   if (s.gid !== undefined) checkUint(s.gid, 'settings.gid');
@@ -294,6 +295,7 @@ module.exports = function installPrimary(cluster, native) {
     if (s.backoff !== undefined) ops.push(['backoff', ...numbers(s.backoff, ['min', 'max', 'reset'], 'settings.backoff')]);
     if (s.crashLoop !== undefined) ops.push(['crash_loop', ...numbers(s.crashLoop, ['deaths', 'window'], 'settings.crashLoop')]);
     if (s.startupTimeout !== undefined) ops.push(['startup_timeout', s.startupTimeout]);
+    if (s.minUptime !== undefined) ops.push(['min_uptime', s.minUptime]);
     if (s.heartbeat !== undefined) ops.push(['heartbeat', ...numbers(s.heartbeat, ['interval', 'timeout'], 'settings.heartbeat')]);
     if (s.maxRequests !== undefined) {
       const mr = Number.isInteger(s.maxRequests) ? [s.maxRequests, 0] : numbers(s.maxRequests, ['requests', 'jitter'], 'settings.maxRequests');

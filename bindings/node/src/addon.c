@@ -760,6 +760,8 @@ static int32_t apply_op(napi_env env, cluster_config *cfg, napi_value op, char *
         if (U(1) && U(2) && U(3)) rc = CALL(cluster_config_set_backoff(cfg, u[0], u[1], u[2]));
     } else if (!strcmp(name, "crash_loop")) {
         if (U(1) && U(2)) rc = CALL(cluster_config_set_crash_loop(cfg, u[0], u[1]));
+    } else if (!strcmp(name, "min_uptime")) {
+        if (U(1)) rc = CALL(cluster_config_set_min_uptime(cfg, u[0]));
     } else if (!strcmp(name, "startup_timeout")) {
         if (U(1)) rc = CALL(cluster_config_set_startup_timeout(cfg, u[0]));
     } else if (!strcmp(name, "heartbeat")) {

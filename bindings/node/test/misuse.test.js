@@ -137,6 +137,7 @@ test('bad arguments to the primary API are TypeErrors, and a refused setupPrimar
     { backoff: { min: 1 } },
     { heartbeat: 'x' },
     { crashLoop: [1, -1] },
+    { minUptime: -1 },
     { maxRequests: -1 },
     { uid: -1 },
     { groups: [-1] },

@@ -161,6 +161,7 @@ class Cluster(_events.Runtime):
         restart: Optional[bool] = None,
         backoff: Optional[Tuple[int, int, int]] = None,
         crash_loop: Optional[Tuple[int, int]] = None,
+        min_uptime: Optional[int] = None,
         heartbeat: Optional[Union[int, Tuple[int, int]]] = None,
         startup_timeout: Optional[int] = None,
         max_requests: Optional[Union[int, Tuple[int, int]]] = None,
@@ -200,6 +201,7 @@ class Cluster(_events.Runtime):
             restart=restart,
             backoff=backoff,
             crash_loop=crash_loop,
+            min_uptime=min_uptime,
             heartbeat=heartbeat,
             startup_timeout=startup_timeout,
             max_requests=max_requests,
@@ -358,6 +360,8 @@ class Cluster(_events.Runtime):
             c(lib.cluster_config_set_backoff, cfg, *_numbers("backoff", o["backoff"], 3, _lib.u32))
         if o["crash_loop"] is not None:
             c(lib.cluster_config_set_crash_loop, cfg, *_numbers("crash_loop", o["crash_loop"], 2, _lib.u32))
+        if o["min_uptime"] is not None:
+            c(lib.cluster_config_set_min_uptime, cfg, _lib.u32("min_uptime", o["min_uptime"]))
         hb = o["heartbeat"]
         if hb is not None:
             if _is_int(hb):

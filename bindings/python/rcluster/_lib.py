@@ -195,6 +195,7 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "cluster_config_set_backoff": (I32, [CFG, c_uint32, c_uint32, c_uint32]),
     "cluster_config_set_crash_loop": (I32, [CFG, c_uint32, c_uint32]),
     "cluster_config_set_startup_timeout": (I32, [CFG, c_uint32]),
+    "cluster_config_set_min_uptime": (I32, [CFG, c_uint32]),
     "cluster_config_set_heartbeat": (I32, [CFG, c_uint32, c_uint32]),
     "cluster_config_set_max_requests": (I32, [CFG, c_uint64, c_uint64]),
     "cluster_config_set_user": (I32, [CFG, c_uint32, c_uint32]),

@@ -216,6 +216,8 @@ BAD_OPTIONS: List[Tuple[Dict[str, Any], Any]] = [
     ({"backoff": (1, 2)}, TypeError),
     ({"backoff": (1, 2, -3)}, ValueError),
     ({"crash_loop": "5"}, TypeError),
+    ({"min_uptime": -1}, ValueError),
+    ({"min_uptime": "1s"}, TypeError),
     ({"heartbeat": -1}, ValueError),
     ({"heartbeat": "x"}, TypeError),
     ({"heartbeat": (1000, None)}, TypeError),
