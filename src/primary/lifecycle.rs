@@ -46,7 +46,7 @@ impl Primary {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        self.cfg.max_requests + x % (self.cfg.max_requests_jitter + 1)
+        limit_with_jitter(self.cfg.max_requests, self.cfg.max_requests_jitter, x)
     }
 
     /// Bookkeeping for a just-started worker.
@@ -362,5 +362,32 @@ impl Primary {
             now.saturating_sub(self.started_ms)
         );
         out
+    }
+}
+
+/// `n` plus a share of `random` in 0..=`jitter`, for any values the config accepts: a jitter
+/// of `u64::MAX` takes all of `random` (its range has no `+ 1`), and the sum saturates, so a
+/// limit beyond `u64::MAX` connections is simply never reached.
+fn limit_with_jitter(n: u64, jitter: u64, random: u64) -> u64 {
+    let extra = match jitter.checked_add(1) {
+        Some(span) => random % span,
+        None => random,
+    };
+    n.saturating_add(extra)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::limit_with_jitter;
+
+    #[test]
+    fn request_limits_hold_at_the_edges_of_u64() {
+        assert_eq!(limit_with_jitter(1, u64::MAX, 41), 42, "the whole range: no remainder by zero");
+        assert_eq!(limit_with_jitter(1, u64::MAX, u64::MAX), u64::MAX, "saturates instead of wrapping to 0");
+        assert_eq!(limit_with_jitter(u64::MAX, u64::MAX, 7), u64::MAX);
+        assert_eq!(limit_with_jitter(u64::MAX, 0, 7), u64::MAX);
+        assert_eq!(limit_with_jitter(10, 0, 12345), 10, "no jitter: exactly n");
+        assert_eq!(limit_with_jitter(10, 4, 12), 12, "12 % 5 = 2 on top of 10");
+        assert!((10..=14).contains(&limit_with_jitter(10, 4, u64::MAX)));
     }
 }
