@@ -126,7 +126,8 @@ impl Header {
     }
 
     /// Decodes and checks one datagram that arrived with `fds_received` fds. Returns the header
-    /// and the inline payload. `max_len` bounds the payload (inline or memfd).
+    /// and the inline payload. `max_len` bounds a Message's payload (inline or memfd); the
+    /// protocol's own frames are bounded by the datagram they come in.
     pub fn decode(datagram: &[u8], fds_received: usize, max_len: u64) -> Result<(Header, &[u8]), FrameError> {
         if datagram.len() < HEADER_LEN {
             return Err(FrameError::Short(datagram.len()));
@@ -157,8 +158,11 @@ impl Header {
             return Err(FrameError::FdCount { announced: h.nfds, received: fds_received });
         }
         let payload = &datagram[HEADER_LEN..];
-        // A batch is bounded by its datagram; each frame inside is checked against max_len.
-        if h.len > max_len && kind != Kind::Batch {
+        // `max_len` is the user's bound on messages. Every other kind is inline (checked
+        // below), so its own datagram bounds it, whatever the user chose: with a 1-byte
+        // maximum a worker still says Hello and takes NewConn batches. A batch's frames are
+        // each checked here in turn.
+        if h.len > max_len && kind == Kind::Message {
             return Err(FrameError::TooBig { len: h.len, max: max_len });
         }
         let big = h.flags & FLAG_BIG != 0;
@@ -436,6 +440,19 @@ mod tests {
     fn oversized_payloads_are_refused() {
         let h = Header { kind: Kind::Message, flags: FLAG_BIG, nfds: 1, len: 65, ..Header::new(Kind::Message) };
         assert_eq!(Header::decode(&h.encode(), 1, 64), Err(FrameError::TooBig { len: 65, max: 64 }));
+    }
+
+    #[test]
+    fn the_message_bound_leaves_protocol_frames_alone() {
+        let hello = datagram(&Header { len: 4, ..Header::new(Kind::Hello) }, &[1, 2, 3, 4]);
+        assert!(Header::decode(&hello, 0, 1).is_ok(), "a 4-byte Hello under a 1-byte message bound");
+        let ids = encode_ids(&[1, 2, 3]);
+        let ack = datagram(&Header { len: ids.len() as u64, ..Header::new(Kind::Ack) }, &ids);
+        assert!(Header::decode(&ack, 0, 1).is_ok());
+        let msg = datagram(&Header { len: 2, ..Header::new(Kind::Message) }, b"ab");
+        assert_eq!(Header::decode(&msg, 0, 1), Err(FrameError::TooBig { len: 2, max: 1 }));
+        let lying = Header { len: 1 << 40, ..Header::new(Kind::Ack) };
+        assert!(matches!(Header::decode(&lying.encode(), 0, 1), Err(FrameError::Length { .. })));
     }
 
     #[test]
