@@ -113,12 +113,7 @@ impl ExecPlan {
                 let exe = std::fs::read_link("/proc/self/exe").map_err(|e| Error::sys("readlink /proc/self/exe", e))?;
                 let cmdline =
                     std::fs::read("/proc/self/cmdline").map_err(|e| Error::sys("read /proc/self/cmdline", e))?;
-                let argv: Vec<CString> = cmdline
-                    .split(|&b| b == 0)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| CString::new(s).expect("split on NUL"))
-                    .collect();
-                (cstring(exe.as_os_str())?, argv)
+                (cstring(exe.as_os_str())?, argv_from_cmdline(&cmdline))
             }
         };
         let base_env = std::env::vars_os()
@@ -137,6 +132,20 @@ impl ExecPlan {
     pub fn program(&self) -> String {
         self.path.to_string_lossy().into_owned()
     }
+}
+
+/// The argv in /proc/self/cmdline: each argument ends with a NUL, so empty ones (`""`, as
+/// in `prog -o "" file`) are kept and only the last NUL ends the list.
+fn argv_from_cmdline(cmdline: &[u8]) -> Vec<CString> {
+    let Some(body) = cmdline.strip_suffix(&[0]) else {
+        // Empty, or rewritten by the process without a final NUL: what is there is one string.
+        return cmdline
+            .split(|&b| b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| CString::new(s).expect("no NUL"))
+            .collect();
+    };
+    body.split(|&b| b == 0).map(|s| CString::new(s).expect("split on NUL")).collect()
 }
 
 fn cstring(s: &OsStr) -> Result<CString> {
@@ -332,4 +341,19 @@ fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd)> {
     // SAFETY: `fds` is a writable array of two ints.
     cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }).map_err(|e| Error::sys("pipe2", e))?;
     Ok((owned(fds[0]).map_err(|e| Error::sys("pipe2", e))?, owned(fds[1]).map_err(|e| Error::sys("pipe2", e))?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::argv_from_cmdline;
+
+    #[test]
+    fn empty_arguments_in_cmdline_are_kept() {
+        let args = |v: &[u8]| argv_from_cmdline(v).into_iter().map(|c| c.into_bytes()).collect::<Vec<_>>();
+        assert_eq!(args(b"prog\0-o\0\0file\0"), [&b"prog"[..], b"-o", b"", b"file"]);
+        assert_eq!(args(b"prog\0\0\0"), [&b"prog"[..], b"", b""], "empty arguments at the end");
+        assert_eq!(args(b"prog\0"), [b"prog"]);
+        assert!(args(b"").is_empty());
+        assert_eq!(args(b"rewritten title"), [b"rewritten title"]);
+    }
 }
