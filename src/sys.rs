@@ -18,11 +18,25 @@ pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// Wraps a freshly returned descriptor (checked for -1) in an `OwnedFd`.
+/// Wraps a freshly returned descriptor (checked for -1) in an `OwnedFd`, numbered above
+/// stdio (see [`above_stdio`]).
 pub fn owned(ret: libc::c_int) -> io::Result<OwnedFd> {
     let fd = cvt(ret)?;
     // SAFETY: `fd` was just returned by the kernel to us and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    above_stdio(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fd`, or when it is numbered 0-2 a CLOEXEC duplicate numbered 3 or more (the original is
+/// closed). A host that closed its stdio (a daemon) leaves 0-2 free, and a descriptor of ours
+/// there would be replaced by a silent worker's /dev/null stdio (a channel end, or the epoll
+/// fd that a FORK-mode worker closes on its way, taking its new stdin with it) or written by
+/// the host's own `printf`. Costs nothing for the usual fd above 2.
+pub fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC only reads the integer fd; the result is a new descriptor we own.
+    owned(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) })
 }
 
 /// Sets or clears FD_CLOEXEC.
@@ -52,7 +66,7 @@ pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
 /// A CLOEXEC duplicate of `fd` (what `cluster_send_fd` passes, so the caller keeps its own).
 pub fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC only reads the integer fd; the result is a new descriptor we own.
-    owned(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })
+    owned(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })
 }
 
 /// True when `fd` is an open socket.
@@ -83,7 +97,10 @@ pub fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
     cvt(unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()) })
         .map_err(|e| Error::sys("socketpair(AF_UNIX, SOCK_SEQPACKET)", e))?;
     // SAFETY: both descriptors were just created for us and are owned by nothing else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // A worker's end must survive the child's silent stdio (see `above_stdio`).
+    let moved = |fd| above_stdio(fd).map_err(|e| Error::sys("fcntl(F_DUPFD_CLOEXEC)", e));
+    Ok((moved(a)?, moved(b)?))
 }
 
 /// Asks for a larger socket send buffer; the kernel caps it at `wmem_max`, which is fine.
