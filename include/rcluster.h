@@ -383,7 +383,8 @@ int32_t cluster_config_set_worker_main(struct cluster_config *cfg,
 
 /**
  * The program EXEC-mode workers run and its NULL-terminated argv (argv may be NULL: then
- * `{path, NULL}`). Default: this program with this process's argv.
+ * `{path, NULL}`). Default: this program with this process's argv (read from
+ * /proc/self/cmdline). Either way workers get every argument as it is, empty ones included.
  *
  * # Safety
  * `path` is a NUL-terminated string; `argv` is NULL or a NULL-terminated array of them.
@@ -430,8 +431,10 @@ int32_t cluster_config_set_unix_mode(struct cluster_config *cfg, uint32_t listen
 int32_t cluster_config_listen_systemd(struct cluster_config *cfg);
 
 /**
- * Largest message carried, in bytes (default 64 MiB, at most 1 GiB). Larger sends fail with
- * CLUSTER_E_TOOBIG.
+ * Largest message carried, in bytes (default 64 MiB, 1 byte to 1 GiB). Larger sends fail with
+ * CLUSTER_E_TOOBIG. It bounds user payloads only: the library's own frames (hello, connection
+ * handoffs, acknowledgements) have their own fixed bound, so any value here leaves the
+ * cluster working.
  */
 int32_t cluster_config_set_max_message(struct cluster_config *cfg, uint64_t bytes);
 
@@ -523,7 +526,8 @@ int32_t cluster_config_set_heartbeat(struct cluster_config *cfg,
 
 /**
  * Recycles a worker after `n` connections plus a random 0..=`jitter` (0: never): its
- * replacement is started and READY before it drains.
+ * replacement is started and READY before it drains. Any values are accepted (up to
+ * UINT64_MAX for both); a sum past UINT64_MAX means UINT64_MAX.
  */
 int32_t cluster_config_set_max_requests(struct cluster_config *cfg, uint64_t n, uint64_t jitter);
 
@@ -559,6 +563,8 @@ int32_t cluster_config_add_env(struct cluster_config *cfg, const char *name_valu
 
 /**
  * Workers' stdin, stdout and stderr go to /dev/null (default: inherited from the primary).
+ * Also when the primary runs with its stdio closed: the library numbers its own fds from 3
+ * on, so /dev/null never replaces one of them.
  */
 int32_t cluster_config_set_silent(struct cluster_config *cfg, bool on);
 

@@ -394,3 +394,53 @@ fn soak_100k_handoffs_and_1m_messages_constant_fds_bounded_rss() {
 fn soak_with_corked_batches_keeps_senders_apart() {
     run_c("soak", &["200000", "10000", "64", "cork"], Duration::from_secs(180));
 }
+
+#[test]
+fn max_requests_with_the_largest_jitter_starts_and_serves() {
+    run_c("config_edges", &["maxreq", "1", "18446744073709551615"], Duration::from_secs(60));
+}
+
+#[test]
+fn max_requests_at_u64_max_with_u64_max_jitter_starts_and_serves() {
+    run_c("config_edges", &["maxreq", "18446744073709551615", "18446744073709551615"], Duration::from_secs(60));
+}
+
+#[test]
+fn a_one_byte_max_message_bounds_user_payloads_not_the_protocol_fork_mode() {
+    run_c("config_edges", &["small-message", "fork"], Duration::from_secs(60));
+}
+
+#[test]
+fn a_one_byte_max_message_bounds_user_payloads_not_the_protocol_exec_mode() {
+    run_c("config_edges", &["small-message", "exec"], Duration::from_secs(60));
+}
+
+#[test]
+fn exec_workers_get_empty_arguments_from_the_primary_s_own_argv() {
+    run_c("config_edges", &["exec-argv", "default", "", "middle", "", ""], Duration::from_secs(60));
+}
+
+#[test]
+fn exec_workers_get_empty_arguments_from_a_given_argv() {
+    run_c("config_edges", &["exec-argv", "given", "", "x", ""], Duration::from_secs(60));
+}
+
+#[test]
+fn silent_workers_of_a_primary_that_closed_its_stdio_before_the_start_fork_mode() {
+    run_c("config_edges", &["silent-stdio", "fork", "before"], Duration::from_secs(60));
+}
+
+#[test]
+fn silent_workers_of_a_primary_that_closed_its_stdio_after_the_start_fork_mode() {
+    run_c("config_edges", &["silent-stdio", "fork", "after"], Duration::from_secs(60));
+}
+
+#[test]
+fn silent_workers_of_a_primary_that_closed_its_stdio_before_the_start_exec_mode() {
+    run_c("config_edges", &["silent-stdio", "exec", "before"], Duration::from_secs(60));
+}
+
+#[test]
+fn silent_workers_of_a_primary_that_closed_its_stdio_after_the_start_exec_mode() {
+    run_c("config_edges", &["silent-stdio", "exec", "after"], Duration::from_secs(60));
+}

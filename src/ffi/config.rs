@@ -102,7 +102,8 @@ pub extern "C" fn cluster_config_set_worker_main(
 }
 
 /// The program EXEC-mode workers run and its NULL-terminated argv (argv may be NULL: then
-/// `{path, NULL}`). Default: this program with this process's argv.
+/// `{path, NULL}`). Default: this program with this process's argv (read from
+/// /proc/self/cmdline). Either way workers get every argument as it is, empty ones included.
 ///
 /// # Safety
 /// `path` is a NUL-terminated string; `argv` is NULL or a NULL-terminated array of them.
@@ -192,8 +193,10 @@ pub extern "C" fn cluster_config_listen_systemd(cfg: *mut cluster_config) -> i32
     guard(|| cfg_mut(cfg)?.listen_systemd().map(|n| n as i32))
 }
 
-/// Largest message carried, in bytes (default 64 MiB, at most 1 GiB). Larger sends fail with
-/// CLUSTER_E_TOOBIG.
+/// Largest message carried, in bytes (default 64 MiB, 1 byte to 1 GiB). Larger sends fail with
+/// CLUSTER_E_TOOBIG. It bounds user payloads only: the library's own frames (hello, connection
+/// handoffs, acknowledgements) have their own fixed bound, so any value here leaves the
+/// cluster working.
 #[no_mangle]
 pub extern "C" fn cluster_config_set_max_message(cfg: *mut cluster_config, bytes: u64) -> i32 {
     guard(|| cfg_mut(cfg)?.set_max_message(bytes).map(|()| 0))
@@ -357,7 +360,8 @@ pub extern "C" fn cluster_config_set_heartbeat(cfg: *mut cluster_config, interva
 }
 
 /// Recycles a worker after `n` connections plus a random 0..=`jitter` (0: never): its
-/// replacement is started and READY before it drains.
+/// replacement is started and READY before it drains. Any values are accepted (up to
+/// UINT64_MAX for both); a sum past UINT64_MAX means UINT64_MAX.
 #[no_mangle]
 pub extern "C" fn cluster_config_set_max_requests(cfg: *mut cluster_config, n: u64, jitter: u64) -> i32 {
     guard(|| {
@@ -439,6 +443,8 @@ pub unsafe extern "C" fn cluster_config_add_env(cfg: *mut cluster_config, name_v
 }
 
 /// Workers' stdin, stdout and stderr go to /dev/null (default: inherited from the primary).
+/// Also when the primary runs with its stdio closed: the library numbers its own fds from 3
+/// on, so /dev/null never replaces one of them.
 #[no_mangle]
 pub extern "C" fn cluster_config_set_silent(cfg: *mut cluster_config, on: bool) -> i32 {
     guard(|| {
