@@ -379,6 +379,58 @@ fn limit_with_jitter(n: u64, jitter: u64, random: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::limit_with_jitter;
+    use crate::config::{Config, Mode};
+    use crate::event::EventKind;
+    use crate::event_loop;
+    use crate::primary::Primary;
+    use crate::sys;
+    use std::os::fd::OwnedFd;
+
+    /// A worker whose channel the primary cannot watch (epoll refuses the fd: here /dev/null,
+    /// in life ENOSPC or ENOMEM) is killed, reaped and reported, and does not hold up the
+    /// shutdown. Before, its exit went unwatched: a zombie in the slots for good.
+    #[test]
+    fn a_worker_whose_channel_cannot_be_watched_is_killed_reaped_and_does_not_block_shutdown() {
+        let cfg = Config {
+            workers: 1,
+            mode: Mode::Exec,
+            exec: Some((c"/nonexistent/worker".to_owned(), Vec::new())),
+            signals: false,
+            startup_timeout_ms: 0,
+            heartbeat_ms: 0,
+            ..Config::default()
+        };
+        let mut p = Primary::start(cfg).unwrap();
+        let id = p.next_spawn().expect("one start queued");
+        // The primary reaps it (what this test checks), not `Child::wait`.
+        #[allow(clippy::zombie_processes)]
+        let child = std::process::Command::new("sleep").arg("60").spawn().expect("spawn sleep");
+        let pid = child.id() as libc::pid_t;
+        let unwatchable = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        p.adopt(id, 0, pid, unwatchable, None);
+        let mut events = p.take_events();
+        let deadline = sys::monotonic_ms() + 10_000;
+        let mut ready = Vec::new();
+        let mut shutdown_asked = false;
+        while !p.finished() {
+            assert!(sys::monotonic_ms() < deadline, "not finished within 10 s; events so far: {events:?}");
+            if !shutdown_asked && events.iter().any(|e| e.kind == EventKind::Exit) {
+                p.begin_shutdown(5000);
+                shutdown_asked = true;
+            }
+            event_loop::wait(p.poll_fd(), 50, &mut ready).unwrap();
+            p.process(&ready);
+            events.extend(p.take_events());
+        }
+        let kinds: Vec<EventKind> = events.iter().filter(|e| e.worker_id == id).map(|e| e.kind).collect();
+        assert_eq!(kinds[..3], [EventKind::Fork, EventKind::Error, EventKind::Disconnect], "{events:?}");
+        let exit = events.iter().find(|e| e.kind == EventKind::Exit).expect("an EXIT");
+        assert_eq!((exit.worker_id, exit.pid, exit.signal), (id, pid, libc::SIGKILL));
+        // Reaped by the primary: no zombie left for anyone to wait for.
+        // SAFETY: waitpid on our own child's pid with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut 0, libc::WNOHANG) };
+        assert_eq!(r, -1, "the worker was reaped");
+    }
 
     #[test]
     fn request_limits_hold_at_the_edges_of_u64() {

@@ -285,11 +285,19 @@ impl Primary {
     ) {
         let fd = channel.as_raw_fd();
         let outbox = Arc::new(Outbox::new(channel, self.cfg.send_limits));
-        let pidfd = sys::pidfd_open(pid);
-        let registered = self.reactor.add(fd, Source::Channel(id), true, false).and_then(|()| match &pidfd {
-            Some(p) => self.reactor.add(p.as_raw_fd(), Source::Child(id), true, false),
-            None => Ok(()),
-        });
+        // Its exit is watched first, and whatever becomes of the channel: a worker whose
+        // channel cannot be watched is killed below, and must still be reaped (a zombie left
+        // in the slots would hold up the shutdown for ever). Without a watched pidfd, the reap
+        // poll finds it.
+        let pidfd =
+            sys::pidfd_open(pid).filter(|p| match self.reactor.add(p.as_raw_fd(), Source::Child(id), true, false) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::warn!("worker {id} (pid {pid}): {e}; polling for its exit instead");
+                    false
+                }
+            });
+        let registered = self.reactor.add(fd, Source::Channel(id), true, false);
         if pidfd.is_none() {
             self.start_reap_poll();
         }
