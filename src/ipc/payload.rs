@@ -5,7 +5,6 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
-use crate::error::{Code, Error, Result};
 use crate::sys::{cvt, owned};
 
 /// Further attempts at sealing a memfd that the kernel reports busy.
@@ -143,26 +142,40 @@ impl Drop for Mapped {
     }
 }
 
-/// Maps a sealed memfd of announced length `len` (checked against its real size and seals):
-/// the payload of a large message, without copying it.
-pub fn unseal(fd: OwnedFd, len: u64) -> Result<Payload> {
+/// Why a large message's memfd is refused (a bad frame: the sender is dropped).
+pub const NOT_SEALED: &str = "large-message memfd is not sealed or has the wrong size";
+/// A memfd with holes: see [`unseal`].
+pub const SPARSE: &str = "large-message memfd is sparse (holes its sender never wrote)";
+
+/// Maps a sealed memfd of announced length `len` (checked against its real size, seals and
+/// allocated blocks): the payload of a large message, without copying it. Refused with the
+/// reason, to be reported as a bad frame.
+///
+/// A memfd whose size was set with `ftruncate` but never written is all holes, and reading a
+/// hole of a memfd allocates a page, charged to the reader: a 64 MiB message its sender paid
+/// nothing for would cost every receiver (and the host reading it in the primary) 64 MiB. So
+/// every page must be there already (`st_blocks`), as it is for any memfd written in full
+/// (`seal`); the seals keep holes from being punched afterwards.
+pub fn unseal(fd: OwnedFd, len: u64) -> std::result::Result<Payload, &'static str> {
     let raw = fd.as_raw_fd();
     // SAFETY: fcntl with integer arguments; a non-memfd gives EINVAL.
     let seals = unsafe { libc::fcntl(raw, libc::F_GET_SEALS) };
     // Shrinking would make the mapping fault (SIGBUS); writing would change it under the reader.
     let needed = libc::F_SEAL_SHRINK | libc::F_SEAL_WRITE;
     if seals < 0 || seals & needed != needed {
-        return Err(Error::new(Code::Inval, "large-message fd is not a sealed memfd"));
+        return Err(NOT_SEALED);
     }
     // SAFETY: an all-zero stat is valid; fstat writes into it.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is writable.
-    cvt(unsafe { libc::fstat(raw, &mut st) }).map_err(|e| Error::sys("fstat(memfd)", e))?;
-    if st.st_size as u64 != len {
-        return Err(Error::new(Code::Inval, format!("memfd holds {} bytes, frame announces {len}", st.st_size)));
+    if unsafe { libc::fstat(raw, &mut st) } != 0 || st.st_size as u64 != len {
+        return Err(NOT_SEALED);
+    }
+    if (st.st_blocks.max(0) as u64).saturating_mul(512) < len {
+        return Err(SPARSE);
     }
     let Ok(len) = usize::try_from(len) else {
-        return Err(Error::new(Code::TooBig, "large message does not fit the address space"));
+        return Err("large message does not fit the address space");
     };
     if len == 0 {
         return Ok(Payload::default());
@@ -171,7 +184,8 @@ pub fn unseal(fd: OwnedFd, len: u64) -> Result<Payload> {
     // picks the address.
     let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, raw, 0) };
     if ptr == libc::MAP_FAILED {
-        return Err(Error::sys("mmap(memfd)", io::Error::last_os_error()));
+        log::warn!("mmap of a {len}-byte message memfd: {}", io::Error::last_os_error());
+        return Err("large-message memfd cannot be mapped");
     }
     Ok(Payload::Mapped(Mapped { ptr: ptr.cast(), len, memfd: Some(fd) }))
 }
@@ -192,6 +206,31 @@ mod tests {
     #[test]
     fn unsealed_fds_are_refused() {
         let fd = crate::sys::eventfd().unwrap();
-        assert_eq!(unseal(fd, 8).unwrap_err().code, Code::Inval);
+        assert_eq!(unseal(fd, 8).unwrap_err(), NOT_SEALED);
+    }
+
+    #[test]
+    fn sealed_memfds_with_holes_are_refused() {
+        let size = 4u64 << 20;
+        let sealed_sparse = |write: &[u8]| {
+            // SAFETY: a constant name, constant flags.
+            let fd = crate::sys::owned(unsafe {
+                libc::memfd_create(c"sparse".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+            })
+            .unwrap();
+            // SAFETY: fd is ours; `write` is valid for reads of its length.
+            unsafe {
+                assert_eq!(libc::write(fd.as_raw_fd(), write.as_ptr().cast(), write.len()), write.len() as isize);
+                assert_eq!(libc::ftruncate(fd.as_raw_fd(), size as libc::off_t), 0);
+                assert_eq!(libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, SEALS), 0);
+            }
+            fd
+        };
+        assert_eq!(unseal(sealed_sparse(&[]), size).unwrap_err(), SPARSE, "all holes");
+        assert_eq!(unseal(sealed_sparse(&[7u8; 1 << 20]), size).unwrap_err(), SPARSE, "a quarter written");
+        let full: Vec<u8> = vec![1; size as usize];
+        assert_eq!(unseal(seal(&full).unwrap(), size).unwrap().len(), full.len(), "written in full");
+        let odd: Vec<u8> = vec![2; 100_001];
+        assert_eq!(&unseal(seal(&odd).unwrap(), 100_001).unwrap()[..], &odd[..], "a size that is no page multiple");
     }
 }

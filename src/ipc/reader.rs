@@ -103,11 +103,7 @@ impl Reader {
             let memfd = fds.remove(0);
             match payload::unseal(memfd, header.len) {
                 Ok(p) => p,
-                Err(_) => {
-                    return Ok(Read::Bad(FrameError::Payload(
-                        "large-message memfd is not sealed or has the wrong size",
-                    )))
-                }
+                Err(reason) => return Ok(Read::Bad(FrameError::Payload(reason))),
             }
         } else {
             Payload::Bytes(inline.to_vec())
