@@ -300,20 +300,27 @@ static inline int count_fds(pid_t pid) {
     return n;
 }
 
-/* VmRSS of process `pid` (0: this process) in KiB, from /proc/<pid>/status. */
-static inline long vm_rss_kb(pid_t pid) {
-    char path[64], line[256];
+/* The "<field>: <n> kB" line of /proc/<pid>/status (pid 0: this process), in KiB. */
+static inline long proc_status_kb(pid_t pid, const char *field) {
+    char path[64], line[256], fmt[64];
     if (pid) snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
     else snprintf(path, sizeof path, "/proc/self/status");
+    snprintf(fmt, sizeof fmt, "%s: %%ld kB", field);
     FILE *f = fopen(path, "r");
     CHECK(f != NULL, "fopen %s: %s", path, strerror(errno));
     long kb = -1;
     while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1) break;
+        if (sscanf(line, fmt, &kb) == 1) break;
     fclose(f);
-    CHECK(kb > 0, "no VmRSS in %s", path);
+    CHECK(kb > 0, "no %s in %s", field, path);
     return kb;
 }
+
+/* VmRSS of process `pid` (0: this process) in KiB. */
+static inline long vm_rss_kb(pid_t pid) { return proc_status_kb(pid, "VmRSS"); }
+
+/* VmHWM (the peak RSS so far, shared memory included) of process `pid` (0: this process) in KiB. */
+static inline long vm_hwm_kb(pid_t pid) { return proc_status_kb(pid, "VmHWM"); }
 
 /* A client process's work: `conns` TCP connections to 127.0.0.1:port, `batch` open at a time
  * (batch <= 64), each writing a line and reading its answer to EOF; the answer must start with

@@ -9,14 +9,17 @@
  * hostile frames [case...]
  *   The worker in slot 0 sends the bad frames of BAD_FRAMES one after another (all registered
  *   ones when no case is named): garbage, short and truncated frames, huge lengths (2^63, the
- *   configured maximum + 1), FLAG_BIG with an unsealed, wrong-sized, non-memfd or missing fd,
+ *   configured maximum + 1), FLAG_BIG with an unsealed, wrong-sized, sparse (sealed, the
+ *   maximum size, all holes: no page paid for), non-memfd or missing fd,
  *   fds on frames that take none (Hello, Heartbeat, Ack, Batch, a Message announcing none),
  *   too many fds (200, and 253 which the kernel truncates), kinds only the primary sends
  *   (NewConn, Shutdown, Undeliverable), bad batches, malformed Ack/ConnDone. Per case: one
  *   ERROR naming the worker and the reason; EXIT by SIGKILL, not "after disconnect"; nothing
  *   it sent after the bad frame is delivered; its replacement (restart on, 10 ms backoff) is
  *   READY, counts one more restart of the slot, and answers; worker 2 answers a message, and a
- *   connection each is answered; the primary's fd count is back to where it started. ACK/NACK
+ *   connection each is answered; the primary's fd count is back to where it started, and its
+ *   peak RSS (VmHWM: the primary's callback reads a page of every message) grew by less than
+ *   RSS_BOUND_KB. ACK/NACK
  *   of connection ids never handed out are ignored (logged), and the worker is kept.
  * hostile flood raw|api primary|relay|all
  *   Worker 1 floods 1000-byte messages for FLOOD_MS, raw (valid frames straight onto the
@@ -107,9 +110,10 @@ enum { K_HELLO = 1, K_READY, K_MESSAGE, K_NEWCONN, K_ACK, K_NACK, K_SHUTDOWN, K_
 #define F_BIG 1
 #define F_FD 2
 #define TO_ALL 0xFFFFFFFFu /* `to` of a broadcast */
-#define MAX_MESSAGE (1024 * 1024) /* the frames mode's configured maximum */
+#define MAX_MESSAGE (64 * 1024 * 1024) /* the frames mode's configured maximum (the default) */
 #define MAX_SCM_FDS 253            /* the kernel's SCM_MAX_FD */
 #define FLOOD_LEN 1000
+#define RSS_BOUND_KB (16 * 1024) /* growth of the primary's (peak) RSS a flood or a bad frame may cause */
 #define SPLIT_FRAMES 100
 
 static void le16(uint8_t *b, uint16_t v) { b[0] = (uint8_t)v, b[1] = (uint8_t)(v >> 8); }
@@ -238,6 +242,10 @@ static void send_bad(const char *name) {
     } else if (!strcmp(name, "big-unsealed")) {
         fds[nfds++] = make_memfd(100000, 0);
         header(b, K_MESSAGE, F_BIG, 1, 0, 100000);
+    } else if (!strcmp(name, "big-sparse")) {
+        /* sealed, the announced size, and all holes: the sender paid for no page of it */
+        fds[nfds++] = make_memfd(MAX_MESSAGE, 1);
+        header(b, K_MESSAGE, F_BIG, 1, 0, MAX_MESSAGE);
     } else if (!strcmp(name, "big-wrong-size")) {
         fds[nfds++] = make_memfd(100000, 1);
         header(b, K_MESSAGE, F_BIG, 1, 0, 100001);
@@ -680,10 +688,11 @@ static const struct bad_frame {
     {"kind", "unknown frame kind 99", 1},
     {"flags", "invalid flags 0x80", 1},
     {"reserved", "invalid flags", 1},
-    {"len-2^63", "payload of 9223372036854775808 bytes exceeds the maximum of 1048576", 1},
-    {"len-max+1", "payload of 1048577 bytes exceeds the maximum of 1048576", 1},
+    {"len-2^63", "payload of 9223372036854775808 bytes exceeds the maximum of 67108864", 1},
+    {"len-max+1", "payload of 67108865 bytes exceeds the maximum of 67108864", 1},
     {"big-unsealed", "memfd is not sealed or has the wrong size", 1},
     {"big-wrong-size", "memfd is not sealed or has the wrong size", 1},
+    {"big-sparse", "memfd is sparse", 1},
     {"big-pipe", "memfd is not sealed or has the wrong size", 1},
     {"big-no-fd", "frame announces 1 fds but 0 arrived", 1},
     {"big-inline", "frame announces 100000 payload bytes but carries 10", 1},
@@ -734,6 +743,10 @@ static uint32_t may_die;     /* the one worker allowed an ERROR and an EXIT now 
 
 static void on_message2(uint32_t id, const cluster_event *ev) {
     struct wst *w = &W[id];
+    /* A host reads what it is sent: a page of every message (the holes of a sparse memfd
+     * would cost the primary a page each here). */
+    volatile unsigned sum = 0;
+    for (size_t i = 0; i < ev->len; i += 4096) sum += ev->data[i];
     if (w->errors) w->msgs_after_error++;
     char text[64] = {0};
     memcpy(text, ev->data, ev->len < sizeof text - 1 ? ev->len : sizeof text - 1);
@@ -942,6 +955,7 @@ static int frames_main(int argc, char **argv) {
         if (!named || (argc == 0 && !c->registered)) continue;
         ran++;
         uint32_t v = victim, top = top_id;
+        long hwm0 = vm_hwm_kb(0);
         char cmd[64];
         int n = snprintf(cmd, sizeof cmd, "bad %s", c->name);
         may_die = v;
@@ -990,8 +1004,11 @@ static int frames_main(int argc, char **argv) {
         conn_check(port), conn_check(port);
         int fds = settle_fds(base_fds);
         CHECK(fds == base_fds, "%s: the primary holds %d fds, %d before", c->name, fds, base_fds);
-        printf("hostile frames: %-22s %s in %lld ms; fds %d\n", c->name,
-               c->reason ? "dropped, replaced" : "ignored, kept", took, fds);
+        long hwm_growth = vm_hwm_kb(0) - hwm0;
+        CHECK(!rss_checked() || hwm_growth < RSS_BOUND_KB, "%s: the primary's peak RSS grew by %ld KiB (bound %d)",
+              c->name, hwm_growth, RSS_BOUND_KB);
+        printf("hostile frames: %-22s %s in %lld ms; fds %d, peak RSS %+ld KiB\n", c->name,
+               c->reason ? "dropped, replaced" : "ignored, kept", took, fds, hwm_growth);
         if (c->reason) printf("    %s\n", W[v].error);
     }
     CHECK(ran > 0, "no case named");
@@ -1003,7 +1020,6 @@ static int frames_main(int argc, char **argv) {
 }
 
 #define FLOOD_MS 3000
-#define RSS_BOUND_KB (16 * 1024)
 
 /* hostile flood <raw|api> <primary|relay|all>: worker 1 floods for FLOOD_MS; for relay and all,
  * worker 2 sleeps in its callback meanwhile (reads nothing), worker 3 reads. */

@@ -162,6 +162,13 @@ fn a_worker_that_closes_its_channel_but_lives_on_is_killed_and_replaced() {
 
 /// A NewConn from a worker with 253 fds: the kernel truncates them (MSG_CTRUNC), the primary
 /// logs "fds lost" and drops the frame (its fds are closed), but keeps the worker.
+/// A sealed memfd of the maximum size that is all holes: refused as a bad frame before
+/// anything maps it (reading its holes would allocate 64 MiB in the primary).
+#[test]
+fn a_sparse_memfd_message_drops_its_sender_and_costs_the_primary_no_memory() {
+    run_c("hostile", &["frames", "big-sparse"], Duration::from_secs(60));
+}
+
 #[test]
 fn a_newconn_from_a_worker_with_truncated_fds_drops_it() {
     run_c("hostile", &["frames", "newconn-max-fds"], Duration::from_secs(60));
