@@ -41,6 +41,9 @@
 #include "harness.h"
 #include <fcntl.h>
 #include <stdarg.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
 
@@ -396,6 +399,76 @@ static void send_spoof(void) {
     reply("sent spoof");
 }
 
+/* ---- lingering sockets (worker side) ---- */
+
+#define LINGER_S 20 /* what a close of the lingering socket would block for */
+
+/* A TCP socket whose last close blocks LINGER_S seconds: connected to 127.0.0.1:port (a
+ * listener of the primary's process that never accepts, so nothing reads, with a small receive
+ * buffer, so the window stays shut), its send buffer full (unsent data), SO_LINGER
+ * {1, LINGER_S}. */
+static int lingering_socket(int port) {
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(s >= 0, "socket: %s", strerror(errno));
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    CHECK(connect(s, (struct sockaddr *)&a, sizeof a) == 0, "connect to %d: %s", port, strerror(errno));
+    int flags = fcntl(s, F_GETFL);
+    CHECK(fcntl(s, F_SETFL, flags | O_NONBLOCK) == 0, "O_NONBLOCK: %s", strerror(errno));
+    static char junk[65536];
+    size_t total = 0;
+    for (;;) {
+        ssize_t n = send(s, junk, sizeof junk, MSG_NOSIGNAL);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        CHECK(n > 0, "fill the send buffer: %s", strerror(errno));
+        total += (size_t)n;
+        CHECK(total < (256u << 20), "the peer's buffers never filled");
+    }
+    CHECK(fcntl(s, F_SETFL, flags) == 0, "blocking again: %s", strerror(errno));
+    int unsent = 0;
+    CHECK(ioctl(s, SIOCOUTQ, &unsent) == 0 && unsent > 0, "unsent data in the socket (%d bytes)", unsent);
+    struct linger l = {.l_onoff = 1, .l_linger = LINGER_S};
+    CHECK(setsockopt(s, SOL_SOCKET, SO_LINGER, &l, sizeof l) == 0, "SO_LINGER: %s", strerror(errno));
+    fprintf(stderr, "[worker %u] lingering socket: %zu bytes written, %d unsent\n", cluster_worker_id(), total,
+            unsent);
+    return s;
+}
+
+/* Sends a lingering socket to the primary in a way that makes the primary close it, then
+ * closes our copy (the primary's close is the last): how = bad (on a Heartbeat, which takes no
+ * fds: a malformed frame), nobody (cluster_send_fd to worker 999), nack (given back with a
+ * NACK of a connection id never handed out), unread (on a message to the primary right behind
+ * a garbage datagram: the primary drops us and never reads it; it is still in the channel
+ * when the primary closes its end). */
+static void send_lingering(const char *how, int port) {
+    int s = lingering_socket(port);
+    uint8_t b[HDR + 8];
+    if (!strcmp(how, "bad")) {
+        header(b, K_HEARTBEAT, 0, 0, 0, 0);
+        int err = raw_sendmsg(b, HDR, &s, 1, 5000);
+        CHECK(err == 0, "send a Heartbeat with an fd: %s", strerror(err));
+    } else if (!strcmp(how, "nobody")) {
+        OK(cluster_send_fd(999, (const uint8_t *)"x", 1, s));
+    } else if (!strcmp(how, "unread")) {
+        uint8_t garbage[40];
+        memset(garbage, 0xAB, sizeof garbage);
+        header(b, K_MESSAGE, F_FD, 1, 0, 1);
+        b[HDR] = 'x';
+        int err = raw_sendmsg(garbage, sizeof garbage, NULL, 0, 5000);
+        if (!err) err = raw_sendmsg(b, HDR + 1, &s, 1, 5000);
+        CHECK(err == 0, "send garbage, then a message with an fd: %s", strerror(err));
+    } else if (!strcmp(how, "nack")) {
+        header(b, K_NACK, 0, 1, 0, 8);
+        le64(b + HDR, 1ull << 40);
+        int err = raw_sendmsg(b, sizeof b, &s, 1, 5000);
+        CHECK(err == 0, "send a NACK with an fd: %s", strerror(err));
+    } else {
+        FAIL("linger: no case '%s'", how);
+    }
+    close(s);
+    reply("sent linger-%s", how);
+}
+
 /* ---- floods (worker side) ---- */
 
 static struct {
@@ -489,6 +562,8 @@ static void on_command(const char *text) {
         send_garbage();
     } else if (strcmp(text, "huge") == 0) {
         send_huge();
+    } else if (sscanf(text, "linger %31s %d", a, &ms) == 2) {
+        send_lingering(a, ms);
     } else if (sscanf(text, "bad %31s", a) == 1) {
         send_bad(a);
     } else if (sscanf(text, "echo %d", &ms) == 1) {
@@ -1183,6 +1258,63 @@ static int batch_main(const char *part) {
     return 0;
 }
 
+/* hostile linger bad|nobody|nack|unread: worker 1 sends a TCP socket whose close would block for
+ * LINGER_S seconds (SO_LINGER, unsent data) in a way that makes the primary close it (see
+ * send_lingering). The primary must not block: no call of cluster_dispatch takes more than
+ * 3 s, and within 10 s (half the linger time) the case is over, worker 2 has answered a ping
+ * and a connection has been answered. */
+static int linger_main(const char *how) {
+    test_deadline(60);
+    int unread = !strcmp(how, "unread"), bad = unread || !strcmp(how, "bad");
+    CHECK(bad || !strcmp(how, "nobody") || !strcmp(how, "nack"), "hostile linger bad|nobody|nack|unread");
+    /* The listener that never accepts: in this process, so that it outlives worker 1. */
+    int lst = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    int small = 4096; /* inherited by the connection it never accepts: the window stays shut */
+    CHECK(lst >= 0 && setsockopt(lst, SOL_SOCKET, SO_RCVBUF, &small, sizeof small) == 0 && bind(lst, (struct sockaddr *)&a, sizeof a) == 0 && listen(lst, 4) == 0 &&
+              getsockname(lst, (struct sockaddr *)&a, &alen) == 0,
+          "a listener: %s", strerror(errno));
+    cluster_config *cfg = exec_config(2);
+    OK(cluster_primary_start(cfg, on_primary2, NULL));
+    cluster_config_free(cfg);
+    int port = OK(cluster_local_port(0));
+    wait_ready_all(2);
+    ping2(1), ping2(2);
+    conn_check(port);
+
+    char cmd[64], sent[64];
+    int n = snprintf(cmd, sizeof cmd, "linger %s %d", how, ntohs(a.sin_port));
+    snprintf(sent, sizeof sent, "linger-%s", how);
+    if (bad) may_die = 1;
+    long long t0 = now_ms(), slowest = 0;
+    OK(cluster_send(1, (const uint8_t *)cmd, (size_t)n));
+    while (bad ? !(W[1].errors && W[1].exited) : strcmp(W[1].sent, sent) != 0) {
+        CHECK(now_ms() - t0 < 10000, "linger %s: worker 1 %s within 10 s", how, bad ? "dropped" : "reported");
+        long long t = now_ms();
+        CHECK(cluster_dispatch(20) >= 0, "dispatch");
+        if (now_ms() - t > slowest) slowest = now_ms() - t;
+    }
+    long long done = now_ms() - t0;
+    ping2(2);
+    conn_check(port);
+    long long total = now_ms() - t0;
+    printf("hostile linger %s: over after %lld ms, slowest dispatch %lld ms; worker 2 and a connection answered "
+           "%lld ms after the send (the socket would linger %d s)\n",
+           how, done, slowest, total, LINGER_S);
+    CHECK(slowest < 3000, "linger %s: one cluster_dispatch blocked for %lld ms", how, slowest);
+    CHECK(total < LINGER_S * 1000 / 2, "linger %s: the primary answered only after %lld ms", how, total);
+    if (bad)
+        CHECK(strstr(W[1].error, unread ? "bad magic" : "frame announces 0 fds but 1 arrived"), "the ERROR says why: '%s'",
+              W[1].error);
+    else CHECK(W[1].errors == 0 && !W[1].exited, "worker 1 was kept");
+    may_die = 0;
+    stop_all();
+    close(lst);
+    printf("hostile linger %s: ok\n", how);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (cluster_is_worker()) return worker_main(NULL); /* EXEC mode lands here, with the same argv */
     if (argc < 2) return legacy_main();
@@ -1191,5 +1323,6 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "frames")) return frames_main(argc - 2, argv + 2);
     if (!strcmp(argv[1], "flood") && argc == 4) return flood_main(argv[2], argv[3]);
     if (!strcmp(argv[1], "batch") && argc == 3) return batch_main(argv[2]);
-    FAIL("usage: hostile [frames [case...] | flood raw|api primary|relay|all | batch split|stall|spoof|to-worker]");
+    if (!strcmp(argv[1], "linger") && argc == 3) return linger_main(argv[2]);
+    FAIL("usage: hostile [frames [case...] | flood raw|api primary|relay|all | batch split|stall|spoof|to-worker | linger bad|nobody|nack|unread]");
 }

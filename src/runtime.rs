@@ -417,7 +417,12 @@ fn deliver(events: Vec<Event>) -> usize {
     match d.0.as_mut() {
         Some(Delivery::Each(h)) => events.into_iter().for_each(h),
         Some(Delivery::Batch(h)) => h(events),
-        None => drop(events),
+        None => events.into_iter().for_each(|mut ev| {
+            // Nobody takes it: a worker may have sent it (see `sys::close_untrusted`).
+            if let Some(fd) = ev.fd.take() {
+                sys::close_untrusted(fd);
+            }
+        }),
     }
     n
 }

@@ -89,6 +89,33 @@ pub fn is_listening_socket(fd: RawFd) -> bool {
     ok == 0 && v != 0
 }
 
+/// Closes an fd that another process (a worker) gave us, without blocking: the one way the
+/// primary closes what a worker sent (a bad frame's fds, a message nobody can take, an fd
+/// given back that is not the connection, a copy of a connection a worker served).
+///
+/// A socket's close blocks for up to its `SO_LINGER` time while unsent data remains, and a
+/// worker chooses that option (a TCP socket with `{1, N}` and a full send buffer would stall
+/// the primary's loop for N seconds). So lingering is turned off first, with `{0, 0}`:
+/// close then returns at once and the kernel still sends what is queued, gracefully, in the
+/// background, as for any socket left at the default. (`{1, 0}` would not block either,
+/// but it resets the connection and discards unsent data: for the primary's copy of a client
+/// connection that a worker already answered, that would destroy the answer.) SO_LINGER is a
+/// property of the socket, not of the fd: whoever else holds it no longer lingers either.
+/// On anything but a socket the setsockopt fails (ENOTSOCK) and changes nothing.
+pub fn close_untrusted(fd: OwnedFd) {
+    linger_off(fd.as_raw_fd());
+    drop(fd);
+}
+
+/// Turns SO_LINGER off on a socket (see `close_untrusted`); a no-op on other fds.
+pub fn linger_off(fd: RawFd) {
+    let off = libc::linger { l_onoff: 0, l_linger: 0 };
+    let len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
+    // SAFETY: we pass a pointer to a live `linger` and its exact size; a non-socket gives
+    // ENOTSOCK, which is ignored.
+    unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, (&off as *const libc::linger).cast(), len) };
+}
+
 /// A pair of connected, non-blocking, CLOEXEC SOCK_SEQPACKET Unix sockets.
 pub fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [-1; 2];

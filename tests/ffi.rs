@@ -238,6 +238,30 @@ fn a_corked_burst_of_100_messages_to_a_worker_is_all_delivered() {
     run_c("hostile", &["batch", "to-worker"], Duration::from_secs(60));
 }
 
+/// A socket whose close would block (SO_LINGER with unsent data), sent by a worker in a way
+/// that makes the primary close it, does not stall the primary's loop.
+#[test]
+fn a_lingering_socket_on_a_malformed_frame_does_not_stall_the_primary() {
+    run_c("hostile", &["linger", "bad"], Duration::from_secs(60));
+}
+
+#[test]
+fn a_lingering_socket_sent_to_no_worker_does_not_stall_the_primary() {
+    run_c("hostile", &["linger", "nobody"], Duration::from_secs(60));
+}
+
+#[test]
+fn a_lingering_socket_given_back_with_a_bad_nack_does_not_stall_the_primary() {
+    run_c("hostile", &["linger", "nack"], Duration::from_secs(60));
+}
+
+/// What a dropped worker sent that was never read is read and its fds closed without
+/// blocking before the primary closes its end of the channel.
+#[test]
+fn a_lingering_socket_left_unread_in_a_dead_workers_channel_does_not_stall_the_primary() {
+    run_c("hostile", &["linger", "unread"], Duration::from_secs(60));
+}
+
 #[test]
 fn log_records_reach_the_host_callback() {
     run_c("logging", &[], Duration::from_secs(30));

@@ -134,6 +134,23 @@ impl Frame {
         raw.extend_from_slice(&self.borrowed);
         channel::send(fd, &self.header.encode(), &self.payload, &raw)
     }
+
+    /// Drops a frame that was sent: its fds are in flight (the kernel holds them for the
+    /// receiver), so closing ours is never the last close of their files and cannot block.
+    fn sent(mut self) {
+        self.fds.clear();
+    }
+}
+
+/// A frame dropped unsent (a closed channel, a relay nobody can take, the primary's own copy
+/// of a relayed message) may hold fds another process gave us, whose close alone could block
+/// (a lingering socket): they are closed with `sys::close_untrusted`.
+impl Drop for Frame {
+    fn drop(&mut self) {
+        for fd in self.fds.drain(..) {
+            crate::sys::close_untrusted(fd);
+        }
+    }
 }
 
 /// How many frames at the front of `frames` fit one Batch datagram: fd-less frames, up to the
@@ -237,18 +254,19 @@ impl Outbox {
     /// Sends or queues a frame. `Again` when a user message does not fit the bounds (a DRAIN
     /// is then owed), `Closed` when the peer is gone.
     pub fn push(&self, frame: Frame) -> Result<Pushed> {
-        self.push_inner(frame, true, false)
+        self.push_inner(frame, true, false).map_err(|(e, _)| e)
     }
 
     /// Like `push`, but the frame waits in the queue until `release` (or until a push
     /// without hold, or a flush, sends it along): `Pushed::Held` or an error.
     pub fn push_held(&self, frame: Frame) -> Result<Pushed> {
-        self.push_inner(frame, true, true)
+        self.push_inner(frame, true, true).map_err(|(e, _)| e)
     }
 
-    /// Like `push`, but a refusal owes no DRAIN: for the primary's relays, which retry by
-    /// themselves when the queue empties.
-    pub fn try_push(&self, frame: Frame) -> Result<Pushed> {
+    /// Like `push`, but a refusal owes no DRAIN and gives the frame back with `Again`: for the
+    /// primary's relays, which keep it and retry by themselves when the queue empties (so the
+    /// last target of a relay can be sent the frame itself rather than a copy).
+    pub fn try_push(&self, frame: Frame) -> std::result::Result<Pushed, (Error, Option<Box<Frame>>)> {
         self.push_inner(frame, false, false)
     }
 
@@ -257,10 +275,15 @@ impl Outbox {
         self.messages.load(Ordering::Relaxed)
     }
 
-    fn push_inner(&self, frame: Frame, owe_drain: bool, hold: bool) -> Result<Pushed> {
+    fn push_inner(
+        &self,
+        frame: Frame,
+        owe_drain: bool,
+        hold: bool,
+    ) -> std::result::Result<Pushed, (Error, Option<Box<Frame>>)> {
         let mut q = self.lock();
         if q.closed {
-            return fail(Code::Closed, "the channel is closed");
+            return Err((Error::new(Code::Closed, "the channel is closed"), None));
         }
         let over = |q: &Queue| {
             frame.user_bytes > 0
@@ -273,27 +296,29 @@ impl Outbox {
             // does not go stays held: the holder's release hands it to the loop.
             if let Err(e) = self.flush_locked(&mut q) {
                 q.closed = true;
-                return Err(Error::new(Code::Closed, format!("channel send failed: {e}")));
+                return Err((Error::new(Code::Closed, format!("channel send failed: {e}")), None));
             }
         }
         if over(&q) {
             q.want_drain |= owe_drain;
-            return fail(
-                Code::Again,
-                format!("send queue full ({} messages, {} bytes queued): wait for DRAIN", q.user_frames, q.user_bytes),
-            );
+            let sentence =
+                format!("send queue full ({} messages, {} bytes queued): wait for DRAIN", q.user_frames, q.user_bytes);
+            return Err((Error::new(Code::Again, sentence), Some(Box::new(frame))));
         }
         if frame.user_bytes > 0 {
             self.messages.fetch_add(1, Ordering::Relaxed);
         }
         if q.frames.is_empty() && !q.corked && !hold {
             match frame.send(self.fd()) {
-                Ok(()) => return Ok(Pushed::Sent),
+                Ok(()) => {
+                    frame.sent();
+                    return Ok(Pushed::Sent);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     q.closed = true;
                     self.messages.fetch_sub(u64::from(frame.user_bytes > 0), Ordering::Relaxed);
-                    return Err(Error::new(Code::Closed, format!("channel send failed: {e}")));
+                    return Err((Error::new(Code::Closed, format!("channel send failed: {e}")), None));
                 }
             }
         }
@@ -302,7 +327,7 @@ impl Outbox {
         let mut frame = frame;
         if let Err(e) = frame.own_borrowed() {
             self.messages.fetch_sub(u64::from(frame.user_bytes > 0), Ordering::Relaxed);
-            return Err(Error::sys("dup of an fd to queue", e));
+            return Err((Error::sys("dup of an fd to queue", e), None));
         }
         q.user_bytes += frame.user_bytes;
         q.user_frames += usize::from(frame.user_bytes > 0);
@@ -376,11 +401,11 @@ impl Outbox {
             match sent {
                 Ok(()) => {
                     let gone = n.max(1);
-                    for frame in q.frames.iter().take(gone) {
+                    for frame in q.frames.drain(..gone) {
                         q.user_bytes -= frame.user_bytes;
                         q.user_frames -= usize::from(frame.user_bytes > 0);
+                        frame.sent();
                     }
-                    q.frames.drain(..gone);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed { empty: false, drained: false }),
                 Err(e) => {
@@ -496,8 +521,8 @@ mod tests {
         let mut got = None;
         for _ in 0..1_000_000 {
             match reader.read(b.as_raw_fd(), &mut inbox) {
-                Ok(Read::Frame(f)) if f.header.kind == Kind::NewConn => {
-                    got = Some(f.fds.into_iter().next().expect("one fd"));
+                Ok(Read::Frame(mut f)) if f.header.kind == Kind::NewConn => {
+                    got = Some(std::mem::take(&mut f.fds).into_iter().next().expect("one fd"));
                     break;
                 }
                 Ok(Read::WouldBlock) => {

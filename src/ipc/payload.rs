@@ -163,6 +163,8 @@ pub fn unseal(fd: OwnedFd, len: u64) -> std::result::Result<Payload, &'static st
     // Shrinking would make the mapping fault (SIGBUS); writing would change it under the reader.
     let needed = libc::F_SEAL_SHRINK | libc::F_SEAL_WRITE;
     if seals < 0 || seals & needed != needed {
+        // Not a memfd: it may be anything, a lingering socket too.
+        crate::sys::close_untrusted(fd);
         return Err(NOT_SEALED);
     }
     // SAFETY: an all-zero stat is valid; fstat writes into it.

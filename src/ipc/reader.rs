@@ -17,8 +17,24 @@ pub struct Incoming {
     pub header: Header,
     /// The payload (inline, or the sealed memfd mapped).
     pub payload: Payload,
-    /// The fds the frame carried for its user (the memfd of a large payload removed).
+    /// The fds the frame carried for its user (the memfd of a large payload removed). Those
+    /// still here when the frame is dropped came from the peer and nobody took them: they are
+    /// closed with `sys::close_untrusted`, so a peer's lingering socket cannot block the
+    /// reader's loop.
     pub fds: Vec<OwnedFd>,
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        discard(&mut self.fds);
+    }
+}
+
+/// Closes fds that arrived on a channel and that nobody takes (see `sys::close_untrusted`).
+fn discard(fds: &mut Vec<OwnedFd>) {
+    for fd in fds.drain(..) {
+        crate::sys::close_untrusted(fd);
+    }
 }
 
 /// What one read produced.
@@ -71,17 +87,20 @@ impl Reader {
         if let Some(f) = inbox.pending.pop_front() {
             return Ok(Read::Frame(f));
         }
-        self.fds.clear();
+        discard(&mut self.fds);
         let (truncated, fds_truncated) = match channel::recv(fd, &mut self.buf, &mut self.fds)? {
             Recv::WouldBlock => return Ok(Read::WouldBlock),
             Recv::Closed => return Ok(Read::Closed),
             Recv::Datagram { truncated, fds_truncated, .. } => (truncated, fds_truncated),
         };
         if truncated {
+            discard(&mut self.fds);
             return Ok(Read::Bad(FrameError::Oversized(self.buf.len())));
         }
-        let fds = std::mem::take(&mut self.fds);
+        let mut fds = std::mem::take(&mut self.fds);
         if fds_truncated {
+            let received = fds.len();
+            discard(&mut fds);
             if self.buf.len() >= HEADER_LEN {
                 let nfds = self.buf[5] as usize;
                 // Decode as if the announced fds had arrived: every other check still applies.
@@ -89,21 +108,27 @@ impl Reader {
                     return Ok(Read::FdsLost(h, p.to_vec()));
                 }
             }
-            return Ok(Read::Bad(FrameError::FdCount { announced: 0, received: fds.len() }));
+            return Ok(Read::Bad(FrameError::FdCount { announced: 0, received }));
         }
         let (header, inline) = match Header::decode(&self.buf, fds.len(), self.max_message) {
             Ok(v) => v,
-            Err(e) => return Ok(Read::Bad(e)),
+            Err(e) => {
+                discard(&mut fds);
+                return Ok(Read::Bad(e));
+            }
         };
         if header.kind == Kind::Batch {
+            discard(&mut fds); // none: a Batch takes no fds (Header::decode checks)
             return Ok(self.unbatch(header.len as usize, inbox));
         }
-        let mut fds = fds;
         let payload = if header.flags & FLAG_BIG != 0 && header.kind == Kind::Message {
             let memfd = fds.remove(0);
             match payload::unseal(memfd, header.len) {
                 Ok(p) => p,
-                Err(reason) => return Ok(Read::Bad(FrameError::Payload(reason))),
+                Err(reason) => {
+                    discard(&mut fds);
+                    return Ok(Read::Bad(FrameError::Payload(reason)));
+                }
             }
         } else {
             Payload::Bytes(inline.to_vec())

@@ -37,6 +37,17 @@ pub struct Conn {
     pub tries: u32,
 }
 
+/// The primary's copy of a connection is closed without blocking: a worker it was handed to
+/// (or that gave it back) may have made the socket linger with unsent data, and closed its
+/// own copy first (see `sys::close_untrusted`).
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(fd) = self.fd.take() {
+            crate::sys::close_untrusted(fd);
+        }
+    }
+}
+
 /// Hashes connection ids, which the primary numbers itself (1, 2, 3...): one multiply spreads
 /// them over the table. (SipHash, the default, costs more and buys nothing here: a worker can
 /// make the primary look an id up, never insert one.)
@@ -97,7 +108,9 @@ impl Handoff {
         for id in ids {
             if let Some((w, conn)) = self.inflight.get_mut(id) {
                 if *w == worker {
-                    conn.fd = None;
+                    // A plain close: the NEWCONN frame holding the connection is in the
+                    // worker's socket, so this is never the last close of it.
+                    drop(conn.fd.take());
                 }
             }
         }
@@ -122,11 +135,18 @@ impl Handoff {
             Some(mut conn) => {
                 if conn.fd.is_none() {
                     conn.fd = returned;
+                } else if let Some(fd) = returned {
+                    crate::sys::close_untrusted(fd);
                 }
                 self.requeue(conn);
                 true
             }
-            None => false,
+            None => {
+                if let Some(fd) = returned {
+                    crate::sys::close_untrusted(fd);
+                }
+                false
+            }
         }
     }
 
@@ -171,6 +191,9 @@ impl Handoff {
             } else {
                 lost += 1;
             }
+        }
+        for (_, fd) in found {
+            crate::sys::close_untrusted(fd); // an id the primary never sent there
         }
         (requeued, lost)
     }

@@ -21,7 +21,7 @@ impl Primary {
             let pid = self.slots.get(&from).map_or(0, |s| s.pid);
             self.events.push(Event {
                 pid,
-                data: msg.payload,
+                data: std::mem::take(&mut msg.payload),
                 fd: msg.fds.pop(),
                 ..Event::new(EventKind::Message, from)
             });
@@ -42,7 +42,8 @@ impl Primary {
             self.relay(from, Stalled { frame: f, targets: vec![from] });
             return;
         };
-        let frame = match Frame::relay(from, to, msg.payload, msg.fds.pop(), self.cfg.max_message) {
+        let frame = match Frame::relay(from, to, std::mem::take(&mut msg.payload), msg.fds.pop(), self.cfg.max_message)
+        {
             Ok(f) => f,
             Err(e) => {
                 log::error!("relay from worker {from}: {e}");
@@ -52,24 +53,35 @@ impl Primary {
         self.relay(from, Stalled { frame, targets });
     }
 
-    /// Delivers a relay to its remaining targets; parks it on a full queue.
+    /// Delivers a relay to its remaining targets; parks it on a full queue. Every target but
+    /// the last gets a copy (with duplicates of the fds), the last one the frame itself: the
+    /// primary keeps no fd of a relayed message once it is on its way, so it never makes the
+    /// last close of a socket a worker sent (which could linger: see `sys::close_untrusted`).
     fn relay(&mut self, from: u32, mut st: Stalled) {
         while let Some(&target) = st.targets.first() {
             let Some(slot) = self.slots.get(&target).filter(|s| s.channel_open) else {
                 st.targets.remove(0);
                 continue;
             };
-            let copy = match st.frame.try_clone() {
-                Ok(c) => c,
-                Err(e) => {
-                    log::error!("relay from worker {from}: dup of a passed fd failed: {e}");
-                    return;
+            let last = st.targets.len() == 1;
+            let frame = if last {
+                std::mem::replace(&mut st.frame, Frame::control(Kind::Heartbeat, Vec::new()))
+            } else {
+                match st.frame.try_clone() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        log::error!("relay from worker {from}: dup of a passed fd failed: {e}");
+                        return;
+                    }
                 }
             };
-            match slot.outbox.try_push(copy) {
+            match slot.outbox.try_push(frame) {
                 Ok(Pushed::Queued { arm: true }) => self.arm_if_queued(target),
                 Ok(_) => {}
-                Err(e) if e.code == Code::Again => {
+                Err((e, back)) if e.code == Code::Again => {
+                    if let (true, Some(frame)) = (last, back) {
+                        st.frame = *frame;
+                    }
                     if let Some(sender) = self.slots.get_mut(&from) {
                         sender.stalled = Some(st);
                         let fd = sender.outbox.fd();

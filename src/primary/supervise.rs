@@ -204,7 +204,7 @@ impl Primary {
         }
     }
 
-    fn on_frame(&mut self, id: u32, frame: Incoming) {
+    fn on_frame(&mut self, id: u32, mut frame: Incoming) {
         let Some(slot) = self.slots.get_mut(&id) else { return };
         slot.last_heard_ms = sys::monotonic_ms();
         match frame.header.kind {
@@ -231,7 +231,7 @@ impl Primary {
             }
             Kind::Ack | Kind::Nack => match decode_ids(&frame.payload) {
                 Ok(ids) if frame.fds.is_empty() || frame.fds.len() == ids.len() => {
-                    self.on_ack(id, frame.header.kind == Kind::Ack, &ids, frame.fds)
+                    self.on_ack(id, frame.header.kind == Kind::Ack, &ids, std::mem::take(&mut frame.fds))
                 }
                 Ok(ids) => {
                     let reason = format!("a NACK of {} connection(s) with {} fd(s)", ids.len(), frame.fds.len());
@@ -281,17 +281,25 @@ impl Primary {
             } else {
                 // Only the connection itself is taken back: a stream socket connected to the
                 // same peer. A worker cannot slip another fd to the next worker.
-                let given = returned.next().filter(|fd| {
+                let given = returned.next().and_then(|fd| {
                     let ok = self
                         .handoff
                         .held(id, conn)
                         .is_some_and(|c| listener::is_connection_from(fd.as_raw_fd(), &c.peer));
                     refused_fds += usize::from(!ok);
-                    ok
+                    if ok {
+                        Some(fd)
+                    } else {
+                        sys::close_untrusted(fd);
+                        None
+                    }
                 });
                 self.handoff.nack(id, conn, given)
             };
-            let Some(slot) = self.slots.get_mut(&id) else { return };
+            let Some(slot) = self.slots.get_mut(&id) else {
+                returned.for_each(sys::close_untrusted);
+                return;
+            };
             if known {
                 slot.unacked = slot.unacked.saturating_sub(1);
                 if ack {
@@ -301,6 +309,7 @@ impl Primary {
                 unknown += 1;
             }
         }
+        returned.for_each(sys::close_untrusted);
         if refused_fds > 0 {
             log::warn!("worker {id}: {refused_fds} fd(s) given back with a NACK were not those connections: closed");
         }
@@ -346,6 +355,7 @@ impl Primary {
         self.drain_stalled_acks(id);
         self.channel_lost(id, None);
         self.recover_connections(id);
+        self.discard_unread(id);
         let Some(slot) = self.slots.remove(&id) else { return };
         if let Some(pidfd) = &slot.pidfd {
             self.reactor.remove(std::os::fd::AsRawFd::as_raw_fd(pidfd));
@@ -390,6 +400,23 @@ impl Primary {
         }
     }
 
+    /// Worker `id` has exited: what it sent that was never read is read now and thrown away,
+    /// so that the fds in it are closed with `sys::close_untrusted`. Left in the socket, they
+    /// would be closed by the kernel when the primary closes its end, and a lingering socket
+    /// among them would block that close. (A dead worker adds nothing; the socket's buffer
+    /// bounds what is there.)
+    fn discard_unread(&mut self, id: u32) {
+        let Some(slot) = self.slots.get(&id) else { return };
+        let fd = slot.outbox.fd();
+        let mut inbox = Inbox::default();
+        for _ in 0..DRAIN_READS {
+            match self.reader.read(fd, &mut inbox) {
+                Ok(Read::WouldBlock) | Ok(Read::Closed) | Err(_) => break,
+                Ok(_) => {} // dropped: the fds of a frame nobody takes are closed untrusted
+            }
+        }
+    }
+
     /// Worker `id` has exited: the connections it never received are still in its socket,
     /// whose duplicate the primary holds; they go to other workers (see `Handoff`).
     fn recover_connections(&mut self, id: u32) {
@@ -400,9 +427,9 @@ impl Primary {
             let mut inbox = Inbox::default();
             for _ in 0..DRAIN_READS {
                 match reader.read(fd.as_raw_fd(), &mut inbox) {
-                    Ok(Read::Frame(f)) if f.header.kind == Kind::NewConn => {
+                    Ok(Read::Frame(mut f)) if f.header.kind == Kind::NewConn => {
                         if let Ok(entries) = decode_conns(&f.payload, f.fds.len()) {
-                            found.extend(entries.into_iter().map(|e| e.id).zip(f.fds));
+                            found.extend(entries.into_iter().map(|e| e.id).zip(std::mem::take(&mut f.fds)));
                         }
                     }
                     Ok(Read::Frame(_)) | Ok(Read::FdsLost(..)) | Ok(Read::Bad(_)) => {}

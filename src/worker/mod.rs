@@ -424,14 +424,14 @@ impl Worker {
                     // Refused, with the fds given back: the primary may have let go of its
                     // copies, and gives these to another worker.
                     let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
-                    self.push(Frame::control_with_fds(Kind::Nack, encode_ids(&ids), f.fds));
+                    self.push(Frame::control_with_fds(Kind::Nack, encode_ids(&ids), std::mem::take(&mut f.fds)));
                     return;
                 }
                 if let Some(high) = f.fds.iter().map(|fd| fd.as_raw_fd()).max() {
                     self.fd_high = high;
                 }
                 self.acks.extend(entries.iter().map(|e| e.id)); // acknowledged at the end of the pass
-                for (entry, fd) in entries.into_iter().zip(f.fds) {
+                for (entry, fd) in entries.into_iter().zip(std::mem::take(&mut f.fds)) {
                     self.events.push(Event {
                         fd: Some(fd),
                         listener: entry.listener,
@@ -442,7 +442,7 @@ impl Worker {
             }
             Kind::Message => {
                 self.events.push(Event {
-                    data: f.payload,
+                    data: std::mem::take(&mut f.payload),
                     fd: f.fds.pop(),
                     ..Event::new(EventKind::Message, f.header.from)
                 });
