@@ -224,6 +224,31 @@ static inline char *stats_json(void) {
     }
 }
 
+/* A number that follows `key` in the stats JSON object of worker `id` (-1 if absent). */
+static inline long worker_stat(uint32_t id, const char *key) {
+    char *json = stats_json();
+    char who[32], what[64];
+    snprintf(who, sizeof who, "{\"id\":%u,", id);
+    snprintf(what, sizeof what, "\"%s\":", key);
+    long v = -1;
+    char *w = strstr(json, who);
+    char *k = w ? strstr(w, what) : NULL;
+    if (k) v = strtol(k + strlen(what), NULL, 10);
+    free(json);
+    return v;
+}
+
+static inline long total_stat(const char *key) {
+    char *json = stats_json();
+    char what[64];
+    snprintf(what, sizeof what, "\"%s\":", key);
+    char *t = strstr(json, "\"total\":");
+    char *k = t ? strstr(t, what) : NULL;
+    long v = k ? strtol(k + strlen(what), NULL, 10) : -1;
+    free(json);
+    return v;
+}
+
 /* Forks a client process for a test whose loop runs here. In the child (returns 0): dies with
  * the primary, has its own deadline, ignores SIGPIPE, and keeps only stdio and the fds in
  * `keep` (a list ended by -1). */

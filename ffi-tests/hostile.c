@@ -46,6 +46,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 
 #define WORKERS 3
 #define MAX_IDS 64
@@ -469,6 +470,71 @@ static void send_lingering(const char *how, int port) {
     reply("sent linger-%s", how);
 }
 
+/* ---- a connection given back as another socket (worker side) ---- */
+
+/* Waits up to wait_ms for a NEWCONN of one connection on the channel, read straight off it
+ * before the library sees it; returns its id and fd (*fd). Other datagrams are dropped. */
+static uint64_t take_newconn(int *fd, int wait_ms) {
+    int ch = channel_fd();
+    long long end = now_ms() + wait_ms;
+    for (;;) {
+        long long left = end - now_ms();
+        CHECK(left > 0, "no NEWCONN within %d ms", wait_ms);
+        struct pollfd p = {.fd = ch, .events = POLLIN};
+        if (poll(&p, 1, (int)left) <= 0) continue;
+        uint8_t buf[HDR + 4096];
+        union {
+            char buf[CMSG_SPACE(MAX_SCM_FDS * sizeof(int))];
+            struct cmsghdr align;
+        } u;
+        struct iovec iov = {.iov_base = buf, .iov_len = sizeof buf};
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+        ssize_t n = recvmsg(ch, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+        CHECK(n >= HDR, "read the channel: %zd (%s)", n, strerror(errno));
+        int fds[MAX_SCM_FDS], nfds = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+                nfds = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+                memcpy(fds, CMSG_DATA(c), (size_t)nfds * sizeof(int));
+            }
+        if (buf[3] == K_NEWCONN && nfds == 1) {
+            uint64_t id = 0;
+            for (int i = 7; i >= 0; i--) id = id << 8 | buf[HDR + i];
+            *fd = fds[0];
+            return id;
+        }
+        for (int i = 0; i < nfds; i++) close(fds[i]);
+    }
+}
+
+/* steal: takes the next connection off the channel, refuses it with a NACK that "gives it
+ * back" as one end of a socketpair of its own (its peer name is as empty as any unix
+ * client's), says "hi" on the other end in case someone serves that, and reports whether
+ * anyone did within 2 s; then answers the real connection itself. */
+static void steal(void) {
+    signal(SIGPIPE, SIG_IGN); /* whoever is handed the socketpair may answer after we closed it */
+    reply("sent stealing");
+    int real = -1;
+    uint64_t id = take_newconn(&real, 10000);
+    int sp[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) == 0, "socketpair: %s", strerror(errno));
+    uint8_t b[HDR + 8];
+    header(b, K_NACK, 0, 1, 0, 8);
+    le64(b + HDR, id);
+    int err = raw_sendmsg(b, sizeof b, &sp[1], 1, 5000);
+    CHECK(err == 0, "send the NACK: %s", strerror(err));
+    close(sp[1]);
+    CHECK(write(sp[0], "hi\n", 3) == 3, "write on the socketpair: %s", strerror(errno));
+    char got[64];
+    ssize_t n = read_bounded(sp[0], got, sizeof got, 2000);
+    close(sp[0]);
+    fprintf(stderr, "[worker %u] stole connection %llu; the socketpair got %zd bytes: '%s'\n", cluster_worker_id(),
+            (unsigned long long)id, n, n > 0 ? got : "");
+    answer_line(real);
+    reply("sent stole fake=%d", n > 0);
+}
+
 /* ---- floods (worker side) ---- */
 
 static struct {
@@ -562,6 +628,8 @@ static void on_command(const char *text) {
         send_garbage();
     } else if (strcmp(text, "huge") == 0) {
         send_huge();
+    } else if (strcmp(text, "steal") == 0) {
+        steal();
     } else if (sscanf(text, "linger %31s %d", a, &ms) == 2) {
         send_lingering(a, ms);
     } else if (sscanf(text, "bad %31s", a) == 1) {
@@ -1315,6 +1383,67 @@ static int linger_main(const char *how) {
     return 0;
 }
 
+/* hostile steal: on a unix listener, worker 1 takes a connection off its channel and NACKs it,
+ * giving back one end of its own socketpair instead (see steal). The primary must refuse that
+ * fd (it is not the socket it handed over, though its peer name looks the same): nobody is
+ * handed the socketpair, the connection counts as lost ("dropped" 1: worker 1 holds the only
+ * copy), and both clients are answered (worker 1 answers the one it stole). */
+static int steal_main(void) {
+    test_deadline(60);
+    char path[108];
+    snprintf(path, sizeof path, "/tmp/rcluster-steal-%d.sock", (int)getpid());
+    cluster_config *cfg = cluster_config_new();
+    CHECK(cfg != NULL, "config");
+    OK(cluster_config_set_mode(cfg, CLUSTER_MODE_EXEC));
+    OK(cluster_config_set_workers(cfg, 2));
+    OK(cluster_config_set_signals(cfg, false));
+    CHECK(OK(cluster_config_listen_unix(cfg, path)) == 0, "listener 0");
+    OK(cluster_primary_start(cfg, on_primary2, NULL));
+    cluster_config_free(cfg);
+    wait_ready_all(2);
+    ping2(1), ping2(2);
+    OK(cluster_send(1, (const uint8_t *)"steal", 5));
+    long long end = now_ms() + 10000;
+    while (strcmp(W[1].sent, "stealing") != 0) {
+        CHECK(now_ms() < end, "worker 1 ready to steal");
+        CHECK(cluster_dispatch(20) >= 0, "dispatch");
+    }
+    /* Two clients: round-robin hands one to each worker. */
+    int cl[2];
+    for (int i = 0; i < 2; i++) {
+        cl[i] = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+        CHECK(cl[i] >= 0 && connect(cl[i], (struct sockaddr *)&a, sizeof a) == 0, "connect %s: %s", path,
+              strerror(errno));
+        CHECK(write(cl[i], "hi\n", 3) == 3, "write: %s", strerror(errno));
+    }
+    end = now_ms() + 20000;
+    while (strncmp(W[1].sent, "stole ", 6) != 0) {
+        CHECK(now_ms() < end, "worker 1 reported what it stole");
+        CHECK(cluster_dispatch(20) >= 0, "dispatch");
+    }
+    for (int i = 0; i < 2; i++) {
+        char buf[64];
+        ssize_t n = -2;
+        for (long long until = now_ms() + 10000; n == -2 && now_ms() < until;) {
+            CHECK(cluster_dispatch(10) >= 0, "dispatch");
+            struct pollfd p = {.fd = cl[i], .events = POLLIN};
+            if (poll(&p, 1, 0) == 1) n = read_bounded(cl[i], buf, sizeof buf, 5000);
+        }
+        CHECK(n > 0 && !strncmp(buf, "worker ", 7), "client %d answered (%zd)", i, n);
+        close(cl[i]);
+    }
+    long dropped = total_stat("dropped");
+    printf("hostile steal: worker 1 reported '%s'; dropped %ld\n", W[1].sent, dropped);
+    CHECK(!strcmp(W[1].sent, "stole fake=0"), "nobody was handed worker 1's socketpair: '%s'", W[1].sent);
+    CHECK(dropped == 1, "the stolen connection counts as lost (dropped %ld)", dropped);
+    CHECK(W[1].errors == 0 && W[2].errors == 0, "nobody dropped");
+    stop_all();
+    printf("hostile steal: ok\n");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (cluster_is_worker()) return worker_main(NULL); /* EXEC mode lands here, with the same argv */
     if (argc < 2) return legacy_main();
@@ -1324,5 +1453,6 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "flood") && argc == 4) return flood_main(argv[2], argv[3]);
     if (!strcmp(argv[1], "batch") && argc == 3) return batch_main(argv[2]);
     if (!strcmp(argv[1], "linger") && argc == 3) return linger_main(argv[2]);
-    FAIL("usage: hostile [frames [case...] | flood raw|api primary|relay|all | batch split|stall|spoof|to-worker | linger bad|nobody|nack|unread]");
+    if (!strcmp(argv[1], "steal") && argc == 2) return steal_main();
+    FAIL("usage: hostile [frames [case...] | flood raw|api primary|relay|all | batch split|stall|spoof|to-worker | linger bad|nobody|nack|unread | steal]");
 }

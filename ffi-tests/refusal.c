@@ -48,31 +48,6 @@ static void on_primary(void *ud, const cluster_event *ev) {
     }
 }
 
-/* A number that follows `key` in the stats JSON object of worker `id` (-1 if absent). */
-static long worker_stat(uint32_t id, const char *key) {
-    char *json = stats_json();
-    char who[32], what[64];
-    snprintf(who, sizeof who, "{\"id\":%u,", id);
-    snprintf(what, sizeof what, "\"%s\":", key);
-    long v = -1;
-    char *w = strstr(json, who);
-    char *k = w ? strstr(w, what) : NULL;
-    if (k) v = strtol(k + strlen(what), NULL, 10);
-    free(json);
-    return v;
-}
-
-static long total_stat(const char *key) {
-    char *json = stats_json();
-    char what[64];
-    snprintf(what, sizeof what, "\"%s\":", key);
-    char *t = strstr(json, "\"total\":");
-    char *k = t ? strstr(t, what) : NULL;
-    long v = k ? strtol(k + strlen(what), NULL, 10) : -1;
-    free(json);
-    return v;
-}
-
 int main(int argc, char **argv) {
     test_deadline(60);
     if (argc != 2 || (strcmp(argv[1], "nack") && strcmp(argv[1], "exit"))) {

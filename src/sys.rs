@@ -69,6 +69,17 @@ pub fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
     owned(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })
 }
 
+/// The identity of the open file behind `fd`: (st_dev, st_ino) from fstat. Every socket has an
+/// inode of its own, so two fds with the same identity are the same socket (None when fstat
+/// fails).
+pub fn file_identity(fd: RawFd) -> Option<(u64, u64)> {
+    // SAFETY: an all-zero `stat` is a valid value; fstat only writes into it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable stat buffer.
+    let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+    ok.then_some((st.st_dev, st.st_ino))
+}
+
 /// True when `fd` is an open socket.
 pub fn is_socket(fd: RawFd) -> bool {
     // SAFETY: an all-zero `stat` is a valid value; fstat only writes into it.

@@ -262,6 +262,13 @@ fn a_lingering_socket_left_unread_in_a_dead_workers_channel_does_not_stall_the_p
     run_c("hostile", &["linger", "unread"], Duration::from_secs(60));
 }
 
+/// A NACK that gives a connection back must give back that very socket (checked by its
+/// inode), not any unix socket whose peer name looks the same.
+#[test]
+fn a_worker_cannot_give_back_its_own_socketpair_for_a_unix_connection() {
+    run_c("hostile", &["steal"], Duration::from_secs(60));
+}
+
 #[test]
 fn log_records_reach_the_host_callback() {
     run_c("logging", &[], Duration::from_secs(30));

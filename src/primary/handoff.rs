@@ -19,7 +19,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// An accepted connection the primary still holds.
 #[derive(Debug)]
@@ -35,6 +35,9 @@ pub struct Conn {
     pub peer: Vec<u8>,
     /// Handoffs tried so far.
     pub tries: u32,
+    /// The socket's identity (`sys::file_identity`), taken when the primary lets go of its
+    /// copy: a NACK that gives the connection back must give back this very socket.
+    pub identity: Option<(u64, u64)>,
 }
 
 /// The primary's copy of a connection is closed without blocking: a worker it was handed to
@@ -88,7 +91,7 @@ impl Handoff {
     /// Queues a freshly accepted connection.
     pub fn accepted(&mut self, fd: OwnedFd, listener: u32, peer: Vec<u8>) {
         self.next_id += 1;
-        self.waiting.push_back(Conn { id: self.next_id, fd: Some(fd), listener, peer, tries: 0 });
+        self.waiting.push_back(Conn { id: self.next_id, fd: Some(fd), listener, peer, tries: 0, identity: None });
     }
 
     /// Records that `conn` was sent to `worker`.
@@ -110,7 +113,9 @@ impl Handoff {
                 if *w == worker {
                     // A plain close: the NEWCONN frame holding the connection is in the
                     // worker's socket, so this is never the last close of it.
-                    drop(conn.fd.take());
+                    if let Some(fd) = conn.fd.take() {
+                        conn.identity = crate::sys::file_identity(fd.as_raw_fd());
+                    }
                 }
             }
         }

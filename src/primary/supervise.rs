@@ -279,13 +279,17 @@ impl Primary {
             let known = if ack {
                 self.handoff.ack(id, conn)
             } else {
-                // Only the connection itself is taken back: a stream socket connected to the
-                // same peer. A worker cannot slip another fd to the next worker.
+                // Only the connection itself is taken back: the very socket handed over (its
+                // identity, recorded when the primary let go of its copy), still connected to
+                // the same peer. A worker cannot slip another fd to the next worker, not even
+                // a socket whose peer looks the same (every unnamed unix socket does).
                 let given = returned.next().and_then(|fd| {
-                    let ok = self
-                        .handoff
-                        .held(id, conn)
-                        .is_some_and(|c| listener::is_connection_from(fd.as_raw_fd(), &c.peer));
+                    let ok = self.handoff.held(id, conn).is_some_and(|c| {
+                        let held = c.fd.as_ref().map(|f| f.as_raw_fd());
+                        let identity = c.identity.or_else(|| held.and_then(sys::file_identity));
+                        identity.is_some_and(|i| sys::file_identity(fd.as_raw_fd()) == Some(i))
+                            && listener::is_connection_from(fd.as_raw_fd(), &c.peer)
+                    });
                     refused_fds += usize::from(!ok);
                     if ok {
                         Some(fd)
