@@ -9,27 +9,60 @@
  * themselves). The worker code is the same whatever the policy. Each worker answers with its id and pid, and logs what it answered.
  * Ctrl-C or SIGTERM: a graceful stop (in-flight requests finish), exit 0. SIGHUP: a rolling
  * reload (every worker replaced, never fewer ready). A crashed worker is replaced.
- * Try it: curl http://127.0.0.1:8080/   (RCLUSTER_LOG=debug shows the library's view) */
+ * Try it: curl http://127.0.0.1:8080/   (RCLUSTER_LOG=debug shows the library's view)
+ *
+ * A connection arrives as a blocking socket, and this worker serves one at a time: a client
+ * that sends nothing, or reads nothing, holds the worker for as long as a read or a write
+ * blocks. So the request must arrive within REQUEST_TIMEOUT_MS (a deadline for the whole
+ * request head, not per read: a client sending a byte now and then gains nothing), writes time
+ * out too (SO_SNDTIMEO), and SIGPIPE is ignored: writing to a client that has gone fails with
+ * EPIPE instead of killing the worker. Slow clients in a row still add up: a worker kept from
+ * its loop longer than the heartbeat timeout (10 s by default) is killed and replaced. A server
+ * facing the internet serves its connections from a poll loop or threads instead. */
 #define _GNU_SOURCE
 #include <rcluster.h>
 
 #include <arpa/inet.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
+
+/* How long a client may keep a worker waiting for its request, or for room to write the answer. */
+#define REQUEST_TIMEOUT_MS 3000
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* ---- worker: one request per connection ---- */
 
 static void serve(int fd, const struct sockaddr *peer) {
+    struct timeval send_timeout = {.tv_sec = REQUEST_TIMEOUT_MS / 1000, .tv_usec = REQUEST_TIMEOUT_MS % 1000 * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof send_timeout);
+    long long deadline = now_ms() + REQUEST_TIMEOUT_MS;
     char req[4096];
     size_t got = 0;
-    while (got < sizeof req - 1) { /* read the request head */
+    while (got < sizeof req - 1) { /* read the request head, until the deadline */
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        long long left = deadline - now_ms();
+        if (left <= 0 || poll(&p, 1, (int)left) <= 0) break; /* too slow (or poll failed) */
         ssize_t n = read(fd, req + got, sizeof req - 1 - got);
-        if (n <= 0) break;
+        if (n <= 0) break; /* EOF or an error */
         got += (size_t)n;
         req[got] = '\0';
         if (strstr(req, "\r\n\r\n")) break;
+    }
+    if (got == 0) { /* nothing came: no request to answer */
+        close(fd);
+        return;
     }
     req[got] = '\0';
     char method[16] = "?", path[256] = "?";
@@ -61,6 +94,7 @@ static void on_worker(void *userdata, const cluster_event *ev) {
 }
 
 static int worker_main(void *userdata) {
+    signal(SIGPIPE, SIG_IGN); /* a client that closed early must not kill the worker */
     if (cluster_worker_start(on_worker, userdata) < 0) {
         fprintf(stderr, "worker: %s\n", cluster_last_error());
         return 1;
