@@ -104,7 +104,13 @@ pub struct cluster_event {
     /// primary: the worker's pid.
     pub pid: i32,
     /// CONNECTION: the connection, owned by the callee, blocking, FD_CLOEXEC, as accept(2)
-    /// gives it. MESSAGE: a passed fd, owned by the callee, or -1.
+    /// gives it. Blocking: a read waits for as long as the client sends nothing and a write
+    /// for as long as it reads nothing, and meanwhile this worker's loop, and every
+    /// connection queued behind, waits too (a loop kept longer than the heartbeat timeout gets
+    /// the worker killed and replaced). Bound it: a deadline (poll, SO_RCVTIMEO/SO_SNDTIMEO),
+    /// or O_NONBLOCK in a loop of your own. Ignore SIGPIPE (or send with MSG_NOSIGNAL): a
+    /// write to a client that has left raises it, and it kills the worker.
+    /// MESSAGE: a passed fd, owned by the callee, or -1.
     pub fd: i32,
     /// MESSAGE: the payload; ERROR: the sentence (not NUL-terminated).
     pub data: *const u8,
