@@ -328,6 +328,13 @@ typedef void (*cluster_batch_cb)(void *userdata, const struct cluster_event *eve
 #define CLUSTER_EVENT_RELOADED 11
 
 /**
+ * primary: a worker listens (`cluster_listen_tcp`/`_unix` in the worker): `listener` is the
+ * index, `data`/`len` the bound address as text (`127.0.0.1:34567`, `[::1]:8080`,
+ * `/run/app.sock`, not NUL-terminated). A replacement that listens again raises it again.
+ */
+#define CLUSTER_EVENT_LISTENING 12
+
+/**
  * Started, its runtime not up yet.
  */
 #define CLUSTER_WORKER_STARTING 0
@@ -621,7 +628,53 @@ int32_t cluster_primary_start(struct cluster_config *cfg, cluster_event_cb cb, v
 int32_t cluster_fork(void);
 
 /**
- * The port listener `listener` is bound to (the real one when 0 was asked).
+ * Starts one more worker with `n` extra `NAME=value` variables in its environment (Node's
+ * `cluster.fork(env)`); a respawn or reload of its slot gets them again. Returns its id, as
+ * `cluster_fork` does. A variable rcluster sets for workers (`RCLUSTER_WORKER_ID`...) is
+ * CLUSTER_E_INVAL. `env` may be NULL when `n` is 0.
+ *
+ * # Safety
+ * `env` is NULL or points at `n` NUL-terminated strings.
+ */
+int32_t cluster_fork_env(const char *const *env, size_t n);
+
+/**
+ * Listens on a TCP address (an IPv4/IPv6 literal or a host name, resolved by the caller);
+ * port 0 picks a free port. In a worker (after `cluster_worker_start`): asks the primary,
+ * which binds the address the first time and shares that socket with every worker that asks
+ * for the same address and port (port 0 included: they all get the same port), and returns
+ * when it has answered. Connections from there then come as CONNECTION events with this
+ * listener index, by the cluster's policy, and the primary raises CLUSTER_EVENT_LISTENING.
+ * Events that arrive while the call waits are kept for the next dispatch. In a running
+ * primary: a listener every worker gets connections from. Returns the listener index, or an
+ * error whose `cluster_last_error()` names the address ("bind 127.0.0.1:80: Permission
+ * denied").
+ *
+ * # Safety
+ * `host` is a NUL-terminated string.
+ */
+int32_t cluster_listen_tcp(const char *host, uint16_t port);
+
+/**
+ * Listens on a Unix stream socket at `path`, as `cluster_listen_tcp` does. The primary
+ * removes the socket file when it closes the listener.
+ *
+ * # Safety
+ * `path` is a NUL-terminated string.
+ */
+int32_t cluster_listen_unix(const char *path);
+
+/**
+ * Worker: stops listening on `listener` (one this worker opened with `cluster_listen_*`).
+ * Connections already on their way to it from there go to the workers that still listen
+ * there; the primary closes the listener once no worker listens on it (a worker that exits
+ * stops listening too).
+ */
+int32_t cluster_unlisten(uint32_t listener);
+
+/**
+ * The port listener `listener` is bound to (the real one when 0 was asked). In a worker: a
+ * listener it listens on (`cluster_listen_*`) or accepts on itself (SHARED, REUSEPORT).
  */
 int32_t cluster_local_port(uint32_t listener);
 

@@ -58,6 +58,36 @@ pub enum ListenSpec {
     },
 }
 
+impl ListenSpec {
+    /// A TCP listener on `host:port` (an IP literal, or a name resolved now).
+    pub fn tcp(host: &str, port: u16) -> Result<ListenSpec> {
+        let addr = crate::net::listener::resolve(host, port)?;
+        Ok(ListenSpec::Tcp { host: host.to_string(), addr })
+    }
+
+    /// A Unix stream socket listener at `path` (1..=107 bytes).
+    pub fn unix(path: &str) -> Result<ListenSpec> {
+        if path.is_empty() || path.len() >= 108 || path.contains('\0') {
+            return fail(Code::Inval, format!("unix socket path {path:?} must be 1..=107 bytes"));
+        }
+        Ok(ListenSpec::Unix { path: PathBuf::from(path), mode: None })
+    }
+}
+
+/// Checks one `NAME=value` entry for a worker's environment: a name without `=`, and not one
+/// of the variables rcluster itself sets for a worker.
+pub fn env_entry(kv: &str) -> Result<CString> {
+    match kv.split_once('=') {
+        Some((k, _)) if !k.is_empty() => {
+            if crate::worker::env::ALL.contains(&k) {
+                return fail(Code::Inval, format!("{k} is set by rcluster for each worker and cannot be given"));
+            }
+            CString::new(kv).map_err(|_| crate::error::Error::new(Code::Inval, format!("{kv:?} has a NUL byte")))
+        }
+        _ => fail(Code::Inval, format!("{kv:?} is not NAME=value")),
+    }
+}
+
 /// The worker entry point in FORK mode; its return is the worker's exit code.
 pub type WorkerMain = std::sync::Arc<dyn Fn() -> i32 + Send + Sync>;
 
@@ -130,6 +160,19 @@ pub struct WorkerProcess {
     pub silent: bool,
 }
 
+impl WorkerProcess {
+    /// These settings with `vars` (`NAME=value`) added to the environment, replacing the
+    /// configured variables of the same names.
+    pub fn with_env(&self, vars: &[CString]) -> WorkerProcess {
+        let name = |c: &CString| c.as_bytes().split(|&b| b == b'=').next().map(<[u8]>::to_vec);
+        let replaced: Vec<Vec<u8>> = vars.iter().filter_map(name).collect();
+        let mut out = self.clone();
+        out.env.retain(|c| !name(c).is_some_and(|n| replaced.contains(&n)));
+        out.env.extend(vars.iter().cloned());
+        out
+    }
+}
+
 /// The default largest message: 64 MiB.
 pub const DEFAULT_MAX_MESSAGE: u64 = 64 << 20;
 
@@ -165,17 +208,13 @@ impl Default for Config {
 impl Config {
     /// Adds a TCP listener on `host:port` (IPv4, IPv6 or a name resolved now); returns its index.
     pub fn listen_tcp(&mut self, host: &str, port: u16) -> Result<u32> {
-        let addr = crate::net::listener::resolve(host, port)?;
-        self.listeners.push(ListenSpec::Tcp { host: host.to_string(), addr });
+        self.listeners.push(ListenSpec::tcp(host, port)?);
         Ok(self.listeners.len() as u32 - 1)
     }
 
     /// Adds a Unix stream socket listener at `path`; returns its index.
     pub fn listen_unix(&mut self, path: &str) -> Result<u32> {
-        if path.is_empty() || path.len() >= 108 {
-            return fail(Code::Inval, format!("unix socket path {path:?} must be 1..=107 bytes"));
-        }
-        self.listeners.push(ListenSpec::Unix { path: PathBuf::from(path), mode: None });
+        self.listeners.push(ListenSpec::unix(path)?);
         Ok(self.listeners.len() as u32 - 1)
     }
 

@@ -34,6 +34,10 @@ pub enum EventKind {
     /// primary: a rolling reload ended: `exit_code` 0 when every worker was replaced, -1 when it
     /// was aborted (`data`: why; the old workers keep serving).
     Reloaded = 11,
+    /// primary: a worker listens on an address (`cluster_listen_*` in the worker): `listener`
+    /// is the index, `data` the bound address as text (`127.0.0.1:34567`, `[::1]:8080`,
+    /// `/run/app.sock`). Node's `'listening'`.
+    Listening = 12,
 }
 
 /// One event, owning what it carries until it is delivered.

@@ -213,10 +213,16 @@ fn drive_spawns(mut rt: Rt) {
 /// Starts one more worker now; returns its id. In FORK mode the child runs the worker main
 /// and exits: it never returns from here.
 pub fn fork() -> Result<u32> {
+    fork_env(Vec::new())
+}
+
+/// `fork` with extra `NAME=value` variables in the new worker's environment (checked with
+/// `config::env_entry`); respawns and reloads of its slot get them again.
+pub fn fork_env(vars: Vec<std::ffi::CString>) -> Result<u32> {
     ensure_primary_role()?;
     let mut rt = runtime()?;
     let p = as_primary(&mut rt)?;
-    let id = p.request_spawn()?;
+    let id = p.request_spawn_with_env(vars)?;
     p.unqueue_spawn(id);
     match p.spawn(id) {
         Ok(None) => {
@@ -547,8 +553,12 @@ pub fn shutdown(grace_ms: u32) -> Result<()> {
     }
 }
 
-/// The bound port of listener `index`.
+/// The bound port of listener `index`: in the primary, any listener; in a worker, one it
+/// listens on (`listen_*`) or accepts on itself (SHARED, REUSEPORT).
 pub fn local_port(index: u32) -> Result<u16> {
+    if is_worker() {
+        return with_worker(|w| w.local_port(index));
+    }
     with_primary(|p| p.local_port(index))
 }
 
@@ -635,4 +645,51 @@ pub fn set_batching(on: bool) {
 pub fn uncork() -> Result<()> {
     shared()?.uncork_all();
     Ok(())
+}
+
+/// Listens on `host:port`. In a worker: asks the primary, which binds the address or shares
+/// the socket it already has for it (workers that ask for the same address, port 0 included,
+/// share one), and waits for the answer; connections from there come as CONNECTION events.
+/// In the primary: a listener every worker gets connections from. Returns the listener index.
+pub fn listen_tcp(host: &str, port: u16) -> Result<u32> {
+    // A name is resolved here, by the caller, never on the primary's loop.
+    let spec = crate::config::ListenSpec::tcp(host, port)?;
+    listen(spec)
+}
+
+/// Listens on a Unix stream socket at `path` (see `listen_tcp`).
+pub fn listen_unix(path: &str) -> Result<u32> {
+    listen(crate::config::ListenSpec::unix(path)?)
+}
+
+fn listen(spec: crate::config::ListenSpec) -> Result<u32> {
+    if is_worker() {
+        let key = match spec {
+            crate::config::ListenSpec::Tcp { addr, .. } => crate::ipc::listen::ListenKey::Tcp(addr),
+            crate::config::ListenSpec::Unix { path, .. } => crate::ipc::listen::ListenKey::Unix(path),
+            crate::config::ListenSpec::Inherited { .. } => return fail(Code::Inval, "not an address to listen on"),
+        };
+        return with_worker(|w| w.listen(key));
+    }
+    with_primary(|p| {
+        let index = p.listen(spec)?;
+        p.shared().wake();
+        Ok(index)
+    })
+}
+
+/// Worker: stops listening on `listener` (opened with `listen_*`); nothing on its way to this
+/// worker from there is lost (it goes to the workers that still listen there).
+pub fn unlisten(listener: u32) -> Result<()> {
+    if !is_worker() {
+        return fail(
+            Code::Role,
+            "cluster_unlisten is for workers (the primary's listeners close when the cluster stops)",
+        );
+    }
+    with_worker(|w| {
+        w.unlisten(listener)?;
+        w.shared().wake();
+        Ok(())
+    })
 }

@@ -182,6 +182,14 @@ pub fn readable_now(fd: RawFd) -> bool {
     unsafe { libc::poll(&mut pfd, 1, 0) > 0 && pfd.revents & libc::POLLIN != 0 }
 }
 
+/// Waits up to `timeout_ms` for `fd` to become readable (`read`) or writable (`write`).
+pub fn wait_fd(fd: RawFd, read: bool, write: bool, timeout_ms: i32) {
+    let events = if read { libc::POLLIN } else { 0 } | if write { libc::POLLOUT } else { 0 };
+    let mut pfd = libc::pollfd { fd, events, revents: 0 };
+    // SAFETY: one valid pollfd; an error (EINTR) only ends the wait early.
+    unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+}
+
 /// Reads and discards whatever is readable on a non-blocking fd (eventfd, pipe, timerfd).
 pub fn drain_fd(fd: RawFd) {
     let mut buf = [0u8; 64];
@@ -330,6 +338,12 @@ pub fn getppid() -> libc::pid_t {
 pub fn getpid() -> libc::pid_t {
     // SAFETY: getpid has no arguments and cannot fail.
     unsafe { libc::getpid() }
+}
+
+/// This process's effective user id.
+pub fn geteuid() -> libc::uid_t {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 #[cfg(test)]

@@ -432,13 +432,8 @@ pub unsafe extern "C" fn cluster_config_add_env(cfg: *mut cluster_config, name_v
         let cfg = cfg_mut(cfg)?;
         // SAFETY: the caller's contract above.
         let kv = unsafe { str_arg(name_value, "name_value") }?;
-        match kv.split_once('=') {
-            Some((k, _)) if !k.is_empty() => {
-                cfg.worker_process.env.push(CString::new(kv).expect("from a C string"));
-                Ok(0)
-            }
-            _ => fail(Code::Inval, format!("{kv:?} is not NAME=value")),
-        }
+        cfg.worker_process.env.push(crate::config::env_entry(kv)?);
+        Ok(0)
     })
 }
 

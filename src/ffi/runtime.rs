@@ -3,7 +3,7 @@
 use std::ffi::{c_void, CStr};
 use std::os::fd::IntoRawFd;
 
-use super::boundary::{bytes_arg, guard, guard_or, last_error_ptr, non_null};
+use super::boundary::{bytes_arg, guard, guard_or, last_error_ptr, non_null, str_arg};
 use super::config::cluster_config;
 use super::types::*;
 use crate::error::{Code, Error};
@@ -117,7 +117,76 @@ pub extern "C" fn cluster_fork() -> i32 {
     guard(|| runtime::fork().map(|id| id as i32))
 }
 
-/// The port listener `listener` is bound to (the real one when 0 was asked).
+/// Starts one more worker with `n` extra `NAME=value` variables in its environment (Node's
+/// `cluster.fork(env)`); a respawn or reload of its slot gets them again. Returns its id, as
+/// `cluster_fork` does. A variable rcluster sets for workers (`RCLUSTER_WORKER_ID`...) is
+/// CLUSTER_E_INVAL. `env` may be NULL when `n` is 0.
+///
+/// # Safety
+/// `env` is NULL or points at `n` NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_fork_env(env: *const *const libc::c_char, n: usize) -> i32 {
+    guard(|| {
+        let mut vars = Vec::with_capacity(n.min(1024));
+        if n > 0 {
+            non_null(env, "env")?;
+            for i in 0..n {
+                // SAFETY: the caller's contract: `n` string pointers at `env`.
+                let kv = unsafe { str_arg(*env.add(i), "env entry") }?;
+                vars.push(crate::config::env_entry(kv)?);
+            }
+        }
+        runtime::fork_env(vars).map(|id| id as i32)
+    })
+}
+
+/// Listens on a TCP address (an IPv4/IPv6 literal or a host name, resolved by the caller);
+/// port 0 picks a free port. In a worker (after `cluster_worker_start`): asks the primary,
+/// which binds the address the first time and shares that socket with every worker that asks
+/// for the same address and port (port 0 included: they all get the same port), and returns
+/// when it has answered. Connections from there then come as CONNECTION events with this
+/// listener index, by the cluster's policy, and the primary raises CLUSTER_EVENT_LISTENING.
+/// Events that arrive while the call waits are kept for the next dispatch. In a running
+/// primary: a listener every worker gets connections from. Returns the listener index, or an
+/// error whose `cluster_last_error()` names the address ("bind 127.0.0.1:80: Permission
+/// denied").
+///
+/// # Safety
+/// `host` is a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_listen_tcp(host: *const libc::c_char, port: u16) -> i32 {
+    guard(|| {
+        // SAFETY: the caller's contract above.
+        let host = unsafe { str_arg(host, "host") }?;
+        runtime::listen_tcp(host, port).map(|i| i as i32)
+    })
+}
+
+/// Listens on a Unix stream socket at `path`, as `cluster_listen_tcp` does. The primary
+/// removes the socket file when it closes the listener.
+///
+/// # Safety
+/// `path` is a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_listen_unix(path: *const libc::c_char) -> i32 {
+    guard(|| {
+        // SAFETY: the caller's contract above.
+        let path = unsafe { str_arg(path, "path") }?;
+        runtime::listen_unix(path).map(|i| i as i32)
+    })
+}
+
+/// Worker: stops listening on `listener` (one this worker opened with `cluster_listen_*`).
+/// Connections already on their way to it from there go to the workers that still listen
+/// there; the primary closes the listener once no worker listens on it (a worker that exits
+/// stops listening too).
+#[no_mangle]
+pub extern "C" fn cluster_unlisten(listener: u32) -> i32 {
+    guard(|| runtime::unlisten(listener).map(|()| 0))
+}
+
+/// The port listener `listener` is bound to (the real one when 0 was asked). In a worker: a
+/// listener it listens on (`cluster_listen_*`) or accepts on itself (SHARED, REUSEPORT).
 #[no_mangle]
 pub extern "C" fn cluster_local_port(listener: u32) -> i32 {
     guard(|| runtime::local_port(listener).map(i32::from))

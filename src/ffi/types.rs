@@ -79,6 +79,10 @@ pub const CLUSTER_EVENT_SLOT_FAILED: cluster_event_kind = 10;
 /// primary: a rolling reload ended: `exit_code` 0 when every worker was replaced, -1 when it was
 /// aborted (`data`: why; the old workers keep serving).
 pub const CLUSTER_EVENT_RELOADED: cluster_event_kind = 11;
+/// primary: a worker listens (`cluster_listen_tcp`/`_unix` in the worker): `listener` is the
+/// index, `data`/`len` the bound address as text (`127.0.0.1:34567`, `[::1]:8080`,
+/// `/run/app.sock`, not NUL-terminated). A replacement that listens again raises it again.
+pub const CLUSTER_EVENT_LISTENING: cluster_event_kind = 12;
 
 /// A worker's state: `CLUSTER_WORKER_*`.
 pub type cluster_worker_state = u32;

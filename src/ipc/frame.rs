@@ -59,6 +59,15 @@ pub enum Kind {
     /// worker -> primary: it is short of fds (payload: 1 byte, 1) or no longer (0): the
     /// primary keeps its copy of each connection handed to it until the ACK while it is.
     FdPressure = 13,
+    /// worker -> primary: listen on an address (payload: [`ListenKey`](super::listen::ListenKey);
+    /// `aux`: the request id, echoed in the answer).
+    Listen = 14,
+    /// primary -> worker: the answer to a Listen (payload: [`Answer`](super::listen::Answer);
+    /// `aux`: the request id, 0 for a listener the primary added by itself). SHARED: the
+    /// listening socket rides along.
+    Listening = 15,
+    /// worker -> primary: stop handing it connections from listener `aux`.
+    Unlisten = 16,
 }
 
 impl Kind {
@@ -77,6 +86,9 @@ impl Kind {
             11 => Kind::ConnDone,
             12 => Kind::Batch,
             13 => Kind::FdPressure,
+            14 => Kind::Listen,
+            15 => Kind::Listening,
+            16 => Kind::Unlisten,
             _ => return None,
         })
     }
@@ -176,7 +188,8 @@ impl Header {
         let fds_expected = match kind {
             Kind::Message => usize::from(big) + usize::from(h.flags & FLAG_FD != 0),
             // A NACK may give back the fds of the connections it refuses.
-            Kind::NewConn | Kind::Nack => h.nfds as usize,
+            // A listen answer may carry the listening socket (SHARED).
+            Kind::NewConn | Kind::Nack | Kind::Listening => h.nfds as usize,
             _ => 0,
         };
         if kind != Kind::Message && h.flags != 0 {

@@ -4,6 +4,7 @@
 
 pub mod channel;
 pub mod frame;
+pub mod listen;
 pub mod outbox;
 pub mod payload;
 pub mod reader;

@@ -17,6 +17,8 @@ use crate::sys;
 
 use super::balance::Candidate;
 use super::handoff::Conn;
+use super::listeners::Members;
+use super::workers::Slot;
 use super::{Phase, Primary, Timer};
 
 /// Most connections accepted from one listener in one turn.
@@ -35,11 +37,25 @@ impl Primary {
         free.saturating_sub(self.handoff.waiting.len())
     }
 
-    /// Accepts from listener `index`, at most what the workers can take now.
+    /// Free window slots of the workers listening on a listener of workers that listen.
+    fn members_room(slots: &BTreeMap<u32, Slot>, members: &std::collections::BTreeSet<u32>, window: u32) -> usize {
+        members
+            .iter()
+            .filter_map(|id| slots.get(id))
+            .filter(|s| s.accepts_connections())
+            .map(|s| window.saturating_sub(s.unacked) as usize)
+            .sum()
+    }
+
+    /// Accepts from listener `index`, at most what the workers can take now (those that
+    /// listen on it, for a listener of workers that listen).
     pub(super) fn accept_from(&mut self, index: u32) {
-        let Some(l) = self.listeners.get(index as usize) else { return };
-        let fd = l.fd.as_raw_fd();
-        let budget = self.capacity().min(ACCEPT_BATCH);
+        let Some(e) = self.listeners.get(index) else { return };
+        let fd = e.listener.fd.as_raw_fd();
+        let mut budget = self.capacity().min(ACCEPT_BATCH);
+        if let Some(m) = &e.members {
+            budget = budget.min(Self::members_room(&self.slots, m, self.cfg.window));
+        }
         for _ in 0..budget {
             match listener::accept(fd) {
                 Ok(Some(a)) => self.handoff.accepted(a.fd, index, a.peer),
@@ -65,20 +81,20 @@ impl Primary {
     /// At the start of a shutdown: takes what is already in the kernel backlogs (those clients
     /// connected before we stopped; they get answered), then closes the listeners.
     pub(super) fn accept_remaining(&mut self) {
-        for (index, l) in self.listeners.iter().enumerate() {
+        for (index, e) in self.listeners.iter() {
             for _ in 0..65_536 {
-                match listener::accept(l.fd.as_raw_fd()) {
-                    Ok(Some(a)) => self.handoff.accepted(a.fd, index as u32, a.peer),
+                match listener::accept(e.listener.fd.as_raw_fd()) {
+                    Ok(Some(a)) => self.handoff.accepted(a.fd, index, a.peer),
                     _ => break,
                 }
             }
         }
-        for l in &self.listeners {
-            self.reactor.remove(l.fd.as_raw_fd());
-            l.unlink_socket_file();
+        for e in self.listeners.take_all() {
+            if e.polled {
+                self.reactor.remove(e.listener.fd.as_raw_fd());
+            }
+            e.listener.unlink_socket_file();
         }
-        self.listeners.clear();
-        self.accepting = false;
     }
 
     /// Hands waiting connections to workers with room in their window, in arrival order; a
@@ -101,9 +117,29 @@ impl Primary {
         }
         let mut batches: BTreeMap<u32, Vec<Conn>> = BTreeMap::new();
         let mut deferred = Vec::new();
+        // The workers that listen on the connection's listener, when only they may take it.
+        let mut listening: Vec<Candidate> = Vec::new();
         while candidates.iter().any(|c| c.free > 0) {
             let Some(conn) = self.handoff.waiting.pop_front() else { break };
-            let Some(id) = balance.pick(&candidates, &conn.peer, slots) else {
+            let picked = match self.listeners.members(conn.listener) {
+                Members::All => balance.pick(&candidates, &conn.peer, slots),
+                Members::Some(m) => {
+                    listening.clear();
+                    listening.extend(candidates.iter().filter(|c| m.contains(&c.id)));
+                    if listening.is_empty() {
+                        None
+                    } else {
+                        balance.pick(&listening, &conn.peer, slots)
+                    }
+                }
+                Members::Gone => {
+                    // Its listener closed (no worker listens there): nobody can take it.
+                    self.handoff.dropped += 1;
+                    log::warn!("connection {}: its listener {} is closed: closed unanswered", conn.id, conn.listener);
+                    continue;
+                }
+            };
+            let Some(id) = picked else {
                 deferred.push(conn);
                 continue;
             };
@@ -168,24 +204,25 @@ impl Primary {
     /// Polls the listeners only while workers can take connections, and never when the
     /// workers accept by themselves (SHARED, REUSEPORT).
     pub(super) fn update_accepting(&mut self) {
-        let want = self.balance.is_some()
-            && self.phase == Phase::Running
-            && !self.accept_paused
-            && !self.listeners.is_empty()
-            && self.capacity() > 0;
-        if want == self.accepting {
-            return;
-        }
-        for (index, l) in self.listeners.iter().enumerate() {
-            let fd = l.fd.as_raw_fd();
+        let running = self.balance.is_some() && self.phase == Phase::Running && !self.accept_paused;
+        let room = if running && !self.listeners.is_empty() { self.capacity() } else { 0 };
+        let window = self.cfg.window;
+        for (index, e) in self.listeners.iter_mut() {
+            // A listener of workers that listen: only while one of them has room.
+            let want = room > 0 && e.members.as_ref().is_none_or(|m| Self::members_room(&self.slots, m, window) > 0);
+            if want == e.polled {
+                continue;
+            }
+            let fd = e.listener.fd.as_raw_fd();
             if want {
-                if let Err(e) = self.reactor.add(fd, Source::Listener(index as u32), true, false) {
-                    log::error!("listener {index}: {e}");
+                if let Err(err) = self.reactor.add(fd, Source::Listener(index), true, false) {
+                    log::error!("listener {index}: {err}");
+                    continue;
                 }
             } else {
                 self.reactor.remove(fd);
             }
+            e.polled = want;
         }
-        self.accepting = want;
     }
 }

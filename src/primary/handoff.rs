@@ -223,6 +223,16 @@ impl Handoff {
         n
     }
 
+    /// Closes the waiting connections accepted on `listener` unanswered (it closed, and no
+    /// worker listens there); returns how many.
+    pub fn drop_waiting_from(&mut self, listener: u32) -> usize {
+        let before = self.waiting.len();
+        self.waiting.retain(|c| c.listener != listener);
+        let n = before - self.waiting.len();
+        self.dropped += n as u64;
+        n
+    }
+
     /// Connections in flight (handed, not acknowledged).
     pub fn inflight(&self) -> usize {
         self.inflight.len()

@@ -166,8 +166,8 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        for l in &self.primary.listeners {
-            l.unlink_socket_file();
+        for (_, e) in self.primary.listeners.iter() {
+            e.listener.unlink_socket_file();
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod balance;
 pub mod handoff;
 pub mod harness;
 mod lifecycle;
+pub mod listeners;
 mod relay;
 pub mod restart;
 pub mod sched;
@@ -28,7 +29,7 @@ use crate::event_loop::{Reactor, Source, TimerId};
 use crate::ipc::frame::Kind;
 use crate::ipc::outbox::{Frame, Outbox};
 use crate::ipc::reader::Reader;
-use crate::net::listener::{self, Listener};
+use crate::net::listener;
 use crate::shared::Shared;
 use crate::signals::{SignalPipe, PRIMARY_SIGNALS};
 use crate::sys;
@@ -36,6 +37,7 @@ use crate::worker::env::{AcceptFrom, WorkerEnv};
 
 use balance::Balance;
 use handoff::Handoff;
+use listeners::Listeners;
 use spawn::{ExecPlan, Spawned};
 use workers::{Slot, WorkerInfo, WorkerState};
 
@@ -84,9 +86,7 @@ pub struct Primary {
     reactor: Reactor<Timer>,
     shared: Arc<Shared>,
     signals: Option<SignalPipe>,
-    listeners: Vec<Listener>,
-    ports: Vec<u16>,
-    accepting: bool,
+    listeners: Listeners,
     accept_paused: bool,
     slots: BTreeMap<u32, Slot>,
     next_id: u32,
@@ -106,6 +106,10 @@ pub struct Primary {
     pending_respawns: std::collections::BTreeSet<u32>,
     /// Queued starts that go into a given slot (respawns, replacements) instead of a free one.
     slot_for: BTreeMap<u32, u32>,
+    /// Extra environment of queued starts (`fork_env`), by worker id...
+    spawn_env: BTreeMap<u32, Vec<std::ffi::CString>>,
+    /// ...and of the slots they went into: a respawn or a reload's replacement gets it again.
+    slot_env: BTreeMap<u32, Vec<std::ffi::CString>>,
     /// The rolling reload (or max-requests recycle) in progress.
     reload: Option<lifecycle::Reload>,
     /// systemd's notification socket, when NOTIFY_SOCKET is set.
@@ -139,7 +143,6 @@ impl Primary {
             .iter()
             .map(|spec| listener::bind(spec, cfg.backlog, cfg.policy == Policy::ReusePort))
             .collect::<Result<Vec<_>>>()?;
-        let ports = listeners.iter().map(|l| l.port).collect();
         let signals = if cfg.signals { Some(SignalPipe::install(&PRIMARY_SIGNALS)?) } else { None };
         if let Some(s) = &signals {
             reactor.add(s.fd(), Source::Signals, true, false)?;
@@ -151,9 +154,7 @@ impl Primary {
             reactor,
             shared,
             signals,
-            listeners,
-            ports,
-            accepting: false,
+            listeners: Listeners::new(listeners),
             accept_paused: false,
             slots: BTreeMap::new(),
             next_id: 0,
@@ -168,6 +169,8 @@ impl Primary {
             histories: BTreeMap::new(),
             pending_respawns: std::collections::BTreeSet::new(),
             slot_for: BTreeMap::new(),
+            spawn_env: BTreeMap::new(),
+            slot_env: BTreeMap::new(),
             reload: None,
             notifier: crate::net::notify::Notifier::from_env(|k| std::env::var(k).ok()),
             ready_notified: false,
@@ -191,7 +194,7 @@ impl Primary {
     }
 
     /// True when the primary accepts and hands connections to workers (a balancing policy and
-    /// at least one listener).
+    /// at least one listener; workers that listen add them later, see `listeners`).
     fn hands_off_connections(&self) -> bool {
         self.balance.is_some() && !self.listeners.is_empty()
     }
@@ -236,12 +239,22 @@ impl Primary {
         Ok(self.next_id)
     }
 
+    /// Like `request_spawn`, with extra `NAME=value` variables in that worker's environment
+    /// (Node's `cluster.fork(env)`); a respawn or reload of its slot gets them again.
+    pub fn request_spawn_with_env(&mut self, vars: Vec<std::ffi::CString>) -> Result<u32> {
+        let id = self.request_spawn()?;
+        if !vars.is_empty() {
+            self.spawn_env.insert(id, vars);
+        }
+        Ok(id)
+    }
+
     /// Takes a queued worker start.
     pub fn next_spawn(&mut self) -> Option<u32> {
         self.spawn_queue.pop_front()
     }
 
-    /// Drops a queued start (it is being reported as failed).
+    /// Drops a queued start (it is being reported as failed, or started at once).
     pub fn unqueue_spawn(&mut self, id: u32) {
         self.spawn_queue.retain(|&q| q != id);
     }
@@ -259,10 +272,25 @@ impl Primary {
             accept: self.accept_plan(),
             heartbeat_ms: self.cfg.heartbeat_ms,
         };
-        let slot = self.slot_for.remove(&id).unwrap_or_else(|| self.free_slot());
+        let (slot, replacing) = match self.slot_for.remove(&id) {
+            Some(slot) => (slot, true),
+            None => (self.free_slot(), false),
+        };
+        // `fork_env`'s variables: this start's own, or, for a replacement, its slot's.
+        let extra = self.spawn_env.remove(&id).or_else(|| self.slot_env.get(&slot).cloned().filter(|_| replacing));
+        let process = match &extra {
+            Some(vars) => {
+                self.slot_env.insert(slot, vars.clone());
+                std::borrow::Cow::Owned(self.cfg.worker_process.with_env(vars))
+            }
+            None => {
+                self.slot_env.remove(&slot);
+                std::borrow::Cow::Borrowed(&self.cfg.worker_process)
+            }
+        };
         let spawned = match &self.exec_plan {
-            Some(plan) => spawn::exec_worker(plan, template, &self.cfg.worker_process)?,
-            None => spawn::fork_worker(template, &self.cfg.worker_process)?,
+            Some(plan) => spawn::exec_worker(plan, template, &process)?,
+            None => spawn::fork_worker(template, &process)?,
         };
         match spawned {
             Spawned::Child(env) => Ok(Some(env)),
@@ -305,9 +333,10 @@ impl Primary {
         let mut entry = Slot::new(id, slot, pid, outbox, pidfd);
         entry.restarts = self.histories.get(&slot).map_or(0, |h| h.restarts);
         entry.request_limit = self.request_limit();
-        // Kept only where connections go through the primary: elsewhere it would only hide
-        // the worker's closing of its channel (EOF) until it exits.
-        entry.recovery = recovery.filter(|_| self.hands_off_connections());
+        // Kept only where connections may go through the primary (a balancing policy: workers
+        // may listen later): elsewhere it would only hide the worker's closing of its channel
+        // (EOF) until it exits.
+        entry.recovery = recovery.filter(|_| self.balance.is_some());
         self.slots.insert(id, entry);
         self.worker_started(id);
         log::info!("worker {id} started, pid {pid}");
@@ -321,7 +350,8 @@ impl Primary {
     /// Where workers get connections: from the primary, from its listening sockets (SHARED),
     /// or from their own SO_REUSEPORT sockets on the bound addresses (REUSEPORT).
     fn accept_plan(&self) -> AcceptFrom {
-        let indexed = self.listeners.iter().enumerate().map(|(i, l)| (i as u32, l));
+        // Every worker's listeners; those of workers that listen come with their answers.
+        let indexed = self.listeners.iter().filter(|(_, e)| e.members.is_none()).map(|(i, e)| (i, &e.listener));
         match self.cfg.policy {
             Policy::Shared => AcceptFrom::Shared(indexed.map(|(i, l)| (i, l.fd.as_raw_fd())).collect()),
             Policy::ReusePort => AcceptFrom::ReusePort(
@@ -379,9 +409,7 @@ impl Primary {
 
     /// The bound port of listener `index`.
     pub fn local_port(&self, index: u32) -> Result<u16> {
-        self.ports.get(index as usize).copied().ok_or_else(|| {
-            Error::new(Code::Inval, format!("no listener with index {index} ({} configured)", self.ports.len()))
-        })
+        self.listeners.port(index)
     }
 
     /// Ids of the live workers, ascending.

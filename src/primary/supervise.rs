@@ -3,6 +3,7 @@
 use crate::event::{Event, EventKind};
 use crate::event_loop::{Ready, Source};
 use crate::ipc::frame::{decode_conns, decode_ids, Kind};
+use crate::ipc::listen::ListenKey;
 use crate::ipc::reader::{Inbox, Incoming, Read, Reader};
 use crate::net::listener;
 use crate::sys::{self, ExitStatus};
@@ -262,7 +263,15 @@ impl Primary {
                 }
                 _ => self.drop_worker(id, "malformed FdPressure"),
             },
-            Kind::NewConn | Kind::Shutdown | Kind::Undeliverable | Kind::Batch => {
+            Kind::Listen => match ListenKey::decode(&frame.payload) {
+                Ok(key) => self.on_listen(id, frame.header.aux, key),
+                Err(e) => self.drop_worker(id, &format!("malformed Listen: {e}")),
+            },
+            Kind::Unlisten => match u32::try_from(frame.header.aux) {
+                Ok(index) if frame.payload.is_empty() => self.on_unlisten(id, index),
+                _ => self.drop_worker(id, "malformed Unlisten"),
+            },
+            Kind::NewConn | Kind::Shutdown | Kind::Undeliverable | Kind::Batch | Kind::Listening => {
                 let kind = frame.header.kind;
                 self.drop_worker(id, &format!("sent a {kind:?} frame, which only the primary sends"));
             }
@@ -365,6 +374,7 @@ impl Primary {
             self.reactor.remove(std::os::fd::AsRawFd::as_raw_fd(pidfd));
         }
         self.shared.remove(id);
+        self.unlisten_all(id);
         let how = if status.signal != 0 {
             format!("killed by signal {}", status.signal)
         } else {
@@ -545,6 +555,7 @@ impl Primary {
                 self.finish();
             }
         }
+        self.close_orphan_listeners();
         self.update_accepting();
         if self.slots.values().any(|s| s.inbox_ready()) {
             // A turn stopped inside a batch (its frame or byte budget, or a relay stall that
@@ -558,10 +569,9 @@ impl Primary {
         if let Some(t) = self.grace_timer.take() {
             self.reactor.cancel_timer(t);
         }
-        for l in &self.listeners {
-            l.unlink_socket_file();
+        for e in self.listeners.take_all() {
+            e.listener.unlink_socket_file();
         }
-        self.listeners.clear();
         if self.handoff.dropped > 0 {
             log::warn!("{} accepted connection(s) were closed unanswered", self.handoff.dropped);
         }

@@ -3,13 +3,15 @@
 
 pub mod env;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::error::{fail, Code, Error, Result};
 use crate::event::{Event, EventKind};
 use crate::event_loop::{Reactor, Ready, Source};
-use crate::ipc::frame::{decode_conns, encode_ids, Kind, MAX_FDS};
+use crate::ipc::frame::{decode_conns, encode_ids, Header, Kind, MAX_FDS};
+use crate::ipc::listen::{Answer, ListenKey, ANSWER_ALL_WORKERS, ANSWER_BIND_REUSEPORT};
 use crate::ipc::outbox::{Frame, Outbox};
 use crate::ipc::reader::{Inbox, Incoming, Read, Reader};
 use crate::net::listener;
@@ -23,6 +25,19 @@ const FRAMES_PER_TURN: usize = 64;
 
 /// How often `check_fds` counts the open fds when nothing suggests they are running out.
 const FD_COUNT_EVERY_MS: u64 = 100;
+
+/// How long `listen` waits for the primary's answer (it answers within one loop turn; this
+/// only bounds a primary that is stuck).
+const LISTEN_TIMEOUT_MS: u64 = 30_000;
+
+/// A listener this worker listens on through `listen`.
+#[derive(Clone, Copy, Debug)]
+struct Opened {
+    /// Its bound port (0 for Unix sockets).
+    port: u16,
+    /// Every worker's (the config's or the primary's): not this worker's to unlisten.
+    all: bool,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -64,6 +79,14 @@ pub struct Worker {
     ready_sent: bool,
     /// SHARED/REUSEPORT: the sockets this worker accepts on, by listener index.
     listeners: Vec<(u32, OwnedFd)>,
+    /// READY goes out at the first loop turn (see `start`).
+    ready_pending: bool,
+    /// The last `listen` request's id.
+    last_request: u64,
+    /// Listeners opened through `listen`, by index.
+    opened: BTreeMap<u32, Opened>,
+    /// Listeners this worker unlistened: connections still sent from there are given back.
+    unlistened: BTreeSet<u32>,
 }
 
 /// Connections accepted from one listener per turn, so messages and other listeners get
@@ -132,12 +155,19 @@ impl Worker {
             events: Vec::new(),
             phase: Phase::Running,
             ready_sent: false,
+            ready_pending: !manual_ready,
+            last_request: 0,
+            opened: BTreeMap::new(),
+            unlistened: BTreeSet::new(),
         };
         let mut hello = Frame::control(Kind::Hello, (sys::getpid() as u32).to_le_bytes().to_vec());
         hello.header.from = w.env.id;
         w.push(hello);
         if !manual_ready {
-            w.ready()?;
+            // READY leaves at the first loop turn, after what the program does between
+            // `worker_start` and its loop (`listen` above all, as node:cluster's workers call
+            // `server.listen()`): a rolling reload then waits for a replacement that listens.
+            w.shared.wake();
         }
         w.heartbeat();
         log::debug!("worker {} (pid {}) online", w.env.id, sys::getpid());
@@ -227,6 +257,9 @@ impl Worker {
 
     /// Handles what the loop reported.
     pub fn process(&mut self, ready: &[Ready]) {
+        if std::mem::take(&mut self.ready_pending) && self.phase == Phase::Running {
+            self.ready().ok();
+        }
         for r in ready {
             match r.source {
                 Source::Waker => {
@@ -367,14 +400,11 @@ impl Worker {
 
     fn on_readable(&mut self) {
         self.read_frames();
-        if !self.acks.is_empty() && self.phase != Phase::Disconnected {
-            // One ACK for every connection of the pass, still before any callback runs: the
-            // primary closes its copies at once, so a handler that closes its fd really closes
-            // the connection. (One per NEWCONN frame cost a datagram, and often a wakeup of the
-            // primary, per frame.)
-            let ids = std::mem::take(&mut self.acks);
-            self.push(Frame::control(Kind::Ack, encode_ids(&ids)));
-        }
+        // One ACK for every connection of the pass, still before any callback runs: the
+        // primary closes its copies at once, so a handler that closes its fd really closes
+        // the connection. (One per NEWCONN frame cost a datagram, and often a wakeup of the
+        // primary, per frame.)
+        self.send_acks();
     }
 
     fn read_frames(&mut self) {
@@ -390,23 +420,29 @@ impl Worker {
                     log::error!("worker {}: malformed frame from the primary: {e}; disconnecting", self.env.id);
                     return self.disconnected();
                 }
-                Ok(Read::FdsLost(h, payload)) => {
-                    if h.kind == Kind::NewConn {
-                        if let Ok(entries) = decode_conns(&payload, h.nfds as usize) {
-                            log::error!(
-                                "worker {}: {} connection fds lost in transit (out of fds?): refusing them",
-                                self.env.id,
-                                entries.len()
-                            );
-                            let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
-                            self.push(Frame::control(Kind::Nack, encode_ids(&ids)));
-                            self.report_fd_pressure(true);
-                        }
-                    } else {
-                        log::error!("worker {}: fds of a {:?} frame lost in transit", self.env.id, h.kind);
-                    }
-                }
+                Ok(Read::FdsLost(h, payload)) => self.on_fds_lost(h, &payload),
             }
+        }
+    }
+
+    /// A frame whose fds did not fit in our fd table: connections are refused (the primary
+    /// hands them to another worker), the rest is logged.
+    fn on_fds_lost(&mut self, h: Header, payload: &[u8]) {
+        if h.kind == Kind::NewConn {
+            if let Ok(entries) = decode_conns(payload, h.nfds as usize) {
+                log::error!(
+                    "worker {}: {} connection fds lost in transit (out of fds?): refusing them",
+                    self.env.id,
+                    entries.len()
+                );
+                let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
+                self.push(Frame::control(Kind::Nack, encode_ids(&ids)));
+                self.report_fd_pressure(true);
+            }
+        } else if h.kind == Kind::Listening && h.aux != 0 && h.aux == self.last_request {
+            log::error!("worker {}: the listening socket of a listen answer was lost (out of fds?)", self.env.id);
+        } else {
+            log::error!("worker {}: fds of a {:?} frame lost in transit", self.env.id, h.kind);
         }
     }
 
@@ -427,11 +463,12 @@ impl Worker {
                     self.push(Frame::control_with_fds(Kind::Nack, encode_ids(&ids), std::mem::take(&mut f.fds)));
                     return;
                 }
-                if let Some(high) = f.fds.iter().map(|fd| fd.as_raw_fd()).max() {
+                let (entries, fds) = self.refuse_unlistened(entries, std::mem::take(&mut f.fds));
+                if let Some(high) = fds.iter().map(|fd| fd.as_raw_fd()).max() {
                     self.fd_high = high;
                 }
                 self.acks.extend(entries.iter().map(|e| e.id)); // acknowledged at the end of the pass
-                for (entry, fd) in entries.into_iter().zip(std::mem::take(&mut f.fds)) {
+                for (entry, fd) in entries.into_iter().zip(fds) {
                     self.events.push(Event {
                         fd: Some(fd),
                         listener: entry.listener,
@@ -448,11 +485,190 @@ impl Worker {
                 });
             }
             Kind::Shutdown => self.begin_drain(),
+            Kind::Listening if f.header.aux == 0 => {
+                // A listener the primary added by itself, which SHARED/REUSEPORT workers
+                // accept on.
+                match Answer::decode(&f.payload) {
+                    Ok(answer) => {
+                        if let Err(e) = self.adopt(answer, std::mem::take(&mut f.fds)) {
+                            log::error!("worker {}: {e}", self.env.id);
+                        }
+                    }
+                    Err(e) => log::error!("worker {}: bad listen notice from the primary: {e}", self.env.id),
+                }
+            }
+            // The answer to a listen that gave up waiting: nothing to do.
+            Kind::Listening => {}
             Kind::Undeliverable => {
                 let to = f.header.aux as u32;
                 self.events.push(Event::error(to, format!("message to worker {to} not delivered: no such worker")));
             }
             other => log::warn!("worker {}: unexpected {other:?} frame from the primary ignored", self.env.id),
+        }
+    }
+
+    /// Connections from listeners this worker unlistened go back to the primary (with their
+    /// fds: it may have let go of its copies), which hands them to a worker that listens there.
+    fn refuse_unlistened(
+        &mut self,
+        entries: Vec<crate::ipc::frame::ConnEntry>,
+        fds: Vec<OwnedFd>,
+    ) -> (Vec<crate::ipc::frame::ConnEntry>, Vec<OwnedFd>) {
+        if self.unlistened.is_empty() || !entries.iter().any(|e| self.unlistened.contains(&e.listener)) {
+            return (entries, fds);
+        }
+        let (mut keep, mut keep_fds, mut ids, mut back) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (entry, fd) in entries.into_iter().zip(fds) {
+            if self.unlistened.contains(&entry.listener) {
+                ids.push(entry.id);
+                back.push(fd);
+            } else {
+                keep.push(entry);
+                keep_fds.push(fd);
+            }
+        }
+        self.push(Frame::control_with_fds(Kind::Nack, encode_ids(&ids), back));
+        (keep, keep_fds)
+    }
+
+    /// Asks the primary to listen on `key` for this worker, and waits for its answer: the
+    /// listener index. Frames that arrive meanwhile are handled as usual (their events wait
+    /// for the next dispatch); connections from the new listener come as CONNECTION events.
+    pub fn listen(&mut self, key: ListenKey) -> Result<u32> {
+        let what = match &key {
+            ListenKey::Tcp(addr) => addr.to_string(),
+            ListenKey::Unix(path) => path.display().to_string(),
+        };
+        if self.phase != Phase::Running {
+            return fail(Code::State, format!("listen {what}: this worker is stopping"));
+        }
+        self.last_request += 1;
+        let request = self.last_request;
+        let mut frame = Frame::control(Kind::Listen, key.encode());
+        frame.header.aux = request;
+        self.push(frame);
+        let deadline = sys::monotonic_ms() + LISTEN_TIMEOUT_MS;
+        loop {
+            if self.outbox.queued() > 0 {
+                self.on_writable();
+            }
+            if self.phase == Phase::Disconnected {
+                return fail(Code::Closed, format!("listen {what}: the channel to the primary is closed"));
+            }
+            match self.reader.read(self.env.channel, &mut self.inbox) {
+                Ok(Read::Frame(mut f)) if f.header.kind == Kind::Listening && f.header.aux == request => {
+                    self.send_acks();
+                    let answer = Answer::decode(&f.payload).map_err(|e| {
+                        Error::new(Code::Sys, format!("listen {what}: bad answer from the primary: {e}"))
+                    })?;
+                    return self.adopt(answer, std::mem::take(&mut f.fds));
+                }
+                Ok(Read::Frame(f)) => self.on_frame(f),
+                Ok(Read::FdsLost(h, payload)) => {
+                    self.on_fds_lost(h, &payload);
+                    if h.kind == Kind::Listening && h.aux == request {
+                        return fail(
+                            Code::Sys,
+                            format!("listen {what}: the listening socket did not fit (out of fds)"),
+                        );
+                    }
+                }
+                Ok(Read::WouldBlock) => {
+                    self.send_acks();
+                    let now = sys::monotonic_ms();
+                    if now >= deadline {
+                        return fail(Code::Timeout, format!("listen {what}: no answer from the primary"));
+                    }
+                    let writable = self.outbox.queued() > 0;
+                    sys::wait_fd(self.env.channel, true, writable, (deadline - now).min(1000) as i32);
+                }
+                Ok(Read::Closed) | Err(_) => self.disconnected(),
+                Ok(Read::Bad(e)) => {
+                    log::error!("worker {}: malformed frame from the primary: {e}; disconnecting", self.env.id);
+                    self.disconnected();
+                }
+            }
+        }
+    }
+
+    /// Takes the primary's answer about a listener: its index, and for SHARED/REUSEPORT the
+    /// socket to accept on (given, or bound here).
+    fn adopt(&mut self, answer: Answer, mut fds: Vec<OwnedFd>) -> Result<u32> {
+        if answer.result < 0 {
+            return Err(Error::new(Code::from_raw(answer.result).unwrap_or(Code::Sys), answer.text));
+        }
+        let index = answer.result as u32;
+        self.unlistened.remove(&index);
+        if !self.listeners.iter().any(|(i, _)| *i == index) {
+            if let Some(fd) = fds.pop() {
+                self.reactor.add_exclusive(fd.as_raw_fd(), Source::Listener(index))?;
+                self.listeners.push((index, fd));
+            } else if answer.flags & ANSWER_BIND_REUSEPORT != 0 {
+                let addr: std::net::SocketAddr = answer.text.parse().map_err(|_| {
+                    Error::new(Code::Sys, format!("listen: the primary answered with a bad address {:?}", answer.text))
+                })?;
+                let fd = listener::bind_reuseport(&addr, libc::SOMAXCONN)?;
+                self.reactor.add(fd.as_raw_fd(), Source::Listener(index), true, false)?;
+                self.listeners.push((index, fd));
+            }
+        }
+        self.opened.insert(index, Opened { port: answer.port, all: answer.flags & ANSWER_ALL_WORKERS != 0 });
+        Ok(index)
+    }
+
+    /// Stops listening on `index` (opened by `listen`): no more connections from there;
+    /// those already on their way are given back to the primary, which hands them to the
+    /// workers that still listen there.
+    pub fn unlisten(&mut self, index: u32) -> Result<()> {
+        match self.opened.get(&index) {
+            None => {
+                return fail(Code::Inval, format!("listener {index} was not opened by this worker (cluster_listen_*)"))
+            }
+            Some(o) if o.all => return fail(
+                Code::Inval,
+                format!(
+                    "listener {index} is every worker's (the config's or the primary's): one worker cannot unlisten it"
+                ),
+            ),
+            Some(_) => {}
+        }
+        self.opened.remove(&index);
+        self.unlistened.insert(index);
+        if let Some(pos) = self.listeners.iter().position(|(i, _)| *i == index) {
+            // A REUSEPORT socket's queue dies with it: take what waits there first.
+            while self.phase == Phase::Running && sys::readable_now(self.listeners[pos].1.as_raw_fd()) {
+                let before = self.events.len();
+                self.accept_from(index);
+                if self.events.len() == before {
+                    break;
+                }
+            }
+            let (_, fd) = self.listeners.remove(pos);
+            self.reactor.remove(fd.as_raw_fd());
+        }
+        let mut frame = Frame::control(Kind::Unlisten, Vec::new());
+        frame.header.aux = u64::from(index);
+        self.push(frame);
+        Ok(())
+    }
+
+    /// The port of listener `index`: one this worker listens on, or a SHARED/REUSEPORT socket.
+    pub fn local_port(&self, index: u32) -> Result<u16> {
+        if let Some(o) = self.opened.get(&index) {
+            return Ok(o.port);
+        }
+        match self.listeners.iter().find(|(i, _)| *i == index) {
+            Some((_, fd)) => listener::bound_port(fd.as_raw_fd())
+                .map_err(|e| Error::sys(format!("getsockname(listener {index})"), e)),
+            None => fail(Code::Inval, format!("listener {index}: this worker does not listen on it")),
+        }
+    }
+
+    /// Acknowledges the connections received since the last ACK.
+    fn send_acks(&mut self) {
+        if !self.acks.is_empty() && self.phase != Phase::Disconnected {
+            let ids = std::mem::take(&mut self.acks);
+            self.push(Frame::control(Kind::Ack, encode_ids(&ids)));
         }
     }
 

@@ -1,0 +1,370 @@
+//! The primary's listeners, and workers that listen.
+//!
+//! A listener comes from the config, from the primary at run time (`cluster_listen_tcp` in the
+//! primary), or from a worker that asked (`cluster_listen_tcp` in a worker, node:cluster's
+//! `server.listen()`). The first two are every worker's; a worker's request is keyed the way
+//! node:cluster keys servers (address, port as asked, kind): the first binds, later requests
+//! for the same key share the socket (port 0 from several workers: one ephemeral port), and
+//! connections on it go only to the workers that listen on it. A listener no worker listens on
+//! any more is closed, unless a worker that may listen again is on its way (a respawn, a
+//! worker starting up): a crashed worker's replacement finds its port still there, with the
+//! clients that connected meanwhile waiting in the backlog.
+//!
+//! Indexes are never reused: a closed listener's index stays invalid.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::AsRawFd;
+
+use crate::config::{ListenSpec, Policy};
+use crate::error::{fail, Code, Error, Result};
+use crate::event::{Event, EventKind};
+use crate::ipc::frame::Kind;
+use crate::ipc::listen::{Answer, ListenKey, ANSWER_ALL_WORKERS, ANSWER_BIND_REUSEPORT};
+use crate::ipc::outbox::Frame;
+use crate::net::listener::{self, Listener};
+use crate::sys;
+
+use super::workers::WorkerState;
+use super::{Phase, Primary};
+
+/// Listeners one worker may hold open through the primary: a worker cannot make the primary
+/// bind sockets until it runs out of fds.
+pub const MAX_PER_WORKER: usize = 64;
+/// Listeners bound for workers, in all.
+pub const MAX_WORKER_LISTENERS: usize = 256;
+
+/// One listener.
+pub struct Entry {
+    /// The socket.
+    pub listener: Listener,
+    /// The key workers share it by (None: an inherited socket, which no request matches).
+    pub key: Option<ListenKey>,
+    /// The workers that listen on it; None: every worker (the config's, the primary's own).
+    pub members: Option<BTreeSet<u32>>,
+    /// Watched by the loop for connections to accept.
+    pub polled: bool,
+    /// The bound address as text, for events and messages.
+    pub address: String,
+}
+
+/// Who a connection on a listener may go to.
+pub enum Members<'a> {
+    /// Any worker.
+    All,
+    /// Only these.
+    Some(&'a BTreeSet<u32>),
+    /// The listener was closed: nobody.
+    Gone,
+}
+
+/// The listeners by index.
+#[derive(Default)]
+pub struct Listeners {
+    entries: BTreeMap<u32, Entry>,
+    /// Bound ports by index, kept after the listeners close at shutdown (`cluster_local_port`).
+    ports: BTreeMap<u32, u16>,
+    next: u32,
+}
+
+/// The key a config listener is shared by.
+fn key_of(spec: &ListenSpec) -> Option<ListenKey> {
+    match spec {
+        ListenSpec::Tcp { addr, .. } => Some(ListenKey::Tcp(*addr)),
+        ListenSpec::Unix { path, .. } => Some(ListenKey::Unix(path.clone())),
+        ListenSpec::Inherited { .. } => None,
+    }
+}
+
+/// The bound address as text: `127.0.0.1:34567`, `[::1]:8080`, `/run/app.sock`.
+pub fn address_of(l: &Listener) -> String {
+    match &l.spec {
+        ListenSpec::Tcp { addr, .. } => std::net::SocketAddr::new(addr.ip(), l.port).to_string(),
+        ListenSpec::Unix { path, .. } => path.display().to_string(),
+        ListenSpec::Inherited { .. } => listener::describe(&l.spec),
+    }
+}
+
+impl Listeners {
+    /// The config's listeners, every worker's, as indexes 0, 1, ...
+    pub fn new(bound: Vec<Listener>) -> Listeners {
+        let mut table = Listeners::default();
+        for l in bound {
+            let key = key_of(&l.spec);
+            table.insert(l, key, None);
+        }
+        table
+    }
+
+    /// Adds a listener; returns its index.
+    pub fn insert(&mut self, listener: Listener, key: Option<ListenKey>, members: Option<BTreeSet<u32>>) -> u32 {
+        let index = self.next;
+        self.next += 1;
+        self.ports.insert(index, listener.port);
+        let address = address_of(&listener);
+        self.entries.insert(index, Entry { listener, key, members, polled: false, address });
+        index
+    }
+
+    /// Listener `index`.
+    pub fn get(&self, index: u32) -> Option<&Entry> {
+        self.entries.get(&index)
+    }
+
+    /// Listener `index`, to change.
+    pub fn get_mut(&mut self, index: u32) -> Option<&mut Entry> {
+        self.entries.get_mut(&index)
+    }
+
+    /// The listener workers share for `key`, if one is open.
+    pub fn find(&self, key: &ListenKey) -> Option<u32> {
+        self.entries.iter().find(|(_, e)| e.key.as_ref() == Some(key)).map(|(i, _)| *i)
+    }
+
+    /// Every listener, by index.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Entry)> {
+        self.entries.iter().map(|(i, e)| (*i, e))
+    }
+
+    /// Every listener, by index, to change.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (u32, &mut Entry)> {
+        self.entries.iter_mut().map(|(i, e)| (*i, e))
+    }
+
+    /// No listener is open.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// How many are open.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Who connections on listener `index` may go to.
+    pub fn members(&self, index: u32) -> Members<'_> {
+        match self.entries.get(&index) {
+            None => Members::Gone,
+            Some(Entry { members: None, .. }) => Members::All,
+            Some(Entry { members: Some(m), .. }) => Members::Some(m),
+        }
+    }
+
+    /// The port listener `index` was bound to (also after the cluster stopped).
+    pub fn port(&self, index: u32) -> Result<u16> {
+        self.ports.get(&index).copied().ok_or_else(|| {
+            Error::new(Code::Inval, format!("no listener with index {index} ({} bound so far)", self.next))
+        })
+    }
+
+    /// Takes listener `index` out (its socket closes when the entry is dropped).
+    pub fn remove(&mut self, index: u32) -> Option<Entry> {
+        self.entries.remove(&index)
+    }
+
+    /// Takes every listener out (their ports stay known).
+    pub fn take_all(&mut self) -> Vec<Entry> {
+        std::mem::take(&mut self.entries).into_values().collect()
+    }
+}
+
+impl Primary {
+    /// Worker `id` asks to listen on `key` (request `request`): bind or share, answer, and
+    /// raise LISTENING.
+    pub(super) fn on_listen(&mut self, id: u32, request: u64, key: ListenKey) {
+        let (answer, fds) = match self.listen_for(id, &key) {
+            Ok(index) => {
+                let (answer, fds) = self.answer(index, self.listeners.get(index).is_some_and(|e| e.members.is_none()));
+                let ev = Event {
+                    listener: index,
+                    data: answer.text.clone().into_bytes().into(),
+                    ..self.event(EventKind::Listening, id)
+                };
+                self.events.push(ev);
+                log::info!("worker {id} listens on {} (listener {index})", answer.text);
+                (answer, fds)
+            }
+            Err(e) => {
+                log::warn!("worker {id}: listen: {}", e.message);
+                (Answer { result: e.code as i32, port: 0, flags: 0, text: e.message }, Vec::new())
+            }
+        };
+        let mut frame = Frame::control_with_fds(Kind::Listening, answer.encode(), fds);
+        frame.header.aux = request;
+        self.push_control(id, frame);
+    }
+
+    /// Binds (or finds) the listener for `key` and adds worker `id` to it.
+    fn listen_for(&mut self, id: u32, key: &ListenKey) -> Result<u32> {
+        let what = match key {
+            ListenKey::Tcp(addr) => addr.to_string(),
+            ListenKey::Unix(path) => path.display().to_string(),
+        };
+        if self.phase != Phase::Running {
+            return fail(Code::State, format!("listen {what}: the cluster is shutting down"));
+        }
+        if self.slots.get(&id).is_none_or(|s| s.disconnect_requested) {
+            return fail(Code::State, format!("listen {what}: worker {id} is leaving"));
+        }
+        let held = self.listeners.iter().filter(|(_, e)| e.members.as_ref().is_some_and(|m| m.contains(&id))).count();
+        if held >= MAX_PER_WORKER {
+            return fail(Code::Inval, format!("listen {what}: worker {id} already listens on {held} addresses"));
+        }
+        if let Some(index) = self.listeners.find(key) {
+            if let Some(m) = self.listeners.get_mut(index).and_then(|e| e.members.as_mut()) {
+                m.insert(id);
+            }
+            return Ok(index);
+        }
+        self.check_privileged(key, &what)?;
+        let owned = self.listeners.iter().filter(|(_, e)| e.members.is_some()).count();
+        if owned >= MAX_WORKER_LISTENERS {
+            return fail(Code::Inval, format!("listen {what}: {owned} listeners are open for workers already"));
+        }
+        let spec = match key {
+            ListenKey::Tcp(addr) => ListenSpec::Tcp { host: addr.ip().to_string(), addr: *addr },
+            ListenKey::Unix(path) => ListenSpec::Unix { path: path.clone(), mode: None },
+        };
+        let bound = listener::bind(&spec, self.cfg.backlog, self.cfg.policy == Policy::ReusePort)?;
+        self.handoff_listener_added();
+        Ok(self.listeners.insert(bound, Some(key.clone()), Some(BTreeSet::from([id]))))
+    }
+
+    /// Workers that run under another user (`cluster_config_set_user`) must not get, through
+    /// the primary, what their user could not bind: a privileged port or a socket file
+    /// wherever the primary may write. Declare those in the config instead.
+    fn check_privileged(&self, key: &ListenKey, what: &str) -> Result<()> {
+        if self.cfg.worker_process.uid.is_none_or(|uid| uid == sys::geteuid()) {
+            return Ok(());
+        }
+        match key {
+            ListenKey::Tcp(addr) if addr.port() == 0 || addr.port() >= 1024 => Ok(()),
+            _ => fail(
+                Code::Sys,
+                format!(
+                    "listen {what}: permission denied (workers run as another user: declare privileged ports and unix sockets in the config)"
+                ),
+            ),
+        }
+    }
+
+    /// The answer telling a worker about listener `index` (and SHARED's socket with it).
+    fn answer(&self, index: u32, all: bool) -> (Answer, Vec<std::os::fd::OwnedFd>) {
+        let Some(e) = self.listeners.get(index) else {
+            return (Answer { result: Code::State as i32, port: 0, flags: 0, text: "listener closed".into() }, vec![]);
+        };
+        let mut flags = if all { ANSWER_ALL_WORKERS } else { 0 };
+        if self.cfg.policy == Policy::ReusePort {
+            flags |= ANSWER_BIND_REUSEPORT;
+        }
+        let fds = match self.cfg.policy {
+            Policy::Shared => sys::dup_cloexec(e.listener.fd.as_raw_fd()).into_iter().collect(),
+            _ => Vec::new(),
+        };
+        let answer = Answer { result: index as i32, port: e.listener.port, flags, text: e.address.clone() };
+        (answer, fds)
+    }
+
+    /// Queues a control frame to worker `id` (a closed channel is noticed by its reader).
+    fn push_control(&mut self, id: u32, frame: Frame) {
+        let Some(slot) = self.slots.get(&id) else { return };
+        match slot.outbox.push(frame) {
+            Ok(crate::ipc::outbox::Pushed::Queued { arm: true }) => self.arm_if_queued(id),
+            Ok(_) => {}
+            Err(e) => log::debug!("worker {id}: {e}"),
+        }
+    }
+
+    /// A listener that connections go through the primary on now exists: from here on the
+    /// primary is a handoff stage (see `sched`).
+    fn handoff_listener_added(&mut self) {
+        if self._sched.is_none() && self.balance.is_some() && self.cfg.sched_batch.unwrap_or(true) {
+            self._sched = super::sched::Batch::enter();
+        }
+    }
+
+    /// Worker `id` no longer listens on `index`: what it was handed from there comes back
+    /// (it refuses, giving the connections back) and goes to the others.
+    pub(super) fn on_unlisten(&mut self, id: u32, index: u32) {
+        let left = self.listeners.get_mut(index).and_then(|e| e.members.as_mut()).is_some_and(|m| m.remove(&id));
+        if left {
+            log::info!("worker {id} no longer listens on listener {index}");
+        } else {
+            log::debug!("worker {id}: unlisten of listener {index}, which it does not listen on: ignored");
+        }
+    }
+
+    /// Worker `id` is gone: it listens nowhere any more.
+    pub(super) fn unlisten_all(&mut self, id: u32) {
+        for (_, e) in self.listeners.iter_mut() {
+            if let Some(m) = e.members.as_mut() {
+                m.remove(&id);
+            }
+        }
+    }
+
+    /// Closes the listeners bound for workers that no worker listens on, unless one that may
+    /// listen again is on its way (starting up, or a respawn waiting for its backoff).
+    pub(super) fn close_orphan_listeners(&mut self) {
+        let orphan = |e: &Entry| e.members.as_ref().is_some_and(BTreeSet::is_empty);
+        if !self.listeners.iter().any(|(_, e)| orphan(e)) {
+            return;
+        }
+        let coming = !self.spawn_queue.is_empty()
+            || !self.pending_respawns.is_empty()
+            || self.slots.values().any(|s| {
+                matches!(s.state, WorkerState::Starting | WorkerState::Online)
+                    && !s.disconnect_requested
+                    && s.channel_open
+            });
+        if coming && self.phase == Phase::Running {
+            return;
+        }
+        let closing: Vec<u32> = self.listeners.iter().filter(|(_, e)| orphan(e)).map(|(i, _)| i).collect();
+        for index in closing {
+            self.close_listener(index, "no worker listens on it");
+        }
+    }
+
+    /// Closes listener `index`; the connections accepted from it that wait for a worker are
+    /// closed unanswered (counted): no worker can ever take them.
+    fn close_listener(&mut self, index: u32, why: &str) {
+        let Some(e) = self.listeners.remove(index) else { return };
+        if e.polled {
+            self.reactor.remove(e.listener.fd.as_raw_fd());
+        }
+        e.listener.unlink_socket_file();
+        let dropped = self.handoff.drop_waiting_from(index);
+        if dropped > 0 {
+            log::warn!("listener {index} ({}) closed: {dropped} waiting connection(s) closed unanswered", e.address);
+        }
+        log::info!("listener {index} ({}) closed: {why}", e.address);
+    }
+
+    /// The primary listens at run time: a listener every worker gets connections from, like
+    /// the config's. SHARED/REUSEPORT workers already running are told about it. Returns its
+    /// index (an address the config or a worker already listens on gives that listener).
+    pub fn listen(&mut self, spec: ListenSpec) -> Result<u32> {
+        if self.phase != Phase::Running {
+            return fail(Code::State, "the cluster is shutting down: no new listeners");
+        }
+        let key = key_of(&spec);
+        if let Some(index) = key.as_ref().and_then(|k| self.listeners.find(k)) {
+            // Workers already share it; from now on it is every worker's.
+            if let Some(e) = self.listeners.get_mut(index) {
+                e.members = None;
+            }
+            return Ok(index);
+        }
+        let bound = listener::bind(&spec, self.cfg.backlog, self.cfg.policy == Policy::ReusePort)?;
+        self.handoff_listener_added();
+        let index = self.listeners.insert(bound, key, None);
+        if !self.cfg.primary_accepts() {
+            let ids: Vec<u32> = self.slots.values().filter(|s| s.channel_open).map(|s| s.id).collect();
+            for id in ids {
+                let (answer, fds) = self.answer(index, true);
+                self.push_control(id, Frame::control_with_fds(Kind::Listening, answer.encode(), fds));
+            }
+        }
+        Ok(index)
+    }
+}
