@@ -119,7 +119,12 @@ static int worker_main(void *ud) {
     uint32_t ids[4];
     WCHECK("fork", cluster_fork());
     WCHECK("workers", cluster_workers(ids, 4));
-    WCHECK("local_port", cluster_local_port(0));
+    WCHECK("local_port", cluster_local_port(0)); /* a worker's own listeners only: none here */
+    WCHECK("fork_env", cluster_fork_env(NULL, 0));
+    WCHECK("unlisten_unknown", cluster_unlisten(0));
+    WCHECK("listen_null", cluster_listen_tcp(NULL, 0));
+    WCHECK("listen_bad_host", cluster_listen_tcp("not a host!", 0));
+    WCHECK("listen_unix_long", cluster_listen_unix("/tmp/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"));
     WCHECK("primary_start", cluster_primary_start(cfg, on_worker, NULL));
     WCHECK("worker_info", cluster_worker_info(1, &info));
     WCHECK("worker_kill", cluster_worker_kill(1, 0));
@@ -150,7 +155,10 @@ static const struct {
     {"worker_start_null", CLUSTER_E_INVAL},  {"ready_before_start", CLUSTER_E_STATE},
     {"send_before_start", CLUSTER_E_STATE},  {"dispatch_before_start", CLUSTER_E_STATE},
     {"fork", CLUSTER_E_ROLE},                {"workers", CLUSTER_E_ROLE},
-    {"local_port", CLUSTER_E_ROLE},          {"primary_start", CLUSTER_E_ROLE},
+    {"local_port", CLUSTER_E_INVAL},         {"primary_start", CLUSTER_E_ROLE},
+    {"fork_env", CLUSTER_E_ROLE},            {"unlisten_unknown", CLUSTER_E_INVAL},
+    {"listen_null", CLUSTER_E_INVAL},        {"listen_bad_host", CLUSTER_E_INVAL},
+    {"listen_unix_long", CLUSTER_E_INVAL},
     {"worker_info", CLUSTER_E_ROLE},         {"worker_kill", CLUSTER_E_ROLE},
     {"worker_disconnect", CLUSTER_E_ROLE},   {"scale", CLUSTER_E_ROLE},
     {"reload", CLUSTER_E_ROLE},              {"send_self", CLUSTER_E_INVAL},
@@ -245,6 +253,8 @@ static void before_any_start(void) {
     EXPECT_FRESH(cluster_shutdown(5000), CLUSTER_E_STATE);
     /* Primary calls before cluster_primary_start. */
     EXPECT_FRESH(cluster_fork(), CLUSTER_E_STATE);
+    EXPECT_FRESH(cluster_fork_env(NULL, 0), CLUSTER_E_STATE);
+    EXPECT_FRESH(cluster_listen_tcp("127.0.0.1", 0), CLUSTER_E_STATE);
     EXPECT_FRESH(cluster_local_port(0), CLUSTER_E_STATE);
     EXPECT_FRESH(cluster_workers(ids, 4), CLUSTER_E_STATE);
     EXPECT_FRESH(cluster_workers(NULL, 0), CLUSTER_E_STATE);
@@ -254,6 +264,7 @@ static void before_any_start(void) {
     EXPECT_FRESH(cluster_scale(2), CLUSTER_E_STATE);
     EXPECT_FRESH(cluster_reload(), CLUSTER_E_STATE);
     /* Worker-only calls in the primary. */
+    EXPECT_FRESH(cluster_unlisten(0), CLUSTER_E_ROLE);
     EXPECT_FRESH(cluster_worker_start(on_primary, NULL), CLUSTER_E_ROLE);
     EXPECT_FRESH(cluster_ready(), CLUSTER_E_ROLE);
     CHECK(cluster_is_primary() && !cluster_is_worker() && cluster_worker_id() == 0, "still a plain primary");
@@ -414,6 +425,14 @@ static void in_a_running_cluster(void) {
     EXPECT_FRESH(cluster_worker_kill(1, 1000), CLUSTER_E_INVAL);
     EXPECT_FRESH(cluster_worker_kill(1, -1), CLUSTER_E_INVAL);
     EXPECT_FRESH(cluster_local_port(7), CLUSTER_E_INVAL); /* no listener at all */
+    const char *bad_env[] = {"NOEQUALS"}, *internal_env[] = {"RCLUSTER_WORKER_ID=9"}, *null_env[] = {NULL};
+    EXPECT_FRESH(cluster_fork_env(bad_env, 1), CLUSTER_E_INVAL);
+    EXPECT_FRESH(cluster_fork_env(internal_env, 1), CLUSTER_E_INVAL);
+    EXPECT_FRESH(cluster_fork_env(null_env, 1), CLUSTER_E_INVAL);
+    EXPECT_FRESH(cluster_fork_env(NULL, 2), CLUSTER_E_INVAL);
+    EXPECT_FRESH(cluster_listen_tcp(NULL, 80), CLUSTER_E_INVAL);
+    EXPECT_FRESH(cluster_listen_unix(""), CLUSTER_E_INVAL);
+    EXPECT_FRESH(cluster_unlisten(0), CLUSTER_E_ROLE);
     EXPECT_FRESH(cluster_scale(100000), CLUSTER_E_INVAL);
     EXPECT_FRESH(cluster_workers(NULL, 5), CLUSTER_E_INVAL);
     EXPECT_FRESH(cluster_worker_info(1, NULL), CLUSTER_E_INVAL);

@@ -79,8 +79,6 @@ pub struct Worker {
     ready_sent: bool,
     /// SHARED/REUSEPORT: the sockets this worker accepts on, by listener index.
     listeners: Vec<(u32, OwnedFd)>,
-    /// READY goes out at the first loop turn (see `start`).
-    ready_pending: bool,
     /// The last `listen` request's id.
     last_request: u64,
     /// Listeners opened through `listen`, by index.
@@ -155,7 +153,6 @@ impl Worker {
             events: Vec::new(),
             phase: Phase::Running,
             ready_sent: false,
-            ready_pending: !manual_ready,
             last_request: 0,
             opened: BTreeMap::new(),
             unlistened: BTreeSet::new(),
@@ -164,10 +161,7 @@ impl Worker {
         hello.header.from = w.env.id;
         w.push(hello);
         if !manual_ready {
-            // READY leaves at the first loop turn, after what the program does between
-            // `worker_start` and its loop (`listen` above all, as node:cluster's workers call
-            // `server.listen()`): a rolling reload then waits for a replacement that listens.
-            w.shared.wake();
+            w.ready()?;
         }
         w.heartbeat();
         log::debug!("worker {} (pid {}) online", w.env.id, sys::getpid());
@@ -257,9 +251,6 @@ impl Worker {
 
     /// Handles what the loop reported.
     pub fn process(&mut self, ready: &[Ready]) {
-        if std::mem::take(&mut self.ready_pending) && self.phase == Phase::Running {
-            self.ready().ok();
-        }
         for r in ready {
             match r.source {
                 Source::Waker => {
