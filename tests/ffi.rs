@@ -481,4 +481,52 @@ fn silent_workers_of_a_primary_that_closed_its_stdio_before_the_start_exec_mode(
 #[test]
 fn silent_workers_of_a_primary_that_closed_its_stdio_after_the_start_exec_mode() {
     run_c("config_edges", &["silent-stdio", "exec", "after"], Duration::from_secs(60));
+
+fn workers_that_listen_share_one_port_and_split_round_robin_fork() {
+    run_c("worker_listen", &["share", "fork", "rr"], Duration::from_secs(60));
+}
+
+#[test]
+fn workers_that_listen_share_one_port_exec() {
+    run_c("worker_listen", &["share", "exec", "rr"], Duration::from_secs(60));
+}
+
+#[test]
+fn workers_that_listen_get_the_socket_with_shared() {
+    run_c("worker_listen", &["share", "fork", "shared"], Duration::from_secs(60));
+}
+
+#[test]
+fn workers_that_listen_bind_their_own_with_reuseport() {
+    run_c("worker_listen", &["share", "exec", "reuseport"], Duration::from_secs(60));
+}
+
+#[test]
+fn a_worker_listening_on_a_held_port_gets_eaddrinuse_naming_it() {
+    run_c("worker_listen", &["inuse", "fork"], Duration::from_secs(60));
+}
+
+#[test]
+fn unlisten_under_load_loses_nothing_and_the_last_one_closes_the_port() {
+    run_c("worker_listen", &["unlisten", "fork"], Duration::from_secs(60));
+}
+
+#[test]
+fn a_respawned_worker_listens_again_and_the_port_waits_for_it() {
+    run_c("worker_listen", &["respawn", "fork"], Duration::from_secs(60));
+}
+
+#[test]
+fn reload_under_load_with_workers_that_listen_fails_nothing_fork() {
+    run_c("worker_listen", &["reload", "fork"], Duration::from_secs(60));
+}
+
+#[test]
+fn reload_under_load_with_workers_that_listen_fails_nothing_exec() {
+    run_c("worker_listen", &["reload", "exec"], Duration::from_secs(60));
+}
+
+#[test]
+fn fork_env_reaches_that_worker_and_its_respawn() {
+    run_c("worker_listen", &["env", "exec"], Duration::from_secs(60));
 }

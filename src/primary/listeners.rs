@@ -156,8 +156,10 @@ impl Listeners {
         })
     }
 
-    /// Takes listener `index` out (its socket closes when the entry is dropped).
+    /// Takes listener `index` out (its socket closes when the entry is dropped); its index
+    /// is no listener's any more.
     pub fn remove(&mut self, index: u32) -> Option<Entry> {
+        self.ports.remove(&index);
         self.entries.remove(&index)
     }
 
@@ -342,12 +344,14 @@ impl Primary {
 
     /// The primary listens at run time: a listener every worker gets connections from, like
     /// the config's. SHARED/REUSEPORT workers already running are told about it. Returns its
-    /// index (an address the config or a worker already listens on gives that listener).
+    /// index: an address the config or workers already listen on gives that listener (port 0
+    /// always binds a new one: workers share "port 0" because they are copies asking for the
+    /// same server; the primary asking again wants another port).
     pub fn listen(&mut self, spec: ListenSpec) -> Result<u32> {
         if self.phase != Phase::Running {
             return fail(Code::State, "the cluster is shutting down: no new listeners");
         }
-        let key = key_of(&spec);
+        let key = key_of(&spec).filter(|k| !matches!(k, ListenKey::Tcp(addr) if addr.port() == 0));
         if let Some(index) = key.as_ref().and_then(|k| self.listeners.find(k)) {
             // Workers already share it; from now on it is every worker's.
             if let Some(e) = self.listeners.get_mut(index) {

@@ -615,12 +615,14 @@ impl Worker {
             None => {
                 return fail(Code::Inval, format!("listener {index} was not opened by this worker (cluster_listen_*)"))
             }
-            Some(o) if o.all => return fail(
-                Code::Inval,
-                format!(
+            Some(o) if o.all => {
+                return fail(
+                    Code::Inval,
+                    format!(
                     "listener {index} is every worker's (the config's or the primary's): one worker cannot unlisten it"
                 ),
-            ),
+                )
+            }
             Some(_) => {}
         }
         self.opened.remove(&index);
