@@ -481,7 +481,9 @@ fn silent_workers_of_a_primary_that_closed_its_stdio_before_the_start_exec_mode(
 #[test]
 fn silent_workers_of_a_primary_that_closed_its_stdio_after_the_start_exec_mode() {
     run_c("config_edges", &["silent-stdio", "exec", "after"], Duration::from_secs(60));
+}
 
+#[test]
 fn workers_that_listen_share_one_port_and_split_round_robin_fork() {
     run_c("worker_listen", &["share", "fork", "rr"], Duration::from_secs(60));
 }
