@@ -69,6 +69,26 @@ class WorkerInfo:
     started_at_ms: int
 
 
+def _sync_environ() -> None:
+    """os.environ is a copy taken when Python started: the variables the library set in this
+    FORK-mode worker (the config's env, ``fork(env=...)``) are in the C environment only.
+    Copy them over (collected first: setting one may move the C array)."""
+    try:
+        envp = ctypes.POINTER(ctypes.c_char_p).in_dll(ctypes.CDLL(None), "environ")
+    except (OSError, ValueError):  # pragma: no cover - no libc environ symbol
+        return
+    pairs = []
+    i = 0
+    while envp[i] is not None:
+        k, sep, v = envp[i].partition(b"=")
+        if sep and k:
+            pairs.append((k, v))
+        i += 1
+    for k, v in pairs:
+        if os.environb.get(k) != v:
+            os.environb[k] = v
+
+
 def _after_fork_in_child(cluster: "Cluster") -> None:
     """In a FORK-mode worker, before the user's worker function: the interpreter's own
     after-fork work (what os.fork() does: os.register_at_fork hooks such as the random
@@ -85,6 +105,7 @@ def _after_fork_in_child(cluster: "Cluster") -> None:
     except Exception:  # pragma: no cover - not on this platform
         pass
     _lib.claim_process()  # the library made this process a worker: its role is its own
+    _sync_environ()
     if threading.current_thread() is threading.main_thread():
         cluster._signals.reset_in_child()
         try:
@@ -117,7 +138,8 @@ class Cluster(_events.Runtime):
     ``object(worker_id, obj)`` (``send_obj`` messages), ``disconnect(worker_id, pid)``,
     ``exit(worker_id, code, signal, exited_after_disconnect, pid)``, ``shutdown()``,
     ``drain(worker_id)``, ``error(worker_id, text)``, ``slot_failed(worker_id, text)``,
-    ``reloaded(ok, text)``.
+    ``reloaded(ok, text)``, ``listening(worker_id, address, listener)`` (a worker called
+    ``Worker.listen``; `address` is ``"127.0.0.1:8080"``, ``"[::1]:80"`` or a socket path).
 
     An exception raised by a handler is re-raised, with its traceback, from the ``run()`` or
     ``dispatch()`` that called the handler; the cluster keeps running (call ``run()`` again, or
@@ -146,6 +168,7 @@ class Cluster(_events.Runtime):
         "error": ("worker_id", "text"),
         "slot_failed": ("worker_id", "text"),
         "reloaded": ("ok", "text"),
+        "listening": ("worker_id", "address", "listener"),
     }
 
     def __init__(
@@ -265,6 +288,8 @@ class Cluster(_events.Runtime):
                 emit("error", wid, _events.event_data(ev).decode("utf-8", "replace"))
             elif kind == _lib.CLUSTER_EVENT_SLOT_FAILED:
                 emit("slot_failed", wid, _events.event_data(ev).decode("utf-8", "replace"))
+            elif kind == _lib.CLUSTER_EVENT_LISTENING:
+                emit("listening", wid, _events.event_data(ev).decode("utf-8", "replace"), ev.listener)
             elif kind == _lib.CLUSTER_EVENT_RELOADED:
                 text = _events.event_data(ev).decode("utf-8", "replace") or None
                 emit("reloaded", ev.exit_code == 0, text)
@@ -549,10 +574,32 @@ class Cluster(_events.Runtime):
         self._enter()
         return _lib.call(_lib.cdll.cluster_local_port, listener)
 
-    def fork(self) -> int:
-        """Starts one more worker; returns its id."""
+    def fork(self, env: Optional[Mapping[str, str]] = None) -> int:
+        """Starts one more worker; returns its id. `env`: extra variables in that worker's
+        environment (Node's ``cluster.fork(env)``), which a respawn or reload of its slot gets
+        again."""
         self._enter()
-        return self._forking_call("cluster_fork")
+        if not env:
+            return self._forking_call("cluster_fork")
+        if not isinstance(env, Mapping):
+            raise TypeError(f"env must be a mapping of str to str, not {type(env).__name__}")
+        entries = []
+        for k, v in env.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError(f"env must map str to str (got {k!r}: {type(v).__name__})")
+            if not k or "=" in k:
+                raise ValueError(f"env: {k!r} is not a variable name")
+            entries.append(_lib.c_string("env", f"{k}={v}"))
+        arr = (ctypes.c_char_p * len(entries))(*entries)
+        return self._forking_call("cluster_fork_env", arr, len(entries))
+
+    def listen(self, host: str, port: int) -> int:
+        """Adds a TCP listener while the cluster runs (every worker gets its connections);
+        returns its index (its port: ``port(index)``)."""
+        host_b = _lib.c_string("host", host)
+        port = _lib.u16("port", port)
+        self._enter()
+        return _lib.call(_lib.cdll.cluster_listen_tcp, host_b, port)
 
     def worker_ids(self) -> List[int]:
         """Ids of the live workers, ascending."""

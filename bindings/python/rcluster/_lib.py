@@ -95,6 +95,7 @@ CLUSTER_EVENT_DRAIN = 8
 CLUSTER_EVENT_ERROR = 9
 CLUSTER_EVENT_SLOT_FAILED = 10
 CLUSTER_EVENT_RELOADED = 11
+CLUSTER_EVENT_LISTENING = 12
 
 CLUSTER_WORKER_STARTING = 0
 CLUSTER_WORKER_ONLINE = 1
@@ -213,6 +214,10 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     # primary runtime
     "cluster_primary_start": (I32, [CFG, EVENT_CB, c_void_p]),
     "cluster_fork": (I32, []),
+    "cluster_fork_env": (I32, [POINTER(c_char_p), c_size_t]),
+    "cluster_listen_tcp": (I32, [c_char_p, c_uint16]),
+    "cluster_listen_unix": (I32, [c_char_p]),
+    "cluster_unlisten": (I32, [c_uint32]),
     "cluster_local_port": (I32, [c_uint32]),
     "cluster_workers": (I32, [POINTER(c_uint32), c_size_t]),
     "cluster_worker_info": (I32, [c_uint32, POINTER(cluster_worker_info)]),
@@ -398,6 +403,10 @@ def integer(name: str, value: Any, lo: int, hi: int) -> int:
     if not lo <= v <= hi:
         raise ValueError(f"{name} must be in {lo}..{hi}, not {v}")
     return v
+
+
+def u16(name: str, value: Any) -> int:
+    return integer(name, value, 0, 0xFFFF)
 
 
 def u32(name: str, value: Any) -> int:

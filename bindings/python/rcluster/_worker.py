@@ -193,6 +193,43 @@ class Worker(_events.Runtime):
 
     # ---- calls ----
 
+    def listen(self, host: str, port: int) -> int:
+        """Listens on ``host:port`` the way a node:cluster worker's ``server.listen()`` does:
+        the primary binds the address (or shares the socket it has for it with every worker
+        that asks for the same address, port 0 included) and its connections then come as
+        ``connection`` events with the returned listener index. Blocks until the primary has
+        answered; ClusterError naming the address when it cannot bind (E_SYS: in use, denied).
+        A host name is resolved here. The primary sees a ``listening`` event. Starts the
+        worker if ``run()`` has not yet (register the ``connection`` handler first)."""
+        host_b = _lib.c_string("host", host)
+        port = _lib.u16("port", port)
+        self._listen_start()
+        return _lib.call(_lib.cdll.cluster_listen_tcp, host_b, port)
+
+    def listen_unix(self, path: Any) -> int:
+        """Listens on a Unix stream socket at `path` (see ``listen``)."""
+        path_b = _lib.c_string("path", path)
+        self._listen_start()
+        return _lib.call(_lib.cdll.cluster_listen_unix, path_b)
+
+    def _listen_start(self) -> None:
+        if not self._started and not self._finished:
+            self.start()
+        self._enter()
+
+    def unlisten(self, listener: int) -> None:
+        """Stops listening on `listener` (from ``listen``): what is on its way from there goes
+        to the workers that still listen; the primary closes it when none does."""
+        listener = _lib.u32("listener", listener)
+        self._enter()
+        _lib.call(_lib.cdll.cluster_unlisten, listener)
+
+    def port(self, listener: int) -> int:
+        """The port of a listener this worker listens on (``listen``, SHARED/REUSEPORT)."""
+        listener = _lib.u32("listener", listener)
+        self._enter()
+        return _lib.call(_lib.cdll.cluster_local_port, listener)
+
     def ready(self) -> None:
         """Reports READY (only needed when the cluster has manual_ready=True)."""
         self._enter()
