@@ -297,9 +297,11 @@ test('a running primary: misuse is refused, the worker\'s own checks hold, and t
   const { results } = await nextMessage(w, (m) => m && m.kind === 'checks');
   const want = {};
   for (const name of PRIMARY_ONLY) want[`role.cluster.${name}`] = E('CLUSTER_E_ROLE');
-  for (const name of ['primaryStart', 'fork', 'workers', 'workerInfo', 'kill', 'disconnect', 'reload', 'scale', 'localPort', 'stats']) {
+  for (const name of ['primaryStart', 'fork', 'workers', 'workerInfo', 'kill', 'disconnect', 'reload', 'scale', 'stats']) {
     want[`role.native.${name}`] = E('CLUSTER_E_ROLE');
   }
+  // A worker has ports too (listeners it listens on, SHARED/REUSEPORT sockets): not this one.
+  want['role.native.localPort'] = E('CLUSTER_E_INVAL');
   Object.assign(want, {
     'bad.send.undefined': TYPE,
     'bad.send.symbol': TYPE,
