@@ -49,6 +49,7 @@ declare -A v   # every measured number, by key
 # contestants: FUNC PORT WORKERS MODE (MODE: close | keepalive | id)
 c_plain()     { exec "$out/reuseport_server" "$1" "$2" "$3"; }
 c_rr()        { exec "$out/rcluster_server" "$1" "$2" rr "$3"; }
+c_rr_wl()     { exec "$out/rcluster_server" "$1" "$2" rr-wl "$3"; }  # the workers call cluster_listen_tcp
 c_least()     { exec "$out/rcluster_server" "$1" "$2" least "$3"; }
 c_shared()    { exec "$out/rcluster_server" "$1" "$2" shared "$3"; }
 c_reuseport() { exec "$out/rcluster_server" "$1" "$2" reuseport "$3"; }
@@ -83,6 +84,7 @@ for mode in close keepalive; do
   echo "[$mode]" >&2
   measure $mode plain-reuseport c_plain
   measure $mode rcluster-rr c_rr
+  [ "$mode" = close ] && measure $mode rcluster-rr-wl c_rr_wl
   measure $mode rcluster-least c_least
   measure $mode rcluster-shared c_shared
   measure $mode rcluster-reuseport c_reuseport
@@ -177,6 +179,7 @@ for mode in close keepalive; do
   target() { if [ $mode = close ]; then echo "$1"; else echo "(info)"; fi; }
   check() { if [ $mode = close ]; then echo "$1"; fi; }
   row "$label rcluster-rr req/s" "${v[$mode/rcluster-rr]:-}" plain-reuseport "${v[$mode/plain-reuseport]:-}" ">= 0.85x" "r >= 0.85"
+  [ "$mode" = close ] && row "$label rcluster-rr, workers listen, req/s" "${v[$mode/rcluster-rr-wl]:-}" "rcluster-rr (config listener)" "${v[$mode/rcluster-rr]:-}" ">= 0.97x" "r >= 0.97"
   row "$label rcluster-rr req/s" "${v[$mode/rcluster-rr]:-}" node-cluster-rr "${v[$mode/node-cluster-rr]:-}" "$(target '>= 1.8x')" "$(check 'r >= 1.8')"
   row "$label rcluster-rr req/s" "${v[$mode/rcluster-rr]:-}" "node-cluster-none (SCHED_NONE)" "${v[$mode/node-cluster-none]:-}" "(info)" ""
   for pol in least shared reuseport; do

@@ -73,9 +73,16 @@ static void on_worker(void *ud, const cluster_event *ev) {
     serve_once(ev->fd);
 }
 
+/* Policy "rr-wl": the workers listen themselves (cluster_listen_tcp), the config has none. */
+static uint16_t worker_listen_port;
+
 static int worker_main(void *ud) {
     if (keepalive) ep = epoll_create1(EPOLL_CLOEXEC);
     if (cluster_worker_start(on_worker, ud) < 0) return 1;
+    if (worker_listen_port && cluster_listen_tcp("127.0.0.1", worker_listen_port) < 0) {
+        fprintf(stderr, "rcluster_server worker: %s\n", cluster_last_error());
+        return 1;
+    }
     if (!keepalive) return cluster_run() == 0 ? 0 : 1;
     int cfd = cluster_fd();
     struct epoll_event e = {.events = EPOLLIN, .data.fd = cfd};
@@ -122,7 +129,8 @@ int main(int argc, char **argv) {
     cluster_config_set_workers(cfg, (uint32_t)atoi(argv[2]));
     cluster_config_set_worker_main(cfg, worker_main, NULL);
     cluster_config_set_policy(cfg, p);
-    if (cluster_config_listen_tcp(cfg, "127.0.0.1", (uint16_t)atoi(argv[1])) < 0 ||
+    if (!strcmp(policy, "rr-wl")) worker_listen_port = (uint16_t)atoi(argv[1]);
+    if ((!worker_listen_port && cluster_config_listen_tcp(cfg, "127.0.0.1", (uint16_t)atoi(argv[1])) < 0) ||
         cluster_primary_start(cfg, on_primary, NULL) < 0) {
         fprintf(stderr, "rcluster_server: %s\n", cluster_last_error());
         return 1;
