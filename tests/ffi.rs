@@ -269,6 +269,13 @@ fn a_worker_cannot_give_back_its_own_socketpair_for_a_unix_connection() {
     run_c("hostile", &["steal"], Duration::from_secs(60));
 }
 
+/// A worker's flood of frames that each cost a log line gets a bounded number of lines, and
+/// the suppressed ones are counted in later lines.
+#[test]
+fn a_flood_of_bad_messages_makes_a_bounded_number_of_log_lines() {
+    run_c("log_flood", &[], Duration::from_secs(60));
+}
+
 #[test]
 fn log_records_reach_the_host_callback() {
     run_c("logging", &[], Duration::from_secs(30));

@@ -11,6 +11,7 @@ pub mod handoff;
 pub mod harness;
 mod lifecycle;
 pub mod listeners;
+pub mod loglimit;
 mod relay;
 pub mod restart;
 pub mod sched;
@@ -117,6 +118,8 @@ pub struct Primary {
     /// READY=1 was sent to systemd.
     ready_notified: bool,
     started_ms: u64,
+    /// Budgets for the log lines a worker can cause at will (see `loglimit`).
+    loglimit: loglimit::LogLimit,
     /// SCHED_BATCH on the loop thread while connections go through the primary (see sched);
     /// held for its drop, which switches back.
     _sched: Option<sched::Batch>,
@@ -175,6 +178,7 @@ impl Primary {
             notifier: crate::net::notify::Notifier::from_env(|k| std::env::var(k).ok()),
             ready_notified: false,
             started_ms: sys::monotonic_ms(),
+            loglimit: loglimit::LogLimit::default(),
             _sched: None,
         };
         if p.cfg.sched_batch.unwrap_or(p.hands_off_connections()) {

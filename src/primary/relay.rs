@@ -10,8 +10,10 @@ use crate::ipc::frame::{Kind, BROADCAST};
 use crate::ipc::outbox::{Frame, Pushed};
 use crate::ipc::reader::Incoming;
 
+use super::loglimit::limited;
 use super::workers::Stalled;
 use super::Primary;
+use log::Level;
 
 impl Primary {
     /// Routes a MESSAGE frame from worker `from`.
@@ -32,7 +34,14 @@ impl Primary {
         } else if self.slots.get(&to).is_some_and(|s| s.channel_open) {
             vec![to]
         } else {
-            log::warn!("worker {from} sent a message to worker {to}, which does not exist");
+            let line = "a message to a worker that does not exist";
+            limited!(
+                self.loglimit,
+                from,
+                line,
+                Level::Warn,
+                "worker {from} sent a message to worker {to}, which does not exist"
+            );
             let mut f = Frame::control(Kind::Undeliverable, Vec::new());
             f.header.aux = u64::from(to);
             // Counted as a message in the sender's queue, so that its limits hold: a worker
@@ -46,7 +55,7 @@ impl Primary {
         {
             Ok(f) => f,
             Err(e) => {
-                log::error!("relay from worker {from}: {e}");
+                limited!(self.loglimit, from, "a relay that failed", Level::Error, "relay from worker {from}: {e}");
                 return;
             }
         };
@@ -70,7 +79,14 @@ impl Primary {
                 match st.frame.try_clone() {
                     Ok(c) => c,
                     Err(e) => {
-                        log::error!("relay from worker {from}: dup of a passed fd failed: {e}");
+                        let line = "a relay that failed";
+                        limited!(
+                            self.loglimit,
+                            from,
+                            line,
+                            Level::Error,
+                            "relay from worker {from}: dup of a passed fd failed: {e}"
+                        );
                         return;
                     }
                 }

@@ -9,8 +9,10 @@ use crate::net::listener;
 use crate::sys::{self, ExitStatus};
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use super::loglimit::limited;
 use super::workers::WorkerState;
 use super::{Phase, Primary, Timer, CLOSED_CHANNEL_EXIT_MS};
+use log::Level;
 
 /// Frames read from one channel per turn, so one chatty worker cannot starve the others.
 const FRAMES_PER_TURN: usize = 64;
@@ -182,7 +184,14 @@ impl Primary {
                 Ok(Read::FdsLost(h, payload)) if h.kind == Kind::Nack => {
                     // The connections it gave back did not fit in our fd table: what the
                     // primary holds no copy of is lost (and counted).
-                    log::error!("worker {id}: the fds of a NACK could not be received (out of fds?)");
+                    let line = "a NACK whose fds could not be received";
+                    limited!(
+                        self.loglimit,
+                        id,
+                        line,
+                        Level::Error,
+                        "worker {id}: the fds of a NACK could not be received (out of fds?)"
+                    );
                     match decode_ids(&payload) {
                         Ok(ids) => self.on_ack(id, false, &ids, Vec::new()),
                         Err(e) => return self.drop_worker(id, &format!("malformed Nack: {e}")),
@@ -197,7 +206,13 @@ impl Primary {
                     let sentence = format!(
                         "a message from worker {id} was dropped: the fds it carried could not be received (out of fds?)"
                     );
-                    log::error!("{sentence}");
+                    limited!(
+                        self.loglimit,
+                        id,
+                        "a message whose fds could not be received",
+                        Level::Error,
+                        "{sentence}"
+                    );
                     self.events.push(Event::error(id, sentence));
                 }
                 Err(e) => return self.channel_lost(id, Some(format!("receive failed: {e}"))),
@@ -324,12 +339,26 @@ impl Primary {
         }
         returned.for_each(sys::close_untrusted);
         if refused_fds > 0 {
-            log::warn!("worker {id}: {refused_fds} fd(s) given back with a NACK were not those connections: closed");
+            let line = "fds given back with a NACK that were not the connections";
+            limited!(
+                self.loglimit,
+                id,
+                line,
+                Level::Warn,
+                "worker {id}: {refused_fds} fd(s) given back with a NACK were not those connections: closed"
+            );
         }
         if unknown > 0 {
-            // One line per frame: a worker cannot flood the log with one line per id.
+            // At most one line per frame (not one per id), and few per worker (loglimit).
             let what = if ack { "ACK" } else { "NACK" };
-            log::warn!("worker {id}: {what} for {unknown} unknown connection(s) ignored");
+            let line = if ack { "an ACK for unknown connections" } else { "a NACK for unknown connections" };
+            limited!(
+                self.loglimit,
+                id,
+                line,
+                Level::Warn,
+                "worker {id}: {what} for {unknown} unknown connection(s) ignored"
+            );
         }
         if ack {
             self.check_recycle(id);
@@ -375,6 +404,9 @@ impl Primary {
         }
         self.shared.remove(id);
         self.unlisten_all(id);
+        for (line, n) in self.loglimit.forget(id) {
+            log::warn!("worker {id}: {n} more log line(s) like \"{line}\" were suppressed");
+        }
         let how = if status.signal != 0 {
             format!("killed by signal {}", status.signal)
         } else {
@@ -540,6 +572,12 @@ impl Primary {
     /// Settles a turn: hand off what waits, move a shutdown along, switch accepting on or off.
     pub(super) fn after_turn(&mut self) {
         self.pump();
+        if !self.loglimit.is_empty() {
+            for (id, line, n) in self.loglimit.expired(sys::monotonic_ms()) {
+                let secs = super::loglimit::WINDOW_MS / 1000;
+                log::warn!("worker {id}: {n} more log line(s) like \"{line}\" were suppressed in {secs} s");
+            }
+        }
         if let Phase::Draining { shutdown_sent } = self.phase {
             if !self.handoff.waiting.is_empty()
                 && !self.slots.values().any(|s| s.channel_open && !s.disconnect_requested)
