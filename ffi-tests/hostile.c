@@ -37,6 +37,12 @@
  *   dropped; connections are answered and the fd count is back after.
  * hostile batch split|stall|spoof|to-worker
  *   Frames that travel in one Batch datagram of more than 64 (see batch_main).
+ * hostile blocked
+ *   Worker 1 floods raw messages to a worker that does not exist, inside its callback, and
+ *   never reads its channel: the primary's "undeliverable" notices fill its queue to worker 1,
+ *   the relay of the next notice is parked on that very queue and the primary stops reading
+ *   worker 1, whose sends then block. Its loop is stuck: the heartbeat watchdog must judge it
+ *   (SIGABRT, replaced) although the primary is not reading it. Worker 2 is untouched.
  */
 #include "harness.h"
 #include <fcntl.h>
@@ -1444,6 +1450,37 @@ static int steal_main(void) {
     return 0;
 }
 
+#define BLOCKED_FLOOD_MS 20000
+
+static int blocked_main(void) {
+    test_deadline(60);
+    cluster_config *cfg = exec_config(2);
+    OK(cluster_config_set_heartbeat(cfg, 100, 600));
+    OK(cluster_primary_start(cfg, on_primary2, NULL));
+    cluster_config_free(cfg);
+    wait_ready_all(2);
+    ping2(1), ping2(2);
+    may_die = 1;
+    char cmd[64];
+    int n = snprintf(cmd, sizeof cmd, "flood raw 9999 %d", BLOCKED_FLOOD_MS);
+    long long t0 = now_ms(), end = t0 + BLOCKED_FLOOD_MS / 2;
+    OK(cluster_send(1, (const uint8_t *)cmd, (size_t)n));
+    while (!(W[1].errors && W[1].exited && top_id >= 3 && W[top_id].ready)) {
+        CHECK(now_ms() < end, "worker 1, stuck with its channel full of notices, killed and replaced within %d ms "
+              "(ERROR %d, EXIT %d)", BLOCKED_FLOOD_MS / 2, W[1].errors, W[1].exited);
+        CHECK(cluster_dispatch(20) >= 0, "dispatch");
+    }
+    printf("hostile blocked: worker 1 killed %lld ms after its flood began (signal %d): %s\n", now_ms() - t0,
+           W[1].exit_signal, W[1].error);
+    CHECK(strstr(W[1].error, "silent") != NULL, "the watchdog's ERROR: '%s'", W[1].error);
+    CHECK(W[1].exit_signal == SIGABRT || W[1].exit_signal == SIGKILL, "worker 1 died of signal %d", W[1].exit_signal);
+    may_die = 0;
+    ping2(2), ping2(top_id);
+    stop_all();
+    printf("hostile blocked: ok\n");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (cluster_is_worker()) return worker_main(NULL); /* EXEC mode lands here, with the same argv */
     if (argc < 2) return legacy_main();
@@ -1454,5 +1491,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "batch") && argc == 3) return batch_main(argv[2]);
     if (!strcmp(argv[1], "linger") && argc == 3) return linger_main(argv[2]);
     if (!strcmp(argv[1], "steal") && argc == 2) return steal_main();
-    FAIL("usage: hostile [frames [case...] | flood raw|api primary|relay|all | batch split|stall|spoof|to-worker | linger bad|nobody|nack|unread | steal]");
+    if (!strcmp(argv[1], "blocked")) return blocked_main();
+    FAIL("usage: hostile [frames [case...] | flood raw|api primary|relay|all | batch split|stall|spoof|to-worker | "
+         "linger bad|nobody|nack|unread | steal | blocked]");
 }

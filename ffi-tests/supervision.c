@@ -5,6 +5,9 @@
  *   supervision startup        a worker not READY within the startup timeout is killed.
  *   supervision stuck          a worker whose loop stops (busy callback) is killed by the
  *                              heartbeat watchdog and replaced; idle workers are left alone.
+ *   supervision pause          the primary's own loop stops longer than the heartbeat timeout
+ *                              (the host does not dispatch, a host callback blocks, the process
+ *                              is SIGSTOPped): on resume, no healthy worker is killed.
  *   supervision scale          cluster_scale up and down; SIGTTIN/SIGTTOU in a primary that
  *                              takes signals over (run in a child process), then SIGTERM.
  *   supervision maxreq         max-requests recycling loses no request.
@@ -149,6 +152,8 @@ struct wrec {
 };
 
 static struct wrec W[MAX_IDS + 1];
+/* pause: the primary's callback blocks this long on the next FORK event. */
+static int block_on_fork_ms;
 static int n_forks, n_ready, n_exits, n_errors, n_msgs, n_reloaded, reloaded_code;
 static int n_slot_failed, slot_failed_id, slot_failed_after_exit;
 static long long slot_failed_ms;
@@ -169,6 +174,10 @@ static void on_primary(void *ud, const cluster_event *ev) {
     switch (ev->kind) {
     case CLUSTER_EVENT_FORK:
         CHECK(id >= 1 && id <= MAX_IDS && ev->pid > 0 && !W[id].forked, "FORK event: worker %u pid %d", id, ev->pid);
+        if (block_on_fork_ms > 0) {
+            usleep((useconds_t)block_on_fork_ms * 1000);
+            block_on_fork_ms = 0;
+        }
         W[id].pid = ev->pid;
         W[id].forked = 1;
         W[id].fork_ms = t;
@@ -460,6 +469,61 @@ static int case_stuck(void) {
     for (int id = 2; id <= 3; id++)
         CHECK(W[id].code == 0 && W[id].sig == 0, "worker %d: exit code %d signal %d at the stop", id, W[id].code,
               W[id].sig);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- pause ---- */
+
+#define PAUSE_MS 1500
+
+/* No EXIT and no ERROR since the start, and every worker forked is alive. */
+static void check_nobody_killed(const char *after) {
+    CHECK(n_exits == 0 && n_errors == 0, "after %s: %d EXIT, %d ERROR events: the watchdog judged healthy workers by the "
+          "primary's own stall", after, n_exits, n_errors);
+    for (int id = 1; id <= MAX_IDS; id++)
+        if (W[id].forked) CHECK(kill(W[id].pid, 0) == 0, "after %s: worker %d (pid %d) is gone", after, id, W[id].pid);
+}
+
+static int case_pause(void) {
+    cluster_config *cfg = base_config(2, http_worker_main);
+    OK(cluster_config_set_heartbeat(cfg, 100, 600));
+    start(cfg);
+    WAIT_FOR(W[1].ready && W[2].ready, 10000, "2 workers READY");
+    dispatch_for(1000);
+    check_nobody_killed("a second of normal running");
+
+    /* 1. The host does not dispatch for 2.5x the timeout (its own loop is busy). */
+    usleep(PAUSE_MS * 1000);
+    dispatch_for(1500);
+    check_nobody_killed("the host did not dispatch for 1500 ms");
+
+    /* 2. A host callback blocks as long (here, on the FORK of a third worker). */
+    block_on_fork_ms = PAUSE_MS;
+    OK(cluster_scale(3));
+    WAIT_FOR(W[3].forked && block_on_fork_ms == 0, 10000, "the FORK of worker 3, and the blocked callback");
+    dispatch_for(1500);
+    WAIT_FOR(W[3].ready, 10000, "worker 3 READY");
+    check_nobody_killed("a callback blocked for 1500 ms");
+
+    /* 3. The whole primary is SIGSTOPped, then continued. */
+    pid_t self = getpid();
+    pid_t stopper = fork();
+    CHECK(stopper >= 0, "fork: %s", strerror(errno));
+    if (stopper == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        kill(self, SIGSTOP);
+        usleep(PAUSE_MS * 1000);
+        kill(self, SIGCONT);
+        _exit(0);
+    }
+    int status = 0;
+    CHECK(waitpid(stopper, &status, 0) == stopper && WIFEXITED(status) && WEXITSTATUS(status) == 0, "the stopper");
+    dispatch_for(1500);
+    check_nobody_killed("a SIGSTOP of 1500 ms");
+    printf("pause: 3 workers survived 3 stalls of %d ms with a heartbeat timeout of 600 ms\n", PAUSE_MS);
+
+    /* The watchdog still works afterwards: see "stuck". */
+    stop_and_check();
     return 0;
 }
 
@@ -984,6 +1048,8 @@ int main(int argc, char **argv) {
         rc = case_scale();
     else if (strcmp(c, "maxreq") == 0)
         rc = case_maxreq();
+    else if (strcmp(c, "pause") == 0)
+        rc = case_pause();
     else if (strcmp(c, "served") == 0)
         rc = case_served();
     else if (strcmp(c, "readyloop") == 0)
@@ -995,7 +1061,7 @@ int main(int argc, char **argv) {
     else if (strcmp(c, "process") == 0)
         rc = case_process(argc > 2 ? argv[2] : "");
     else {
-        fprintf(stderr, "usage: %s crashloop|startup|stuck|scale|maxreq|served|readyloop|manual|exec-reload|process fork|process exec\n", argv[0]);
+        fprintf(stderr, "usage: %s crashloop|startup|stuck|pause|scale|maxreq|served|readyloop|manual|exec-reload|process fork|process exec\n", argv[0]);
         return 2;
     }
     printf("supervision %s%s%s: ok (%lld ms)\n", c, argc > 2 ? " " : "", argc > 2 ? argv[2] : "", now_ms() - t0);

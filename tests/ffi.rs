@@ -392,6 +392,16 @@ fn a_stuck_worker_is_aborted_and_replaced_an_idle_one_is_not() {
 }
 
 #[test]
+fn a_primary_whose_own_loop_stalls_kills_no_healthy_worker() {
+    run_c("supervision", &["pause"], Duration::from_secs(60));
+}
+
+#[test]
+fn a_worker_that_blocks_with_its_channel_full_of_notices_is_judged() {
+    run_c("hostile", &["blocked"], Duration::from_secs(60));
+}
+
+#[test]
 fn scaling_by_api_and_by_signal() {
     run_c("supervision", &["scale"], Duration::from_secs(60));
 }

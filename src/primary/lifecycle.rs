@@ -25,6 +25,30 @@ pub struct Reload {
 /// How long a worker gets after the watchdog's SIGABRT before SIGKILL.
 const ABORT_GRACE_MS: u64 = 2000;
 
+/// What the watchdog knows of the primary's own loop: a worker's silence counts only while
+/// the primary was looking. A loop that stopped turning (the process was SIGSTOPped, a host
+/// callback or the host's own loop took long, a slow spawn) did not read what the workers sent
+/// meanwhile, so their heartbeats wait unread in the channels, and wall time across that stall
+/// says nothing about them.
+#[derive(Default)]
+pub struct Watch {
+    /// When the last loop turn ended, monotonic ms (0: none yet).
+    turn_end_ms: u64,
+    /// When the last turn started.
+    turn_start_ms: u64,
+    /// Silence is measured from here at the earliest: the end of the primary's last stall.
+    pub from_ms: u64,
+}
+
+impl Watch {
+    /// The loop stalled when it did not turn for this long: half the heartbeat timeout, and at
+    /// least two heartbeat intervals (an idle loop turns at least once per interval, for the
+    /// watchdog timer and the workers' heartbeats).
+    fn stall_ms(interval_ms: u32, timeout_ms: u32) -> u64 {
+        (u64::from(timeout_ms) / 2).max(2 * u64::from(interval_ms))
+    }
+}
+
 impl Primary {
     /// Arms the periodic timers (heartbeat watchdog, systemd watchdog).
     pub(super) fn start_timers(&mut self) {
@@ -33,6 +57,33 @@ impl Primary {
         }
         if let Some(usec) = self.notifier.as_ref().and_then(|n| n.watchdog_usec) {
             self.reactor.add_timer(sys::monotonic_ms() + usec / 2000, Timer::SdWatchdog);
+        }
+    }
+
+    /// A loop turn starts: if the loop did not turn for a while, the primary was not looking,
+    /// and the watchdog grants every worker a fresh window from now.
+    pub(super) fn turn_starts(&mut self) {
+        let now = sys::monotonic_ms();
+        self.watch.turn_start_ms = now;
+        self.check_stall(self.watch.turn_end_ms, now);
+    }
+
+    /// A loop turn ends (a turn that itself took long is a stall too).
+    pub(super) fn turn_ends(&mut self) {
+        let now = sys::monotonic_ms();
+        self.watch.turn_end_ms = now;
+        self.check_stall(self.watch.turn_start_ms, now);
+    }
+
+    fn check_stall(&mut self, since: u64, now: u64) {
+        let (interval, timeout) = (self.cfg.heartbeat_ms, self.cfg.heartbeat_timeout_ms);
+        if since == 0 || interval == 0 || timeout == 0 {
+            return;
+        }
+        let gap = now.saturating_sub(since);
+        if gap > Watch::stall_ms(interval, timeout) {
+            log::info!("the primary's loop did not turn for {gap} ms: the watchdog restarts its count from now");
+            self.watch.from_ms = now;
         }
     }
 
@@ -84,15 +135,19 @@ impl Primary {
             }
             Timer::Watchdog => {
                 let timeout = u64::from(self.cfg.heartbeat_timeout_ms);
+                let from = self.watch.from_ms;
                 let stuck: Vec<(u32, i32, u64)> = self
                     .slots
                     .values()
                     // A worker whose channel we stopped reading (a relay waiting for room) is
-                    // not silent, we are not listening: it is not judged.
-                    .filter(|s| s.channel_open && !s.watchdog_fired && s.stalled.is_none())
+                    // not silent, we are not listening: it is not judged, unless frames wait
+                    // for it in our queue (the relay may be waiting on that very queue): then
+                    // a living loop reads them, which `on_writable` counts as hearing from it.
+                    .filter(|s| s.channel_open && !s.watchdog_fired)
+                    .filter(|s| s.stalled.is_none() || s.outbox.queued() > 0)
                     .filter(|s| s.state != WorkerState::Starting)
-                    .filter(|s| now.saturating_sub(s.last_heard_ms) > timeout)
-                    .map(|s| (s.id, s.pid, now - s.last_heard_ms))
+                    .map(|s| (s.id, s.pid, now.saturating_sub(s.last_heard_ms.max(from))))
+                    .filter(|&(_, _, silent)| silent > timeout)
                     .collect();
                 for (id, pid, silent) in stuck {
                     let msg = format!("worker {id} (pid {pid}) silent for {silent} ms: its loop is stuck; SIGABRT");

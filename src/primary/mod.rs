@@ -120,6 +120,8 @@ pub struct Primary {
     started_ms: u64,
     /// Budgets for the log lines a worker can cause at will (see `loglimit`).
     loglimit: loglimit::LogLimit,
+    /// The watchdog's view of the primary's own loop (see `lifecycle`).
+    watch: lifecycle::Watch,
     /// SCHED_BATCH on the loop thread while connections go through the primary (see sched);
     /// held for its drop, which switches back.
     _sched: Option<sched::Batch>,
@@ -179,6 +181,7 @@ impl Primary {
             ready_notified: false,
             started_ms: sys::monotonic_ms(),
             loglimit: loglimit::LogLimit::default(),
+            watch: lifecycle::Watch::default(),
             _sched: None,
         };
         if p.cfg.sched_batch.unwrap_or(p.hands_off_connections()) {

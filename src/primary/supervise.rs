@@ -28,6 +28,7 @@ impl Primary {
     /// Handles everything the loop reported, then settles the turn (handoffs, shutdown
     /// progress, accepting on or off). Events for the host accumulate in `take_events`.
     pub fn process(&mut self, ready: &[Ready]) {
+        self.turn_starts();
         for r in ready {
             match r.source {
                 Source::Waker => self.on_wake(),
@@ -55,6 +56,7 @@ impl Primary {
             }
         }
         self.after_turn();
+        self.turn_ends();
     }
 
     fn on_wake(&mut self) {
@@ -135,7 +137,10 @@ impl Primary {
     }
 
     fn on_writable(&mut self, id: u32) {
-        let Some(slot) = self.slots.get(&id) else { return };
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        // Writable again with frames queued: the worker read from its channel, so its loop
+        // turns (the watchdog's evidence for a worker whose channel we are not reading).
+        slot.last_heard_ms = sys::monotonic_ms();
         match slot.outbox.flush() {
             Ok(f) => {
                 if f.empty {
