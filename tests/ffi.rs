@@ -432,6 +432,11 @@ fn an_exec_mode_reload_runs_the_program_now_on_disk() {
 }
 
 #[test]
+fn a_primary_at_64_fds_accepts_within_its_table_and_answers_every_connection() {
+    run_c("primary_fds", &["table"], Duration::from_secs(120));
+}
+
+#[test]
 fn connections_a_worker_cannot_receive_go_to_another() {
     run_c("fd_limit", &[], Duration::from_secs(60));
 }

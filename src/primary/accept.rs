@@ -1,9 +1,9 @@
 //! Accepting connections and handing them to workers.
 //!
 //! The primary accepts only as many connections as workers can take right now (the free
-//! slots of their ACK windows); past that it stops polling the listeners and lets the kernel
-//! backlog hold the rest. Connections for one worker leave in batches: one NEWCONN frame
-//! carries up to `MAX_FDS` of them.
+//! slots of their ACK windows), and as its own fds allow (see `fd_budget`); past that it stops
+//! polling the listeners and lets the kernel backlog hold the rest. Connections for one worker
+//! leave in batches: one NEWCONN frame carries up to `MAX_FDS` of them.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, RawFd};
@@ -16,6 +16,7 @@ use crate::net::listener;
 use crate::sys;
 
 use super::balance::Candidate;
+use super::fd_budget::FdBudget;
 use super::handoff::Conn;
 use super::listeners::Members;
 use super::workers::Slot;
@@ -25,16 +26,26 @@ use super::{Phase, Primary, Timer};
 const ACCEPT_BATCH: usize = 256;
 
 impl Primary {
-    /// Free window slots across the workers that take connections, minus what already waits.
-    fn capacity(&self) -> usize {
+    /// Connections to accept now: the free window slots across the workers that take
+    /// connections, minus what already waits, within what the primary's fd table has room for
+    /// and what may be in flight (both RLIMIT_NOFILE: see `fd_budget`).
+    fn capacity(&mut self) -> usize {
         let window = self.cfg.window;
-        let free: usize = self
-            .slots
-            .values()
-            .filter(|s| s.accepts_connections())
-            .map(|s| window.saturating_sub(s.unacked) as usize)
-            .sum();
-        free.saturating_sub(self.handoff.waiting.len())
+        let (mut free, mut unacked) = (0usize, 0u64);
+        for s in self.slots.values() {
+            unacked += u64::from(s.unacked);
+            if s.accepts_connections() {
+                free += window.saturating_sub(s.unacked) as usize;
+            }
+        }
+        let waiting = self.handoff.waiting.len();
+        let free = free.saturating_sub(waiting) as u64;
+        if free == 0 {
+            return 0;
+        }
+        let limit = self.fd_budget.limit();
+        let inflight = FdBudget::inflight_cap(limit).saturating_sub(unacked + waiting as u64);
+        free.min(inflight).min(self.fd_budget.table_room()) as usize
     }
 
     /// Free window slots of the workers listening on a listener of workers that listen.
@@ -50,22 +61,30 @@ impl Primary {
     /// Accepts from listener `index`, at most what the workers can take now (those that
     /// listen on it, for a listener of workers that listen).
     pub(super) fn accept_from(&mut self, index: u32) {
+        let capacity = self.capacity().min(ACCEPT_BATCH);
         let Some(e) = self.listeners.get(index) else { return };
         let fd = e.listener.fd.as_raw_fd();
-        let mut budget = self.capacity().min(ACCEPT_BATCH);
+        let mut budget = capacity;
         if let Some(m) = &e.members {
             budget = budget.min(Self::members_room(&self.slots, m, self.cfg.window));
         }
+        let mut taken = 0;
         for _ in 0..budget {
             match listener::accept(fd) {
-                Ok(Some(a)) => self.handoff.accepted(a.fd, index, a.peer),
+                Ok(Some(a)) => {
+                    self.handoff.accepted(a.fd, index, a.peer);
+                    taken += 1;
+                }
                 Ok(None) => break,
                 Err(e) => {
                     if matches!(
                         e.raw_os_error(),
                         Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
                     ) {
+                        // The budget keeps the primary's own table short of EMFILE: this is the
+                        // system's table (ENFILE), memory, or fds the host opened meanwhile.
                         log::error!("accept on listener {index}: {e}; pausing accepts for 100 ms");
+                        self.accept_pauses += 1;
                         self.accept_paused = true;
                         self.reactor.add_timer(sys::monotonic_ms() + 100, Timer::ResumeAccept);
                     } else {
@@ -75,6 +94,7 @@ impl Primary {
                 }
             }
         }
+        self.fd_budget.took(taken);
         self.pump();
     }
 

@@ -7,6 +7,7 @@
 
 mod accept;
 pub mod balance;
+pub mod fd_budget;
 pub mod handoff;
 pub mod harness;
 mod lifecycle;
@@ -89,6 +90,10 @@ pub struct Primary {
     signals: Option<SignalPipe>,
     listeners: Listeners,
     accept_paused: bool,
+    /// Accepts that failed for want of fds (EMFILE and the like) and paused accepting.
+    accept_pauses: u64,
+    /// What the primary's own fds leave room to accept.
+    fd_budget: fd_budget::FdBudget,
     slots: BTreeMap<u32, Slot>,
     next_id: u32,
     spawn_queue: VecDeque<u32>,
@@ -161,6 +166,8 @@ impl Primary {
             signals,
             listeners: Listeners::new(listeners),
             accept_paused: false,
+            accept_pauses: 0,
+            fd_budget: fd_budget::FdBudget::default(),
             slots: BTreeMap::new(),
             next_id: 0,
             spawn_queue: VecDeque::new(),
