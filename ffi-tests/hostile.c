@@ -13,13 +13,14 @@
  *   maximum size, all holes: no page paid for), non-memfd or missing fd,
  *   fds on frames that take none (Hello, Heartbeat, Ack, Batch, a Message announcing none),
  *   too many fds (200, and 253 which the kernel truncates), kinds only the primary sends
- *   (NewConn, Shutdown, Undeliverable), bad batches, malformed Ack/ConnDone. Per case: one
+ *   (NewConn, Shutdown), bad batches, malformed Ack/ConnDone. Per case: one
  *   ERROR naming the worker and the reason; EXIT by SIGKILL, not "after disconnect"; nothing
  *   it sent after the bad frame is delivered; its replacement (restart on, 10 ms backoff) is
  *   READY, counts one more restart of the slot, and answers; worker 2 answers a message, and a
  *   connection each is answered; the primary's fd count is back to where it started, and its
  *   peak RSS (VmHWM: the primary's callback reads a page of every message) grew by less than
- *   RSS_BOUND_KB. ACK/NACK
+ *   RSS_BOUND_KB. An Undeliverable from a worker (it refused a message with an fd from the
+ *   primary) is logged, and the worker kept. ACK/NACK
  *   of connection ids never handed out are ignored (logged), and the worker is kept.
  * hostile flood raw|api primary|relay|all
  *   Worker 1 floods 1000-byte messages for FLOOD_MS, raw (valid frames straight onto the
@@ -857,7 +858,7 @@ static const struct bad_frame {
     {"newconn-fds", "sent a NewConn frame, which only the primary sends", 1},
     {"newconn-max-fds", "sent a NewConn frame, which only the primary sends", 1},
     {"shutdown", "sent a Shutdown frame, which only the primary sends", 1},
-    {"undeliverable", "sent a Undeliverable frame, which only the primary sends", 1},
+    {"undeliverable", NULL, 1}, /* a worker says it refused a message from the primary: logged */
     {"batch-nested", "a batch holds a batch", 1},
     {"batch-fd", "frame announces 0 fds but 1 arrived", 1},
     {"batch-short", "bad batch entry length", 1},

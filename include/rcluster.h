@@ -778,7 +778,12 @@ int32_t cluster_fd(void);
 int32_t cluster_send(uint32_t to, const uint8_t *data, size_t len);
 
 /**
- * Like `cluster_send`, and passes a duplicate of `fd` (the caller keeps its own).
+ * Like `cluster_send`, and passes a duplicate of `fd` (the caller keeps its own). The
+ * receiver owns what its MESSAGE event hands it and must close it. Passed fds are bounded:
+ * at most 32 wait in one send queue (over that, CLUSTER_E_AGAIN, then DRAIN), and a receiver
+ * (worker or primary) with fewer than 192 of its fds free refuses them, keeping the rest for
+ * connections: the message is not delivered, its fd is closed, and the sender gets an ERROR
+ * event (`worker_id`: the receiver, 0 for the primary) saying so.
  *
  * # Safety
  * `data` is valid for reads of `len` bytes (NULL is fine when `len` is 0).

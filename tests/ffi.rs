@@ -276,6 +276,14 @@ fn a_flood_of_bad_messages_makes_a_bounded_number_of_log_lines() {
     run_c("log_flood", &[], Duration::from_secs(60));
 }
 
+/// Passed fds that nobody closes cannot use up a receiver's fds: queues hold a bounded number,
+/// and a worker or primary near its limit refuses them (the sender gets an ERROR) and keeps
+/// serving connections.
+#[test]
+fn an_fd_flood_at_a_worker_and_the_primary_is_refused_near_their_limit() {
+    run_c("fd_flood", &[], Duration::from_secs(120));
+}
+
 #[test]
 fn log_records_reach_the_host_callback() {
     run_c("logging", &[], Duration::from_secs(30));

@@ -26,6 +26,18 @@ const KNOWN_FLAGS: u8 = FLAG_BIG | FLAG_FD;
 /// The most fds one frame may carry (a batch of handed-off connections).
 pub const MAX_FDS: usize = 64;
 
+/// A process (primary or worker) refuses the fds passed with messages while fewer than this
+/// many of its fds are free: the rest is kept for connections (a worker reports it is short
+/// of fds for connections at `2 * MAX_FDS`), so a flood of passed fds that nobody closes
+/// cannot leave it unable to serve.
+pub const MESSAGE_FD_RESERVE: u64 = 3 * MAX_FDS as u64;
+
+/// FdPressure payload bit: short of fds for connections (the primary keeps its copies).
+pub const PRESSURE_CONNECTIONS: u8 = 1;
+/// FdPressure payload bit: refusing the fds passed with messages (the primary refuses relays
+/// of messages with fds to it, and tells their senders).
+pub const PRESSURE_MESSAGES: u8 = 2;
+
 /// What a frame means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -49,15 +61,19 @@ pub enum Kind {
     Bye = 8,
     /// worker -> primary: the loop is alive.
     Heartbeat = 9,
-    /// primary -> worker: a message to `aux` could not be delivered (no such worker).
+    /// primary -> worker: a message to `aux` could not be delivered (no such worker, or the
+    /// payload says why). worker -> primary: a message with an fd from `aux` (0: the primary)
+    /// was refused (the worker is short of fds).
     Undeliverable = 10,
     /// worker -> primary: connections handed to it have finished (payload: u32 count).
     ConnDone = 11,
     /// Several fd-less frames in one datagram (see [`encode_batch`]): small messages sent in
     /// one loop turn cost one system call on each side instead of one each.
     Batch = 12,
-    /// worker -> primary: it is short of fds (payload: 1 byte, 1) or no longer (0): the
-    /// primary keeps its copy of each connection handed to it until the ACK while it is.
+    /// worker -> primary: how short of fds it is (payload: 1 byte, `PRESSURE_CONNECTIONS` |
+    /// `PRESSURE_MESSAGES`, 0 for neither): the primary keeps its copy of each connection
+    /// handed to it until the ACK while it is short for connections, and refuses to relay
+    /// messages with fds to it while it refuses those.
     FdPressure = 13,
     /// worker -> primary: listen on an address (payload: [`ListenKey`](super::listen::ListenKey);
     /// `aux`: the request id, echoed in the answer).

@@ -135,6 +135,15 @@ impl Frame {
         channel::send(fd, &self.header.encode(), &self.payload, &raw)
     }
 
+    /// The fds this frame holds that count against `MAX_QUEUED_FDS`: those of a user message.
+    fn user_fds(&self) -> usize {
+        if self.user_bytes > 0 {
+            self.fds.len() + self.borrowed.len()
+        } else {
+            0
+        }
+    }
+
     /// Drops a frame that was sent: its fds are in flight (the kernel holds them for the
     /// receiver), so closing ours is never the last close of their files and cannot block.
     fn sent(mut self) {
@@ -168,6 +177,13 @@ fn batchable_prefix(frames: &VecDeque<Frame>) -> usize {
     }
     n
 }
+
+/// Most fds that user messages waiting in one queue may hold (passed fds and large payloads'
+/// memfds). Each is an open fd of the queue's process: without this bound, a worker passing
+/// fds to a worker that does not read would fill the primary's fd table (4096 queued
+/// messages, each with its fd), and the primary could no longer accept. Over it, a push is
+/// refused like over the other bounds (`Again`, and a relay stalls its sender).
+pub const MAX_QUEUED_FDS: usize = 32;
 
 /// Bounds of one outbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,6 +232,8 @@ struct Queue {
     frames: VecDeque<Frame>,
     user_bytes: usize,
     user_frames: usize,
+    /// Fds held by the queued user messages (see `MAX_QUEUED_FDS`).
+    user_fds: usize,
     want_drain: bool,
     closed: bool,
     armed: bool,
@@ -288,7 +306,9 @@ impl Outbox {
         let over = |q: &Queue| {
             frame.user_bytes > 0
                 && q.user_frames > 0
-                && (q.user_bytes + frame.user_bytes > self.limits.max_bytes || q.user_frames >= self.limits.max_frames)
+                && (q.user_bytes + frame.user_bytes > self.limits.max_bytes
+                    || q.user_frames >= self.limits.max_frames
+                    || q.user_fds + frame.user_fds() > MAX_QUEUED_FDS)
         };
         if over(&q) && q.held && !q.corked {
             // Held frames fill the queue: send them now rather than refuse while the socket
@@ -301,8 +321,10 @@ impl Outbox {
         }
         if over(&q) {
             q.want_drain |= owe_drain;
-            let sentence =
-                format!("send queue full ({} messages, {} bytes queued): wait for DRAIN", q.user_frames, q.user_bytes);
+            let sentence = format!(
+                "send queue full ({} messages, {} bytes, {} fds queued): wait for DRAIN",
+                q.user_frames, q.user_bytes, q.user_fds
+            );
             return Err((Error::new(Code::Again, sentence), Some(Box::new(frame))));
         }
         if frame.user_bytes > 0 {
@@ -331,6 +353,7 @@ impl Outbox {
         }
         q.user_bytes += frame.user_bytes;
         q.user_frames += usize::from(frame.user_bytes > 0);
+        q.user_fds += frame.user_fds();
         q.frames.push_back(frame);
         if hold {
             q.held = true;
@@ -404,6 +427,7 @@ impl Outbox {
                     for frame in q.frames.drain(..gone) {
                         q.user_bytes -= frame.user_bytes;
                         q.user_frames -= usize::from(frame.user_bytes > 0);
+                        q.user_fds -= frame.user_fds();
                         frame.sent();
                     }
                 }

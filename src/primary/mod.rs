@@ -127,6 +127,8 @@ pub struct Primary {
     loglimit: loglimit::LogLimit,
     /// The watchdog's view of the primary's own loop (see `lifecycle`).
     watch: lifecycle::Watch,
+    /// The primary's free fds, for refusing fds passed with messages (see `relay`).
+    fd_room: relay::FdRoom,
     /// SCHED_BATCH on the loop thread while connections go through the primary (see sched);
     /// held for its drop, which switches back.
     _sched: Option<sched::Batch>,
@@ -189,6 +191,7 @@ impl Primary {
             started_ms: sys::monotonic_ms(),
             loglimit: loglimit::LogLimit::default(),
             watch: lifecycle::Watch::default(),
+            fd_room: relay::FdRoom::default(),
             _sched: None,
         };
         if p.cfg.sched_batch.unwrap_or(p.hands_off_connections()) {

@@ -3,6 +3,7 @@
 use crate::event::{Event, EventKind};
 use crate::event_loop::{Ready, Source};
 use crate::ipc::frame::{decode_conns, decode_ids, Kind};
+use crate::ipc::frame::{PRESSURE_CONNECTIONS, PRESSURE_MESSAGES};
 use crate::ipc::listen::ListenKey;
 use crate::ipc::reader::{Inbox, Incoming, Read, Reader};
 use crate::net::listener;
@@ -272,14 +273,23 @@ impl Primary {
             },
             Kind::Heartbeat => {}
             Kind::FdPressure => match frame.payload[..] {
-                [on] if on <= 1 => {
-                    if slot.fd_pressure != (on == 1) {
+                [state] if state & !(PRESSURE_CONNECTIONS | PRESSURE_MESSAGES) == 0 => {
+                    let on = state & PRESSURE_CONNECTIONS != 0;
+                    let refuses = state & PRESSURE_MESSAGES != 0;
+                    if slot.fd_pressure != on || slot.refuses_fds != refuses {
                         // A worker flipping it all the time gets a few lines, not thousands.
                         slot.pressure_reports = slot.pressure_reports.saturating_add(1);
                         let level = if slot.pressure_reports <= 8 { log::Level::Info } else { log::Level::Debug };
-                        log::log!(level, "worker {id} is {} of fds", if on == 1 { "short" } else { "no longer short" });
+                        let how = match (on, refuses) {
+                            (false, false) => "no longer short of fds",
+                            (true, false) => "short of fds",
+                            (false, true) => "short of fds for those passed with messages (refusing them)",
+                            (true, true) => "short of fds (refusing those passed with messages)",
+                        };
+                        log::log!(level, "worker {id} is {how}");
                     }
-                    slot.fd_pressure = on == 1;
+                    slot.fd_pressure = on;
+                    slot.refuses_fds = refuses;
                 }
                 _ => self.drop_worker(id, "malformed FdPressure"),
             },
@@ -291,7 +301,11 @@ impl Primary {
                 Ok(index) if frame.payload.is_empty() => self.on_unlisten(id, index),
                 _ => self.drop_worker(id, "malformed Unlisten"),
             },
-            Kind::NewConn | Kind::Shutdown | Kind::Undeliverable | Kind::Batch | Kind::Listening => {
+            Kind::Undeliverable => {
+                let sender = u32::try_from(frame.header.aux).unwrap_or(u32::MAX);
+                self.refused_by_worker(id, sender);
+            }
+            Kind::NewConn | Kind::Shutdown | Kind::Batch | Kind::Listening => {
                 let kind = frame.header.kind;
                 self.drop_worker(id, &format!("sent a {kind:?} frame, which only the primary sends"));
             }

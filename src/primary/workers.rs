@@ -107,6 +107,9 @@ pub struct Slot {
     pub fd_pressure: bool,
     /// How often it changed `fd_pressure` (the first few changes are logged at info).
     pub pressure_reports: u32,
+    /// The worker reported it refuses the fds passed with messages (it is within
+    /// `MESSAGE_FD_RESERVE` of its fd limit): relays of messages with fds to it are refused.
+    pub refuses_fds: bool,
 }
 
 impl Slot {
@@ -136,6 +139,7 @@ impl Slot {
             inbox: Inbox::default(),
             recovery: None,
             fd_pressure: false,
+            refuses_fds: false,
             pressure_reports: 0,
         }
     }

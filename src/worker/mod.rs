@@ -10,7 +10,9 @@ use std::sync::Arc;
 use crate::error::{fail, Code, Error, Result};
 use crate::event::{Event, EventKind};
 use crate::event_loop::{Reactor, Ready, Source};
-use crate::ipc::frame::{decode_conns, encode_ids, Header, Kind, MAX_FDS};
+use crate::ipc::frame::{
+    decode_conns, encode_ids, Header, Kind, MAX_FDS, MESSAGE_FD_RESERVE, PRESSURE_CONNECTIONS, PRESSURE_MESSAGES,
+};
 use crate::ipc::listen::{Answer, ListenKey, ANSWER_ALL_WORKERS, ANSWER_BIND_REUSEPORT};
 use crate::ipc::outbox::{Frame, Outbox};
 use crate::ipc::reader::{Inbox, Incoming, Read, Reader};
@@ -71,6 +73,10 @@ pub struct Worker {
     fd_high: i32,
     /// We told the primary we are short of fds (see `check_fds`).
     fd_pressure: bool,
+    /// We refuse the fds passed with messages (see `check_fds`).
+    refusing_fds: bool,
+    /// What we last told the primary in an FdPressure frame.
+    fds_reported: u8,
     /// When `check_fds` last counted the open fds.
     fds_counted_ms: u64,
     signals: Option<SignalPipe>,
@@ -144,6 +150,8 @@ impl Worker {
             acks: Vec::new(),
             fd_high: lowest_free_fd() - 1,
             fd_pressure: false,
+            refusing_fds: false,
+            fds_reported: 0,
             fds_counted_ms: 0,
             env,
             reactor,
@@ -307,31 +315,79 @@ impl Worker {
     /// (/proc/self/fd) every `FD_COUNT_EVERY_MS`, and every turn while that bound is near or
     /// the worker is short. What this cannot see: callbacks that use up all but 128 of the
     /// free fds within one such interval, while connections are in flight to this worker.
+    ///
+    /// In every mode, it also tells the primary whether this worker refuses the fds passed
+    /// with messages (fewer than `MESSAGE_FD_RESERVE` free; again once more than that plus
+    /// 128 are): the primary then refuses to relay such messages here and tells their
+    /// senders, so that fds passed and never closed (a callback that ignores MESSAGE events)
+    /// cannot use up the fds connections need.
     pub fn check_fds(&mut self) {
-        if !matches!(self.env.accept, AcceptFrom::Primary) || self.phase == Phase::Disconnected {
+        if self.phase == Phase::Disconnected {
             return;
         }
         let limit = sys::fd_limit();
         let margin = 2 * MAX_FDS as u64;
         let mut room = limit.saturating_sub(self.fd_high.max(0) as u64 + 1);
         let now = sys::monotonic_ms();
-        if self.fd_pressure || room <= 4 * margin || now >= self.fds_counted_ms + FD_COUNT_EVERY_MS {
+        let near = self.fd_pressure || self.refusing_fds || room <= MESSAGE_FD_RESERVE + 2 * margin;
+        if near || now >= self.fds_counted_ms + FD_COUNT_EVERY_MS {
             self.fds_counted_ms = now;
             if let Some(open) = sys::open_fd_count() {
                 room = limit.saturating_sub(open as u64);
             }
         }
-        if !self.fd_pressure && room <= margin {
-            self.report_fd_pressure(true);
-        } else if self.fd_pressure && room > 2 * margin {
-            self.report_fd_pressure(false);
+        if matches!(self.env.accept, AcceptFrom::Primary) {
+            if !self.fd_pressure && room <= margin {
+                self.fd_pressure = true;
+            } else if self.fd_pressure && room > 2 * margin {
+                self.fd_pressure = false;
+            }
+        }
+        if !self.refusing_fds && room <= MESSAGE_FD_RESERVE {
+            self.set_refusing(true);
+        } else if self.refusing_fds && room > MESSAGE_FD_RESERVE + margin {
+            self.set_refusing(false);
+        }
+        self.report_fds();
+    }
+
+    /// Tells the primary how short of fds this worker is, when that changed since it last
+    /// said (`PRESSURE_CONNECTIONS`, `PRESSURE_MESSAGES`).
+    fn report_fds(&mut self) {
+        let state = if self.fd_pressure { PRESSURE_CONNECTIONS } else { 0 }
+            | if self.refusing_fds { PRESSURE_MESSAGES } else { 0 };
+        if state != self.fds_reported {
+            self.fds_reported = state;
+            self.push(Frame::control(Kind::FdPressure, vec![state]));
         }
     }
 
-    fn report_fd_pressure(&mut self, on: bool) {
-        if self.fd_pressure != on {
-            self.fd_pressure = on;
-            self.push(Frame::control(Kind::FdPressure, vec![u8::from(on)]));
+    /// True when a message's fd that just arrived as number `newest` must be refused: this
+    /// worker refuses passed fds (see `check_fds`), or the number shows that fewer than
+    /// `MESSAGE_FD_RESERVE` are free (fds are allocated lowest first: every lower number is
+    /// taken).
+    fn refuses_message_fd(&mut self, newest: i32) -> bool {
+        self.fd_high = newest;
+        let room = sys::fd_limit().saturating_sub(newest.max(0) as u64 + 1);
+        if room <= MESSAGE_FD_RESERVE {
+            self.set_refusing(true);
+        }
+        self.refusing_fds
+    }
+
+    /// Starts or stops refusing passed fds; says so in the log (once per change).
+    fn set_refusing(&mut self, on: bool) {
+        if self.refusing_fds != on {
+            self.refusing_fds = on;
+            if on {
+                log::warn!(
+                    "worker {}: fewer than {MESSAGE_FD_RESERVE} fds free: refusing fds passed with messages (are \
+                     MESSAGE fds closed?)",
+                    self.env.id
+                );
+            } else {
+                log::info!("worker {}: accepting fds passed with messages again", self.env.id);
+            }
         }
     }
 
@@ -428,7 +484,8 @@ impl Worker {
                 );
                 let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
                 self.push(Frame::control(Kind::Nack, encode_ids(&ids)));
-                self.report_fd_pressure(true);
+                self.fd_pressure = true;
+                self.report_fds();
             }
         } else if h.kind == Kind::Listening && h.aux != 0 && h.aux == self.last_request {
             log::error!("worker {}: the listening socket of a listen answer was lost (out of fds?)", self.env.id);
@@ -469,6 +526,18 @@ impl Worker {
                 }
             }
             Kind::Message => {
+                if let Some(newest) = f.fds.last().map(|fd| fd.as_raw_fd()) {
+                    if self.refuses_message_fd(newest) {
+                        // Dropped with its fd (closed at once, when `f` goes). The primary
+                        // refuses such messages to us from the report below on, and tells
+                        // their senders; for those already on their way, we say it.
+                        self.report_fds();
+                        let mut refused = Frame::control(Kind::Undeliverable, Vec::new());
+                        refused.header.aux = u64::from(f.header.from);
+                        self.push(refused);
+                        return;
+                    }
+                }
                 self.events.push(Event {
                     data: std::mem::take(&mut f.payload),
                     fd: f.fds.pop(),
@@ -492,7 +561,12 @@ impl Worker {
             Kind::Listening => {}
             Kind::Undeliverable => {
                 let to = f.header.aux as u32;
-                self.events.push(Event::error(to, format!("message to worker {to} not delivered: no such worker")));
+                let sentence = if f.payload.is_empty() {
+                    format!("message to worker {to} not delivered: no such worker")
+                } else {
+                    String::from_utf8_lossy(&f.payload).into_owned()
+                };
+                self.events.push(Event::error(to, sentence));
             }
             other => log::warn!("worker {}: unexpected {other:?} frame from the primary ignored", self.env.id),
         }
