@@ -38,6 +38,11 @@
  *   dropped; connections are answered and the fd count is back after.
  * hostile batch split|stall|spoof|to-worker
  *   Frames that travel in one Batch datagram of more than 64 (see batch_main).
+ * hostile shutrd
+ *   Worker 1 shuts down the reading side of its channel (so every send of the primary to it
+ *   fails with EPIPE) and lives on, in a callback that sleeps 30 s. The primary's next send
+ *   finds the channel lost: a worker that lives on without its channel can no longer be
+ *   managed, so it is killed (after 2 s) and replaced; worker 2 is untouched.
  * hostile blocked
  *   Worker 1 floods raw messages to a worker that does not exist, inside its callback, and
  *   never reads its channel: the primary's "undeliverable" notices fill its queue to worker 1,
@@ -643,6 +648,11 @@ static void on_command(const char *text) {
         send_bad(a);
     } else if (sscanf(text, "echo %d", &ms) == 1) {
         reply("echoed %d", ms);
+    } else if (strcmp(text, "shutrd") == 0) {
+        CHECK(shutdown(channel_fd(), SHUT_RD) == 0, "shutdown(SHUT_RD): %s", strerror(errno));
+        struct timespec ts = {.tv_sec = 30, .tv_nsec = 0};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        }
     } else if (strcmp(text, "split") == 0) {
         send_split();
     } else if (strcmp(text, "spoof") == 0) {
@@ -1451,6 +1461,37 @@ static int steal_main(void) {
     return 0;
 }
 
+static int shutrd_main(void) {
+    test_deadline(60);
+    cluster_config *cfg = exec_config(2);
+    OK(cluster_primary_start(cfg, on_primary2, NULL));
+    cluster_config_free(cfg);
+    wait_ready_all(2);
+    ping2(1), ping2(2);
+    may_die = 1;
+    OK(cluster_send(1, (const uint8_t *)"shutrd", 6));
+    long long t0 = now_ms(), end = t0 + 10000, next_ping = t0 + 200;
+    int closed = 0;
+    while (!(W[1].errors && W[1].exited && top_id >= 3 && W[top_id].ready)) {
+        CHECK(now_ms() < end, "worker 1, alive without its channel, killed and replaced within 10 s (ERROR %d, EXIT %d)",
+              W[1].errors, W[1].exited);
+        if (!closed && now_ms() >= next_ping) { /* a send finds the channel lost */
+            int32_t rc = cluster_send(1, (const uint8_t *)"ping", 4);
+            closed = rc == CLUSTER_E_CLOSED || rc == CLUSTER_E_NOWORKER;
+            next_ping = now_ms() + 200;
+        }
+        CHECK(cluster_dispatch(20) >= 0, "dispatch");
+    }
+    printf("hostile shutrd: worker 1 killed %lld ms after it shut its channel (signal %d): %s\n", now_ms() - t0,
+           W[1].exit_signal, W[1].error);
+    CHECK(W[1].exit_signal == SIGKILL, "worker 1 died of signal %d", W[1].exit_signal);
+    may_die = 0;
+    ping2(2), ping2(top_id);
+    stop_all();
+    printf("hostile shutrd: ok\n");
+    return 0;
+}
+
 #define BLOCKED_FLOOD_MS 20000
 
 static int blocked_main(void) {
@@ -1493,6 +1534,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "linger") && argc == 3) return linger_main(argv[2]);
     if (!strcmp(argv[1], "steal") && argc == 2) return steal_main();
     if (!strcmp(argv[1], "blocked")) return blocked_main();
+    if (!strcmp(argv[1], "shutrd")) return shutrd_main();
     FAIL("usage: hostile [frames [case...] | flood raw|api primary|relay|all | batch split|stall|spoof|to-worker | "
-         "linger bad|nobody|nack|unread | steal | blocked]");
+         "linger bad|nobody|nack|unread | steal | blocked | shutrd]");
 }

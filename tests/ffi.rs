@@ -405,6 +405,11 @@ fn a_primary_whose_own_loop_stalls_kills_no_healthy_worker() {
 }
 
 #[test]
+fn a_worker_that_lives_on_after_its_channel_failed_is_killed_and_replaced() {
+    run_c("hostile", &["shutrd"], Duration::from_secs(60));
+}
+
+#[test]
 fn a_worker_that_blocks_with_its_channel_full_of_notices_is_judged() {
     run_c("hostile", &["blocked"], Duration::from_secs(60));
 }
@@ -442,6 +447,11 @@ fn an_exec_mode_reload_runs_the_program_now_on_disk() {
 #[test]
 fn a_primary_at_64_fds_accepts_within_its_table_and_answers_every_connection() {
     run_c("primary_fds", &["table"], Duration::from_secs(120));
+}
+
+#[test]
+fn handoffs_refused_with_etoomanyrefs_wait_and_are_all_answered() {
+    run_c("primary_fds", &["inflight"], Duration::from_secs(120));
 }
 
 #[test]

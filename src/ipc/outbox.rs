@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::channel::{self, INLINE_MAX};
@@ -222,6 +222,17 @@ pub struct Flushed {
     pub empty: bool,
     /// A push was refused with `Again` earlier and the queue is now empty: emit DRAIN.
     pub drained: bool,
+    /// The socket refused for now for a reason writability will not signal (see `transient`):
+    /// the loop must stop watching for writability (it would fire at once, again and again)
+    /// and flush again after a while.
+    pub retry: bool,
+}
+
+/// A send that failed for now, not because the channel is gone: ETOOMANYREFS (the sender's
+/// user has more fds in flight than its RLIMIT_NOFILE), ENOBUFS, ENOMEM. The frame stays
+/// queued and goes later; writability (EPOLLOUT) says nothing about when.
+pub fn transient(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ETOOMANYREFS) | Some(libc::ENOBUFS) | Some(libc::ENOMEM))
 }
 
 /// Held or corked frames that leave together as soon as they are this many.
@@ -252,12 +263,21 @@ pub struct Outbox {
     limits: Limits,
     queue: Mutex<Queue>,
     messages: AtomicU64,
+    /// A send failed for good (the channel is gone, not `transient`): the loop checks this
+    /// without the lock, whichever thread's send found it.
+    failed: AtomicBool,
 }
 
 impl Outbox {
     /// An outbox writing to `fd` (a non-blocking channel socket it now owns).
     pub fn new(fd: OwnedFd, limits: Limits) -> Outbox {
-        Outbox { fd, limits, queue: Mutex::new(Queue::default()), messages: AtomicU64::new(0) }
+        Outbox {
+            fd,
+            limits,
+            queue: Mutex::new(Queue::default()),
+            messages: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+        }
     }
 
     /// The channel socket.
@@ -270,7 +290,9 @@ impl Outbox {
     }
 
     /// Sends or queues a frame. `Again` when a user message does not fit the bounds (a DRAIN
-    /// is then owed), `Closed` when the peer is gone.
+    /// is then owed), `Closed` when the peer is gone. A frame with borrowed fds whose send
+    /// fails for now (see `transient`) while nothing is queued is not queued either: `Again`,
+    /// and the caller, who owns the fds, tries again later.
     pub fn push(&self, frame: Frame) -> Result<Pushed> {
         self.push_inner(frame, true, false).map_err(|(e, _)| e)
     }
@@ -315,7 +337,6 @@ impl Outbox {
             // may have room (AGAIN means the channel is full, not that we held too much). What
             // does not go stays held: the holder's release hands it to the loop.
             if let Err(e) = self.flush_locked(&mut q) {
-                q.closed = true;
                 return Err((Error::new(Code::Closed, format!("channel send failed: {e}")), None));
             }
         }
@@ -336,9 +357,15 @@ impl Outbox {
                     frame.sent();
                     return Ok(Pushed::Sent);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if transient(&e) && !frame.borrowed.is_empty() => {
+                    // Queueing would take a duplicate of every borrowed fd, in a process that
+                    // may be short of them: the caller keeps the fds and tries again later.
+                    return Err((Error::new(Code::Again, format!("channel send failed for now: {e}")), None));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || transient(&e) => {}
                 Err(e) => {
                     q.closed = true;
+                    self.failed.store(true, Ordering::Relaxed);
                     self.messages.fetch_sub(u64::from(frame.user_bytes > 0), Ordering::Relaxed);
                     return Err((Error::new(Code::Closed, format!("channel send failed: {e}")), None));
                 }
@@ -387,7 +414,7 @@ impl Outbox {
         let mut q = self.lock();
         q.held = false;
         if q.corked {
-            return Ok(Flushed { empty: true, drained: false });
+            return Ok(Flushed { empty: true, drained: false, retry: false });
         }
         self.flush_locked(&mut q)
     }
@@ -431,10 +458,14 @@ impl Outbox {
                         frame.sent();
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed { empty: false, drained: false }),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(Flushed { empty: false, drained: false, retry: false })
+                }
+                Err(e) if transient(&e) => return Ok(Flushed { empty: false, drained: false, retry: true }),
                 Err(e) => {
                     q.closed = true;
                     q.frames.clear();
+                    self.failed.store(true, Ordering::Relaxed);
                     return Err(e);
                 }
             }
@@ -442,7 +473,7 @@ impl Outbox {
         q.armed = false;
         q.held = false;
         let drained = std::mem::take(&mut q.want_drain);
-        Ok(Flushed { empty: true, drained })
+        Ok(Flushed { empty: true, drained, retry: false })
     }
 
     /// Marks the channel closed: later pushes fail with `Closed`; queued frames are dropped.
@@ -450,6 +481,11 @@ impl Outbox {
         let mut q = self.lock();
         q.closed = true;
         q.frames.clear();
+    }
+
+    /// True once a send failed for good (the channel is gone), whichever thread sent.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
     }
 
     /// True once the peer is gone or `close` was called.
@@ -627,7 +663,7 @@ mod tests {
             assert_eq!(out.push(msg(100)).unwrap(), Pushed::Queued { arm: false }, "corked: held, no arming");
         }
         assert_eq!(out.push(msg(100)).unwrap_err().code, Code::Again);
-        assert_eq!(out.uncork().unwrap(), Flushed { empty: true, drained: true });
+        assert_eq!(out.uncork().unwrap(), Flushed { empty: true, drained: true, retry: false });
     }
 
     #[test]

@@ -196,21 +196,41 @@ impl Primary {
             // takes duplicates of them first.
             let frame = unsafe { Frame::with_borrowed_fds(Kind::NewConn, payload, fds) };
             let Some(slot) = self.slots.get(&id) else { return };
-            match slot.outbox.push(frame) {
+            let pushed = slot.outbox.push(frame);
+            if matches!(&pushed, Err(e) if e.code == Code::Again) {
+                // Refused for now (ETOOMANYREFS...): this frame and the rest wait, in order,
+                // and the worker takes no more until the retry timer.
+                for conn in conns.rev() {
+                    if let Some(slot) = self.slots.get_mut(&id) {
+                        slot.unacked = slot.unacked.saturating_sub(1);
+                    }
+                    self.handoff.waiting.push_front(conn);
+                }
+                for &conn in ids.iter().rev() {
+                    if self.handoff.unsend(id, conn) {
+                        if let Some(slot) = self.slots.get_mut(&id) {
+                            slot.unacked = slot.unacked.saturating_sub(1);
+                        }
+                    }
+                }
+                self.send_refused_for_now(id);
+                return;
+            }
+            match pushed {
                 // In the worker's socket now: the primary's copies can go (see handoff's doc).
                 Ok(Pushed::Sent) if slot.eager_handoff() => self.handoff.let_go(id, &ids),
                 Ok(Pushed::Queued { arm: true }) => self.arm_if_queued(id),
                 Ok(_) => {}
                 Err(e) if e.code == Code::Closed => {
                     // They come back through channel_lost (the primary still holds them).
-                    self.channel_lost(id, None);
+                    self.channel_broken(id, e.message);
                     return;
                 }
                 Err(e) => {
                     // Not queued (no fd left for the duplicates): they wait for another turn.
                     log::error!("handing {} connection(s) to worker {id}: {}", ids.len(), e.message);
-                    for conn in ids {
-                        if self.handoff.nack(id, conn, None) {
+                    for &conn in ids.iter().rev() {
+                        if self.handoff.unsend(id, conn) {
                             if let Some(slot) = self.slots.get_mut(&id) {
                                 slot.unacked = slot.unacked.saturating_sub(1);
                             }

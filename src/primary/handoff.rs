@@ -155,6 +155,19 @@ impl Handoff {
         }
     }
 
+    /// `id` could not be sent to `worker` after all (its channel refused it for now, or the
+    /// primary was out of fds): back to the front of the queue, and the try does not count.
+    pub fn unsend(&mut self, worker: u32, id: u64) -> bool {
+        match self.take(worker, id) {
+            Some(mut conn) => {
+                conn.tries = conn.tries.saturating_sub(1);
+                self.waiting.push_front(conn);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Removes `id` from what is in flight, if it is in flight to `worker`.
     fn take(&mut self, worker: u32, id: u64) -> Option<Conn> {
         match self.inflight.entry(id) {

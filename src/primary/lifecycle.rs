@@ -410,11 +410,12 @@ impl Primary {
         let restarts: u64 = self.histories.values().map(|h| u64::from(h.restarts)).sum();
         let _ = write!(
             out,
-            "],\"total\":{{\"workers\":{},\"connections\":{conns},\"messages_in\":{min},\"messages_out\":{mout},\"restarts\":{restarts},\"dropped\":{},\"waiting\":{},\"accept_pauses\":{}}},\"uptime_ms\":{}}}",
+            "],\"total\":{{\"workers\":{},\"connections\":{conns},\"messages_in\":{min},\"messages_out\":{mout},\"restarts\":{restarts},\"dropped\":{},\"waiting\":{},\"accept_pauses\":{},\"send_retries\":{}}},\"uptime_ms\":{}}}",
             self.slots.len(),
             self.handoff.dropped,
             self.handoff.waiting.len(),
             self.accept_pauses,
+            self.send_retries,
             now.saturating_sub(self.started_ms)
         );
         out

@@ -64,10 +64,17 @@ pub enum Timer {
     SdWatchdog,
     /// Worker `id` closed its channel unasked: it must have exited by now.
     ChannelClosed(u32),
+    /// A send to worker `id` failed for good: it must have exited by now.
+    ChannelFailed(u32),
+    /// Flush worker `id`'s queue again after a send failed for now (see `outbox::transient`).
+    RetryFlush(u32),
 }
 
+/// How often a queue whose sends fail for now (ETOOMANYREFS, ENOBUFS, ENOMEM) is tried again.
+const SEND_RETRY_MS: u64 = 10;
+
 /// How long a worker that closed its channel without saying goodbye (no BYE, no SHUTDOWN from
-/// us) has to exit before it is killed: a crashing process exits at once; one that lives on
+/// us), or whose channel failed, has to exit before it is killed: a crashing process exits at once; one that lives on
 /// with its channel closed can no longer be managed, and holds its slot.
 const CLOSED_CHANNEL_EXIT_MS: u64 = 2000;
 
@@ -92,6 +99,8 @@ pub struct Primary {
     accept_paused: bool,
     /// Accepts that failed for want of fds (EMFILE and the like) and paused accepting.
     accept_pauses: u64,
+    /// Flushes that sends failing for now (see `outbox::transient`) put off.
+    send_retries: u64,
     /// What the primary's own fds leave room to accept.
     fd_budget: fd_budget::FdBudget,
     slots: BTreeMap<u32, Slot>,
@@ -169,6 +178,7 @@ impl Primary {
             listeners: Listeners::new(listeners),
             accept_paused: false,
             accept_pauses: 0,
+            send_retries: 0,
             fd_budget: fd_budget::FdBudget::default(),
             slots: BTreeMap::new(),
             next_id: 0,

@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::loglimit::limited;
 use super::workers::WorkerState;
-use super::{Phase, Primary, Timer, CLOSED_CHANNEL_EXIT_MS};
+use super::{Phase, Primary, Timer, CLOSED_CHANNEL_EXIT_MS, SEND_RETRY_MS};
 use log::Level;
 
 /// Frames read from one channel per turn, so one chatty worker cannot starve the others.
@@ -94,8 +94,19 @@ impl Primary {
                 }
             }
             Timer::ResumeAccept => self.accept_paused = false,
+            Timer::RetryFlush(id) => {
+                // Try again: its queue through the loop's watch, connections at the next pump.
+                if let Some(slot) = self.slots.get_mut(&id) {
+                    slot.send_retry = false;
+                }
+                self.arm_if_queued(id);
+            }
             Timer::ChannelClosed(id) => {
                 let reason = format!("closed its channel (EOF) but did not exit within {CLOSED_CHANNEL_EXIT_MS} ms");
+                self.drop_worker(id, &reason);
+            }
+            Timer::ChannelFailed(id) => {
+                let reason = format!("its channel failed but it did not exit within {CLOSED_CHANNEL_EXIT_MS} ms");
                 self.drop_worker(id, &reason);
             }
             other => self.on_lifecycle_timer(other),
@@ -139,10 +150,20 @@ impl Primary {
 
     fn on_writable(&mut self, id: u32) {
         let Some(slot) = self.slots.get_mut(&id) else { return };
-        // Writable again with frames queued: the worker read from its channel, so its loop
-        // turns (the watchdog's evidence for a worker whose channel we are not reading).
-        slot.last_heard_ms = sys::monotonic_ms();
+        if !slot.send_retry {
+            // Writable again with frames queued: the worker read from its channel, so its loop
+            // turns (the watchdog's evidence for a worker whose channel we are not reading).
+            // Not so after a retry timer armed it: the socket may have had room all along.
+            slot.last_heard_ms = sys::monotonic_ms();
+        }
         match slot.outbox.flush() {
+            Ok(f) if f.retry => {
+                // Writability would fire at once, again and again: a timer instead. Nothing
+                // is lost: the frames stay queued.
+                let readable = slot.stalled.is_none() && slot.channel_open;
+                self.reactor.modify(slot.outbox.fd(), Source::Channel(id), readable, false).ok();
+                self.send_refused_for_now(id);
+            }
             Ok(f) => {
                 if f.empty {
                     let readable = slot.stalled.is_none() && slot.channel_open;
@@ -157,7 +178,40 @@ impl Primary {
                     self.retry_stalled();
                 }
             }
-            Err(e) => self.channel_lost(id, Some(format!("send failed: {e}"))),
+            Err(e) => self.channel_broken(id, format!("send failed: {e}")),
+        }
+    }
+
+    /// A send to worker `id` failed for now (see `outbox::transient`): it takes no connections
+    /// and its queue waits until a timer tries again (writability says nothing about when).
+    pub(super) fn send_refused_for_now(&mut self, id: u32) {
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        self.send_retries += 1;
+        if slot.send_retry {
+            return;
+        }
+        slot.send_retry = true;
+        let now = sys::monotonic_ms();
+        if now >= slot.send_retry_logged_ms + 1000 {
+            slot.send_retry_logged_ms = now;
+            log::warn!(
+                "worker {id}: its channel refuses fds for now (ETOOMANYREFS: this user has more fds in flight \
+                 than RLIMIT_NOFILE; or ENOBUFS/ENOMEM): trying again every {SEND_RETRY_MS} ms"
+            );
+        }
+        self.reactor.add_timer(now + SEND_RETRY_MS, Timer::RetryFlush(id));
+    }
+
+    /// A send to worker `id` failed for good (EPIPE, ECONNRESET...): its channel is lost, and
+    /// a worker that lives on without it can no longer be managed, so unless it was leaving it
+    /// gets `CLOSED_CHANNEL_EXIT_MS` to exit (a crashing worker's exit is on its way) before
+    /// it is killed and replaced.
+    pub(super) fn channel_broken(&mut self, id: u32, reason: String) {
+        let Some(slot) = self.slots.get(&id) else { return };
+        let unasked = slot.channel_open && !slot.disconnect_requested && self.phase == Phase::Running;
+        self.channel_lost(id, Some(reason));
+        if unasked {
+            self.reactor.add_timer(sys::monotonic_ms() + CLOSED_CHANNEL_EXIT_MS, Timer::ChannelFailed(id));
         }
     }
 
@@ -590,6 +644,13 @@ impl Primary {
 
     /// Settles a turn: hand off what waits, move a shutdown along, switch accepting on or off.
     pub(super) fn after_turn(&mut self) {
+        // A send that failed for good on any thread (a relay, the host's cluster_send) marked
+        // the queue: the channel is lost.
+        let broken: Vec<u32> =
+            self.slots.values().filter(|s| s.channel_open && s.outbox.failed()).map(|s| s.id).collect();
+        for id in broken {
+            self.channel_broken(id, "a send on its channel failed".into());
+        }
         self.pump();
         if !self.loglimit.is_empty() {
             for (id, line, n) in self.loglimit.expired(sys::monotonic_ms()) {

@@ -110,6 +110,11 @@ pub struct Slot {
     /// The worker reported it refuses the fds passed with messages (it is within
     /// `MESSAGE_FD_RESERVE` of its fd limit): relays of messages with fds to it are refused.
     pub refuses_fds: bool,
+    /// Sends to it fail for now (ETOOMANYREFS...): it takes no connections until a timer
+    /// tries again (and flushes its queue).
+    pub send_retry: bool,
+    /// When that was last logged, monotonic ms.
+    pub send_retry_logged_ms: u64,
 }
 
 impl Slot {
@@ -141,6 +146,8 @@ impl Slot {
             fd_pressure: false,
             refuses_fds: false,
             pressure_reports: 0,
+            send_retry: false,
+            send_retry_logged_ms: 0,
         }
     }
 
@@ -158,7 +165,7 @@ impl Slot {
 
     /// Can take new connections right now (ready, channel open, not stopping).
     pub fn accepts_connections(&self) -> bool {
-        self.state == WorkerState::Ready && self.channel_open && !self.disconnect_requested
+        self.state == WorkerState::Ready && self.channel_open && !self.disconnect_requested && !self.send_retry
     }
 
     /// Connections it holds now: handed (acknowledged or in flight) and not reported done.

@@ -55,6 +55,8 @@ enum Phase {
 pub enum Timer {
     /// Tell the primary the loop is alive.
     Heartbeat,
+    /// Flush the channel again after a send failed for now (see `outbox::transient`).
+    RetryFlush,
 }
 
 /// The worker runtime.
@@ -289,8 +291,11 @@ impl Worker {
                     }
                 }
                 Source::Timer => {
-                    for Timer::Heartbeat in self.reactor.expired(sys::monotonic_ms()) {
-                        self.heartbeat();
+                    for t in self.reactor.expired(sys::monotonic_ms()) {
+                        match t {
+                            Timer::Heartbeat => self.heartbeat(),
+                            Timer::RetryFlush => self.watch_writable(true),
+                        }
                     }
                 }
                 Source::Listener(index) => self.accept_from(index),
@@ -433,6 +438,11 @@ impl Worker {
 
     fn on_writable(&mut self) {
         match self.outbox.flush() {
+            Ok(f) if f.retry => {
+                // Writability would fire at once, again and again: a timer instead.
+                self.watch_writable(false);
+                self.reactor.add_timer(sys::monotonic_ms() + 10, Timer::RetryFlush);
+            }
             Ok(f) => {
                 if f.empty {
                     self.watch_writable(false);
