@@ -450,9 +450,9 @@ static int lingering_socket(int port) {
 /* Sends a lingering socket to the primary in a way that makes the primary close it, then
  * closes our copy (the primary's close is the last): how = bad (on a Heartbeat, which takes no
  * fds: a malformed frame), nobody (cluster_send_fd to worker 999), nack (given back with a
- * NACK of a connection id never handed out), unread (on a message to the primary right behind
- * a garbage datagram: the primary drops us and never reads it; it is still in the channel
- * when the primary closes its end). */
+ * NACK of a connection id never handed out), unread (a Bye, a garbage datagram, three empty
+ * ones, then a message to the primary with the socket: the primary drops us and never reads
+ * it; it is still in the channel when the primary closes its end). */
 static void send_lingering(const char *how, int port) {
     int s = lingering_socket(port);
     uint8_t b[HDR + 8];
@@ -467,9 +467,15 @@ static void send_lingering(const char *how, int port) {
         memset(garbage, 0xAB, sizeof garbage);
         header(b, K_MESSAGE, F_FD, 1, 0, 1);
         b[HDR] = 'x';
-        int err = raw_sendmsg(garbage, sizeof garbage, NULL, 0, 5000);
+        /* Bye first: the primary lets go of its copy of our end, so once we are dead the
+         * empty datagrams read like the end of the channel. */
+        uint8_t bye[HDR];
+        header(bye, K_BYE, 0, 0, 0, 0);
+        int err = raw_sendmsg(bye, HDR, NULL, 0, 5000);
+        if (!err) err = raw_sendmsg(garbage, sizeof garbage, NULL, 0, 5000);
+        for (int i = 0; i < 3 && !err; i++) err = raw_sendmsg(garbage, 0, NULL, 0, 5000);
         if (!err) err = raw_sendmsg(b, HDR + 1, &s, 1, 5000);
-        CHECK(err == 0, "send garbage, then a message with an fd: %s", strerror(err));
+        CHECK(err == 0, "send garbage, empty datagrams, then a message with an fd: %s", strerror(err));
     } else if (!strcmp(how, "nack")) {
         header(b, K_NACK, 0, 1, 0, 8);
         le64(b + HDR, 1ull << 40);

@@ -7,7 +7,9 @@
 //!   from fake workers.
 
 use std::collections::BTreeSet;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use crate::event::EventKind;
 use crate::ipc::frame::{
@@ -59,13 +61,21 @@ const FAKES: usize = 3;
 /// Plays `data` as a script against a primary with three fake workers, and checks what a
 /// compromised worker must never achieve: a panic, an fd leak, a message that arrives under
 /// another worker's id, a frame with fds its sender did not attach, or a worker that broke the
-/// protocol left connected.
+/// protocol left connected. And one that needs no compromise to test: a turn of the primary
+/// (or its handling of a fake's death) that blocks on something a fake sent. Such a step may
+/// attach a TCP socket whose last close would wait `LINGER_S` seconds (SO_LINGER, unsent data,
+/// a peer that never reads), and hand the primary the last reference to it: every turn must
+/// take less than `TURN_BOUND`. (The bound is not 100 ms: the primary's turns take
+/// microseconds, but this runs on loaded shared machines, where a 3 ms step was once seen to
+/// take 1.2 s, and what it must catch is a close that waits for `LINGER_S`.)
 ///
 /// Script, a step at a time:
 /// - `op < 0x80`: a datagram from fake `op % 3`, with `(op >> 2) & 3` fds attached (spares
 ///   from the `op >> 4`th on: /dev/null, a socket, a sealed memfd of 64 bytes), of the length
 ///   in the next two bytes (little-endian, cut to what is left), then a loop turn;
-/// - `op >= 0x80`: `op % 4` = 0 a loop turn, 1 every fake reads what it was sent, 2 fake
+/// - `op >= 0x80`: `op % 4` = 0 a loop turn (with `(op >> 2) & 3` = 3, the next datagram
+///   also carries a lingering socket, and the script lets go of its own copy once it is
+///   sent), 1 every fake reads what it was sent, 2 fake
 ///   `((op >> 2) & 3) % 3` closes its end (dies), 3 a client connects to the primary's unix
 ///   listener (the primary hands it to a ready fake: NEWCONN, to be ACKed or NACKed).
 pub fn primary(data: &[u8]) {
@@ -76,13 +86,20 @@ pub fn primary(data: &[u8]) {
         let spares = Spares::new();
         let mut sent: [Sent; FAKES] = Default::default();
         let mut dropped = BTreeSet::new();
+        let mut lingering = Lingering::default();
+        let mut linger_next = false;
         let mut rest = data;
         while let Some((&op, tail)) = rest.split_first() {
             rest = tail;
             if op >= 0x80 {
                 match op % 4 {
+                    0 if (op >> 2) & 3 == 3 => linger_next = true,
                     1 => (0..FAKES).for_each(|i| check_received(&h, i, &ids, &sent)),
-                    2 => h.close(usize::from((op >> 2) & 3) % FAKES),
+                    2 => {
+                        let t = Instant::now();
+                        h.close(usize::from((op >> 2) & 3) % FAKES);
+                        assert!(t.elapsed() < TURN_BOUND, "the primary took {:?} over a fake's death", t.elapsed());
+                    }
                     3 => {
                         h.connect();
                     }
@@ -94,17 +111,34 @@ pub fn primary(data: &[u8]) {
                 let len = usize::from(u16::from_le_bytes(*len)).min(tail.len());
                 let (datagram, tail) = tail.split_at(len);
                 rest = tail;
-                let fds = spares.pick(usize::from(op >> 2) & 3, usize::from(op >> 4));
-                if h.send(from, datagram, &fds).is_ok() {
+                let linger = if std::mem::take(&mut linger_next) { lingering.socket() } else { None };
+                let mut fds = spares.pick(usize::from(op >> 2) & 3, usize::from(op >> 4));
+                if let Some(s) = &linger {
+                    fds.push(s.as_fd());
+                }
+                let ok = h.send(from, datagram, &fds).is_ok();
+                let attached = !fds.is_empty();
+                drop(fds);
+                if let Some(s) = linger {
+                    if ok {
+                        drop(s); // in flight now: this close is not the last
+                    } else {
+                        crate::sys::close_untrusted(s); // ours is the only one
+                    }
+                }
+                if ok {
                     sent[from].datagrams.push(datagram);
-                    if !fds.is_empty() {
+                    if attached {
                         // The memfd's bytes may become the payload of a FLAG_BIG message.
                         sent[from].datagrams.push(&SEALED);
                         sent[from].fds = true;
                     }
                 }
             }
-            for ev in h.turn() {
+            let t = Instant::now();
+            let events = h.turn();
+            assert!(t.elapsed() < TURN_BOUND, "a turn of the primary took {:?}", t.elapsed());
+            for ev in events {
                 assert!(ev.worker_id == 0 || ids.contains(&ev.worker_id), "event for an unknown worker: {ev:?}");
                 if ev.kind == EventKind::Error && ev.worker_id != 0 {
                     dropped.insert(ev.worker_id);
@@ -134,11 +168,15 @@ struct Sent<'a> {
 /// the fake whose datagram holds its payload (the primary stamps `from`: no one can pose as
 /// another worker), and fds arrive only from a fake that attached some.
 fn check_received(h: &Harness, index: usize, ids: &[u32], sent: &[Sent<'_>; FAKES]) {
-    for got in h.drain(index) {
-        let (header, payload) = Header::decode(&got.bytes, got.fds.len(), u64::MAX)
+    for mut got in h.drain(index) {
+        // Only their number is checked; a lingering socket among them must not make the
+        // script wait either.
+        let nfds = got.fds.len();
+        got.fds.drain(..).for_each(crate::sys::close_untrusted);
+        let (header, payload) = Header::decode(&got.bytes, nfds, u64::MAX)
             .unwrap_or_else(|e| panic!("the primary sent fake {index} an invalid frame: {e}"));
         if header.kind == Kind::NewConn {
-            let entries = decode_conns(payload, got.fds.len()).expect("the primary's NEWCONN frames are well formed");
+            let entries = decode_conns(payload, nfds).expect("the primary's NEWCONN frames are well formed");
             assert!(entries.iter().all(|e| e.listener == 0), "connections come from the one listener");
         }
         if header.kind != Kind::Message || header.from == 0 {
@@ -154,11 +192,40 @@ fn check_received(h: &Harness, index: usize, ids: &[u32], sent: &[Sent<'_>; FAKE
             header.from
         );
         assert!(header.to != BROADCAST || sender != index, "a broadcast went back to its sender");
-        assert!(
-            got.fds.is_empty() || theirs.fds,
-            "fds reached fake {index} that worker {} never attached",
-            header.from
-        );
+        assert!(nfds == 0 || theirs.fds, "fds reached fake {index} that worker {} never attached", header.from);
+    }
+}
+
+/// What a lingering socket's last close would wait, in seconds.
+const LINGER_S: i32 = 8;
+/// The longest a turn of the primary may take (see `primary`).
+const TURN_BOUND: Duration = Duration::from_millis(4000);
+
+/// Makes TCP sockets whose last close blocks: connected to a listener that never accepts
+/// (created on first use, so scripts that never ask pay nothing), the send buffer full,
+/// `SO_LINGER {1, LINGER_S}`.
+#[derive(Default)]
+struct Lingering {
+    listener: Option<std::net::TcpListener>,
+}
+
+impl Lingering {
+    fn socket(&mut self) -> Option<OwnedFd> {
+        if self.listener.is_none() {
+            self.listener = std::net::TcpListener::bind("127.0.0.1:0").ok();
+        }
+        let addr = self.listener.as_ref()?.local_addr().ok()?;
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_nonblocking(true).ok()?;
+        let junk = [0u8; 1 << 16];
+        for _ in 0..1024 {
+            if s.write(&junk).is_err() {
+                break; // WouldBlock: the peer's window and our buffer are full
+            }
+        }
+        s.set_nonblocking(false).ok()?;
+        crate::sys::set_linger(s.as_raw_fd(), Some(LINGER_S)).ok()?;
+        Some(OwnedFd::from(s))
     }
 }
 

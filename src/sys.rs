@@ -120,11 +120,17 @@ pub fn close_untrusted(fd: OwnedFd) {
 
 /// Turns SO_LINGER off on a socket (see `close_untrusted`); a no-op on other fds.
 pub fn linger_off(fd: RawFd) {
-    let off = libc::linger { l_onoff: 0, l_linger: 0 };
+    set_linger(fd, None).ok(); // ENOTSOCK on anything but a socket
+}
+
+/// Sets SO_LINGER: `Some(secs)` makes the last close wait up to `secs` for unsent data,
+/// None turns lingering off.
+pub fn set_linger(fd: RawFd, secs: Option<i32>) -> io::Result<()> {
+    let l = libc::linger { l_onoff: i32::from(secs.is_some()), l_linger: secs.unwrap_or(0) };
     let len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
-    // SAFETY: we pass a pointer to a live `linger` and its exact size; a non-socket gives
-    // ENOTSOCK, which is ignored.
-    unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, (&off as *const libc::linger).cast(), len) };
+    // SAFETY: we pass a pointer to a live `linger` and its exact size.
+    cvt(unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, (&l as *const libc::linger).cast(), len) })
+        .map(drop)
 }
 
 /// A pair of connected, non-blocking, CLOEXEC SOCK_SEQPACKET Unix sockets.
@@ -173,6 +179,15 @@ pub fn fd_limit() -> u64 {
 pub fn open_fd_count() -> Option<usize> {
     // The directory's own fd is in the listing.
     std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count().saturating_sub(1))
+}
+
+/// Bytes a unix socket sent that its peer has not read yet (SIOCOUTQ: what the kernel still
+/// charges to the sender); None when the ioctl fails.
+pub fn unread_sent(fd: RawFd) -> Option<u64> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (the same number as TIOCOUTQ) writes one int into `n`.
+    let ok = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) } == 0;
+    ok.then_some(n.max(0) as u64)
 }
 
 /// True when `fd` has something to read right now.

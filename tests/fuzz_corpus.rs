@@ -116,6 +116,9 @@ fn step(fake: u8, nfds: u8, first: u8, datagram: &[u8]) -> Vec<u8> {
 const READ_ALL: u8 = 0x81;
 /// The script step in which a client connects to the primary's listener.
 const CONNECT: u8 = 0x83;
+/// The script step after which the next datagram also carries a lingering TCP socket (its
+/// last close would block for seconds), whose last reference the primary then holds.
+const LINGER: u8 = 0x8C;
 
 fn seeds_primary() -> Vec<(&'static str, Vec<u8>)> {
     let hello = |fake: u8| step(fake, 0, 0, &frame(Kind::Hello, 0, 0, 0, 0, &[1, 0, 0, 0]));
@@ -175,6 +178,33 @@ fn seeds_primary() -> Vec<(&'static str, Vec<u8>)> {
                 step(2, 0, 0, &frame(Kind::ConnDone, 0, 0, 0, 0, &1u32.to_le_bytes())),
             ]
             .concat(),
+        ),
+        // A lingering socket the primary has to close: on a malformed frame, on a message to no
+        // one, on a NACK for no connection, behind a bad frame (unread when the fake dies); and
+        // one relayed to a fake, which the primary passes on without closing anything.
+        ("linger-bad", [up.clone(), vec![LINGER], step(0, 0, 0, &frame(Kind::Heartbeat, 0, 0, 0, 0, &[]))].concat()),
+        (
+            "linger-nobody",
+            [up.clone(), vec![LINGER], step(0, 0, 0, &frame(Kind::Message, 0, 999, 2, 1, b"x"))].concat(),
+        ),
+        (
+            "linger-nack",
+            [up.clone(), vec![LINGER], step(1, 0, 0, &frame(Kind::Nack, 0, 0, 0, 1, &encode_ids(&[77])))].concat(),
+        ),
+        (
+            "linger-unread",
+            [
+                up.clone(),
+                step(0, 0, 0, b"garbage first, so the next datagram is never read"),
+                vec![LINGER],
+                step(0, 0, 0, &frame(Kind::Message, 0, 0, 2, 1, b"x")),
+                vec![0x82 /* fake 0 dies */],
+            ]
+            .concat(),
+        ),
+        (
+            "linger-relay",
+            [up.clone(), vec![LINGER], step(2, 0, 0, &frame(Kind::Message, 0, 1, 2, 1, b"x")), vec![READ_ALL]].concat(),
         ),
         (
             "handoff-given-back",

@@ -469,8 +469,8 @@ impl Primary {
         }
         self.drain_stalled_acks(id);
         self.channel_lost(id, None);
+        self.discard_unread(id); // before recover_connections, which lets go of the peer
         self.recover_connections(id);
-        self.discard_unread(id);
         let Some(slot) = self.slots.remove(&id) else { return };
         if let Some(pidfd) = &slot.pidfd {
             self.reactor.remove(std::os::fd::AsRawFd::as_raw_fd(pidfd));
@@ -523,14 +523,22 @@ impl Primary {
     /// so that the fds in it are closed with `sys::close_untrusted`. Left in the socket, they
     /// would be closed by the kernel when the primary closes its end, and a lingering socket
     /// among them would block that close. (A dead worker adds nothing; the socket's buffer
-    /// bounds what is there.)
+    /// bounds what is there.) Once the worker's end is closed, an empty datagram reads as
+    /// the end of the channel (`Read::Closed`) like the end itself does, and nothing tells
+    /// them apart: so reading goes on past it, up to the bound, unless nothing is left in
+    /// flight from the worker's end, which the primary can tell when it holds that end
+    /// (`Slot::recovery`: the kernel counts what a socket sent and is not read yet). Without
+    /// it (no handoffs, or a worker that said Bye) the bound is read through every time:
+    /// about 1.3 ms per exit, measured.
     fn discard_unread(&mut self, id: u32) {
         let Some(slot) = self.slots.get(&id) else { return };
         let fd = slot.outbox.fd();
+        let peer = slot.recovery.as_ref().map(|r| r.as_raw_fd());
         let mut inbox = Inbox::default();
         for _ in 0..DRAIN_READS {
             match self.reader.read(fd, &mut inbox) {
-                Ok(Read::WouldBlock) | Ok(Read::Closed) | Err(_) => break,
+                Ok(Read::WouldBlock) | Err(_) => break,
+                Ok(Read::Closed) if peer.is_some_and(|p| sys::unread_sent(p) == Some(0)) => break,
                 Ok(_) => {} // dropped: the fds of a frame nobody takes are closed untrusted
             }
         }
