@@ -8,6 +8,16 @@
  * its events through cluster_set_batch_handler: whole loop turns per call. */
 #include "harness.h"
 
+#include <stddef.h>
+
+/* cluster_batch_cb hands an array of events: its stride, sizeof(cluster_event), is frozen
+ * (docs/ABI.md), and so are the offsets a program reads. */
+_Static_assert(sizeof(void *) != 8 || sizeof(cluster_event) == 64, "cluster_event is 64 bytes");
+_Static_assert(sizeof(void *) != 8 || (offsetof(cluster_event, fd) == 12 && offsetof(cluster_event, data) == 16 &&
+                                       offsetof(cluster_event, len) == 24 && offsetof(cluster_event, listener) == 44 &&
+                                       offsetof(cluster_event, peer) == 48 && offsetof(cluster_event, peer_len) == 56),
+               "cluster_event's fields stay where they are");
+
 #define WORKERS 2
 #define BURST 1000
 

@@ -116,8 +116,12 @@ typedef void (*cluster_log_cb)(void *userdata,
 typedef uint32_t cluster_event_kind;
 
 /**
- * One event. Pointers inside are valid only during the callback. Fields are only ever
- * appended.
+ * One event. Pointers inside are valid only during the callback.
+ *
+ * Its layout is frozen (64 bytes on 64-bit Linux, the fields below at their offsets):
+ * `cluster_batch_cb` hands an array of these, and a program built against this header steps
+ * through that array by its own `sizeof(cluster_event)`, so no field will ever be added.
+ * Anything an event may need to carry later comes through new functions or event kinds.
  */
 typedef struct cluster_event {
   /**
@@ -227,7 +231,8 @@ struct cluster_worker_info {
 
 /**
  * The batch callback (`cluster_set_batch_handler`): `userdata` as given, and the `n` events
- * of one loop turn (valid during the call only).
+ * of one loop turn (valid during the call only), back to back: `events[i]` is the i-th one
+ * (the struct's size is frozen, see `cluster_event`).
  */
 typedef void (*cluster_batch_cb)(void *userdata, const struct cluster_event *events, size_t n);
 

@@ -97,8 +97,12 @@ pub const CLUSTER_WORKER_DISCONNECTING: cluster_worker_state = 3;
 /// Exited.
 pub const CLUSTER_WORKER_DEAD: cluster_worker_state = 4;
 
-/// One event. Pointers inside are valid only during the callback. Fields are only ever
-/// appended.
+/// One event. Pointers inside are valid only during the callback.
+///
+/// Its layout is frozen (64 bytes on 64-bit Linux, the fields below at their offsets):
+/// `cluster_batch_cb` hands an array of these, and a program built against this header steps
+/// through that array by its own `sizeof(cluster_event)`, so no field will ever be added.
+/// Anything an event may need to carry later comes through new functions or event kinds.
 #[repr(C)]
 pub struct cluster_event {
     /// What happened (`CLUSTER_EVENT_*`).
@@ -134,6 +138,20 @@ pub struct cluster_event {
     pub peer_len: u32,
 }
 
+// The frozen layout (see `cluster_event`): a change here breaks every program that takes its
+// events in batches, and must not compile.
+const _: () = {
+    use std::mem::{align_of, offset_of, size_of};
+    if cfg!(target_pointer_width = "64") {
+        assert!(size_of::<cluster_event>() == 64 && align_of::<cluster_event>() == 8);
+        assert!(offset_of!(cluster_event, fd) == 12 && offset_of!(cluster_event, data) == 16);
+        assert!(offset_of!(cluster_event, len) == 24 && offset_of!(cluster_event, exit_code) == 32);
+        assert!(offset_of!(cluster_event, exited_after_disconnect) == 40);
+        assert!(offset_of!(cluster_event, listener) == 44 && offset_of!(cluster_event, peer) == 48);
+        assert!(offset_of!(cluster_event, peer_len) == 56);
+    }
+};
+
 /// A snapshot of one worker.
 #[repr(C)]
 pub struct cluster_worker_info {
@@ -159,7 +177,8 @@ pub struct cluster_worker_info {
 pub type cluster_event_cb = Option<unsafe extern "C" fn(userdata: *mut c_void, event: *const cluster_event)>;
 
 /// The batch callback (`cluster_set_batch_handler`): `userdata` as given, and the `n` events
-/// of one loop turn (valid during the call only).
+/// of one loop turn (valid during the call only), back to back: `events[i]` is the i-th one
+/// (the struct's size is frozen, see `cluster_event`).
 pub type cluster_batch_cb = Option<unsafe extern "C" fn(userdata: *mut c_void, events: *const cluster_event, n: usize)>;
 
 /// A FORK-mode worker's entry point; its return value is the worker's exit code.

@@ -145,11 +145,14 @@ _MESSAGE = _lib.CLUSTER_EVENT_MESSAGE
 _string_at = string_at = ctypes.string_at
 
 #: The head of a ``struct cluster_event`` (kind, worker_id, fd, data, len), padded to its size,
-#: for reading a batch of events with one struct call.
+#: for reading a batch of events with one struct call. The batch is an array, so its stride is
+#: the struct's size: frozen at 64 bytes on 64-bit platforms (docs/ABI.md), checked here.
 _EVENT_SIZE = ctypes.sizeof(_lib.cluster_event)
 _EVENT_HEAD = struct.Struct("@II4xiPN" + f"{_EVENT_SIZE - 32}x")
-if (_lib.cluster_event.fd.offset, _lib.cluster_event.data.offset, _lib.cluster_event.len.offset) != (12, 16, 24) or (
-    _EVENT_HEAD.size != _EVENT_SIZE
+if (
+    (_lib.cluster_event.fd.offset, _lib.cluster_event.data.offset, _lib.cluster_event.len.offset) != (12, 16, 24)
+    or _EVENT_HEAD.size != _EVENT_SIZE
+    or (ctypes.sizeof(ctypes.c_void_p) == 8 and _EVENT_SIZE != 64)
 ):
     raise ImportError("rcluster: struct cluster_event does not have the layout this binding reads")
 
