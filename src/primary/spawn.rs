@@ -1,8 +1,10 @@
 //! Starting worker processes: fork(2) running a function, or fork+exec of a program.
 //!
 //! Between fork and exec a multi-threaded parent's child may only make async-signal-safe calls,
-//! so everything exec needs (argv, envp, the error pipe) is built before the fork, and the
-//! child only calls sigaction, sigprocmask, prctl, getppid, fcntl, execve, write and _exit.
+//! so everything exec needs (argv, envp) is built before, and the EXEC-mode child (a
+//! CLONE_VM|CLONE_VFORK clone, like posix_spawn's) only makes system calls: rt_sigaction,
+//! rt_sigprocmask, prctl, getppid, sched_*, fcntl, chdir, setgroups/setgid/setuid, dup2,
+//! execve and _exit.
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -13,7 +15,7 @@ use crate::config::WorkerProcess;
 use crate::error::{fail, Code, Error, Result};
 use crate::net::activation;
 use crate::signals;
-use crate::sys::{self, cvt, owned};
+use crate::sys::{self, owned};
 use crate::worker::env::{self, WorkerEnv};
 
 /// What a spawn left in this process.
@@ -152,9 +154,15 @@ fn cstring(s: &OsStr) -> Result<CString> {
     CString::new(s.as_bytes()).map_err(|_| Error::new(Code::Inval, "path with a NUL byte"))
 }
 
-/// EXEC mode: forks and execs `plan` as worker `template.id`. Safe in a multi-threaded process.
+/// EXEC mode: starts `plan` as worker `template.id`. Safe in a multi-threaded process.
 /// An exec failure ("exec /bad/path: No such file or directory") comes back as an error, and
 /// the failed child is reaped.
+///
+/// The child is started the way posix_spawn(3) does it: clone(2) with CLONE_VM|CLONE_VFORK, on
+/// a stack of its own. This thread is suspended until the child has exec'd or exited, and the
+/// child reports a failure by writing it into memory the two share. Nothing waits for an EOF
+/// on a pipe, so another fork of this process (a host thread that forks without exec, and so
+/// holds every descriptor open at that moment) cannot hold a start up.
 pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv, process: &WorkerProcess) -> Result<Spawned> {
     let setup = Setup::new(process)?;
     let (ours, theirs) = sys::seqpacket_pair()?;
@@ -179,58 +187,43 @@ pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv, process: &WorkerProcess
     env_ptrs.push(std::ptr::null());
     let mut argv_ptrs: Vec<*const libc::c_char> = plan.argv.iter().map(|c| c.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
-    let (err_r, err_w) = cloexec_pipe()?;
-    let child_fd: RawFd = theirs.as_raw_fd();
-    let err_fd: RawFd = err_w.as_raw_fd();
-    sys::flush_stdio();
-    // SAFETY: fork in a possibly multi-threaded process: the child below only makes
-    // async-signal-safe calls on data prepared before the fork, then execs or _exits.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(Error::last_os("fork"));
-    }
-    if pid == 0 {
-        die_with_parent(parent);
-        signals::reset_in_child(&signals::PRIMARY_SIGNALS);
-        super::sched::reset_in_child();
-        // SAFETY: async-signal-safe calls on integers and on pointers prepared before the fork
-        // (the NUL-terminated argv/envp arrays point into CStrings that the copy-on-write child
-        // still holds).
-        unsafe {
-            // stdio too: some hosts (Node) mark 0-2 close-on-exec, and a worker without its
-            // stdout would lose every line it prints.
-            let stdio: &[RawFd] = if setup.devnull.is_none() { &[0, 1, 2] } else { &[] };
-            for &fd in std::iter::once(&child_fd).chain(inherit.iter()).chain(stdio) {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            }
-            let failure = match setup.apply() {
-                Err((stage, errno)) => [stage as libc::c_int, errno],
-                Ok(()) => {
-                    // Changing the uid or gid clears the parent-death signal: set it again.
-                    die_with_parent(parent);
-                    libc::execve(plan.path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
-                    [Stage::Exec as libc::c_int, *libc::__errno_location()]
-                }
-            };
-            libc::write(err_fd, failure.as_ptr().cast(), std::mem::size_of_val(&failure));
-            libc::_exit(127);
-        }
-    }
-    drop(err_w);
-    // The pipe's write end closes on a successful exec (CLOEXEC): EOF means the worker runs.
-    let mut failure: [libc::c_int; 2] = [0; 2];
-    let n = loop {
-        // SAFETY: reading into a live array of two c_ints.
-        let n = unsafe { libc::read(err_r.as_raw_fd(), failure.as_mut_ptr().cast(), std::mem::size_of_val(&failure)) };
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        break n;
+    let stack = ChildStack::new()?;
+    let mut child = ExecChild {
+        parent,
+        setup: &setup,
+        channel: theirs.as_raw_fd(),
+        inherit: &inherit,
+        path: plan.path.as_ptr(),
+        argv: argv_ptrs.as_ptr(),
+        envp: env_ptrs.as_ptr(),
+        failure: [0; 2],
     };
-    if n > 0 {
+    sys::flush_stdio();
+    let pid = {
+        // Every signal stays blocked on this thread until the child has reset the handlers it
+        // inherited: a host's handler must never run in the child, which shares our memory.
+        let _blocked = BlockedSignals::all();
+        // SAFETY: the child runs `exec_child` on its own stack with a pointer to `child`,
+        // which outlives it (CLONE_VFORK: clone returns once the child has exec'd or exited).
+        // CLONE_VM shares memory, not descriptors (no CLONE_FILES) nor signal handlers (no
+        // CLONE_SIGHAND): what the child changes there is its own. SIGCHLD: reaped as a child.
+        unsafe {
+            libc::clone(
+                exec_child,
+                stack.top(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                (&mut child as *mut ExecChild<'_>).cast(),
+            )
+        }
+    };
+    if pid < 0 {
+        return Err(Error::last_os("clone"));
+    }
+    // SAFETY: reading our own local, which the child may have written before it exited.
+    let failure = unsafe { std::ptr::read_volatile(&child.failure) };
+    if failure[0] != 0 {
         let mut status = 0;
-        // SAFETY: reaping our own, just-failed child.
+        // SAFETY: reaping our own child, which has already exited (CLONE_VFORK).
         unsafe { libc::waitpid(pid, &mut status, 0) };
         let what = match failure[0] {
             x if x == Stage::Exec as libc::c_int => format!("exec {}", plan.program()),
@@ -239,6 +232,158 @@ pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv, process: &WorkerProcess
         return Err(Error::sys(what, io::Error::from_raw_os_error(failure[1])));
     }
     Ok(Spawned::Parent { pid, channel: ours, recovery: theirs })
+}
+
+/// What the EXEC-mode child needs, all prepared before the clone; `failure` is its answer.
+struct ExecChild<'a> {
+    parent: libc::pid_t,
+    setup: &'a Setup,
+    channel: RawFd,
+    inherit: &'a [RawFd],
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    /// (Stage, errno) when the child failed before or at exec; zeros when it exec'd.
+    failure: [libc::c_int; 2],
+}
+
+/// The EXEC-mode child, between clone and exec. It shares the parent's memory, so it only
+/// makes system calls (raw ones where glibc's wrapper would act for the whole "process",
+/// like setuid's broadcast to every thread) on data prepared before the clone, and writes
+/// nothing of the parent's but `failure`.
+extern "C" fn exec_child(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the ExecChild that exec_worker keeps alive until this child is gone.
+    let c = unsafe { &mut *arg.cast::<ExecChild<'_>>() };
+    reset_signal_handlers();
+    die_with_parent(c.parent);
+    super::sched::reset_in_child();
+    // SAFETY: system calls on integers and on the NUL-terminated arrays prepared before the
+    // clone, which the suspended parent keeps alive.
+    unsafe {
+        // stdio too: some hosts (Node) mark 0-2 close-on-exec, and a worker without its
+        // stdout would lose every line it prints.
+        let stdio: &[RawFd] = if c.setup.devnull.is_none() { &[0, 1, 2] } else { &[] };
+        for &fd in std::iter::once(&c.channel).chain(c.inherit.iter()).chain(stdio) {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+        }
+        c.failure = match c.setup.apply() {
+            Err((stage, errno)) => [stage as libc::c_int, errno],
+            Ok(()) => {
+                // Changing the uid or gid clears the parent-death signal: set it again.
+                die_with_parent(c.parent);
+                libc::execve(c.path, c.argv, c.envp);
+                [Stage::Exec as libc::c_int, *libc::__errno_location()]
+            }
+        };
+        libc::_exit(127)
+    }
+}
+
+/// In the EXEC-mode child, with every signal blocked: each handler the host installed goes
+/// back to the default action (exec would do the same; before it, a handler would run on the
+/// parent's memory), so do the primary's signals even if ignored, as the fork path does; then
+/// every signal is unblocked. Raw rt_sigaction/rt_sigprocmask: the kernel's own structures,
+/// no wrapper in between.
+fn reset_signal_handlers() {
+    /// The kernel's `struct sigaction` (x86_64, aarch64 and the other generic layouts).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+    for sig in 1..=64 {
+        let mut old = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+        // SAFETY: rt_sigaction with a NULL new action and a writable old one of the kernel's
+        // layout; the size is that of the kernel's signal set (8 bytes).
+        let got =
+            unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, std::ptr::null::<KernelSigaction>(), &mut old, 8) };
+        if got != 0 {
+            continue; // SIGKILL/SIGSTOP have nothing to reset
+        }
+        let caught = old.handler != libc::SIG_DFL && old.handler != libc::SIG_IGN;
+        if caught || signals::PRIMARY_SIGNALS.contains(&sig) {
+            // SAFETY: as above, with a valid new action and no old one.
+            unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, &dfl, std::ptr::null_mut::<KernelSigaction>(), 8) };
+        }
+    }
+    let none: u64 = 0;
+    // SAFETY: rt_sigprocmask with a valid 8-byte set and no old set.
+    unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &none, std::ptr::null_mut::<u64>(), 8) };
+}
+
+/// Every signal blocked on the calling thread until dropped, which puts the old mask back.
+struct BlockedSignals(libc::sigset_t);
+
+impl BlockedSignals {
+    fn all() -> BlockedSignals {
+        // SAFETY: zeroed sigset_t values are valid to fill; pthread_sigmask gets valid sets.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            BlockedSignals(old)
+        }
+    }
+}
+
+impl Drop for BlockedSignals {
+    fn drop(&mut self) {
+        // SAFETY: the mask pthread_sigmask gave us.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
+/// The EXEC-mode child's stack: its own mapping, with a guard page below it.
+struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    const SIZE: usize = 256 * 1024;
+    const GUARD: usize = 64 * 1024;
+
+    fn new() -> Result<ChildStack> {
+        let len = Self::SIZE + Self::GUARD;
+        // SAFETY: a fresh anonymous private mapping; no existing memory is touched.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Error::last_os("mmap for the worker's start"));
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the lowest GUARD bytes of our own mapping (64 KiB covers any page size).
+        if unsafe { libc::mprotect(base, Self::GUARD, libc::PROT_NONE) } != 0 {
+            return Err(Error::last_os("mprotect for the worker's start"));
+        }
+        Ok(stack)
+    }
+
+    /// The highest address (stacks grow down), 16-byte aligned.
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of our mapping, which is page-aligned.
+        unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, no longer used (the child has exec'd or exited).
+        unsafe { libc::munmap(self.base, self.len) };
+    }
 }
 
 /// The step of a worker's setup that failed (reported through the exec error pipe).
@@ -310,18 +455,20 @@ impl Setup {
                 return Err((Stage::Chdir, errno()));
             }
         }
+        // Raw system calls: glibc's wrappers would signal every thread of the parent, whose
+        // memory (and thread list) an EXEC-mode child shares; the child has one thread.
         if let Some(groups) = &self.groups {
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+            if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
                 return Err((Stage::Setgroups, errno()));
             }
         }
         if let Some(gid) = self.gid {
-            if libc::setgid(gid) != 0 {
+            if libc::syscall(libc::SYS_setgid, gid) != 0 {
                 return Err((Stage::Setgid, errno()));
             }
         }
         if let Some(uid) = self.uid {
-            if libc::setuid(uid) != 0 {
+            if libc::syscall(libc::SYS_setuid, uid) != 0 {
                 return Err((Stage::Setuid, errno()));
             }
         }
@@ -334,13 +481,6 @@ impl Setup {
         }
         Ok(())
     }
-}
-
-fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [-1; 2];
-    // SAFETY: `fds` is a writable array of two ints.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }).map_err(|e| Error::sys("pipe2", e))?;
-    Ok((owned(fds[0]).map_err(|e| Error::sys("pipe2", e))?, owned(fds[1]).map_err(|e| Error::sys("pipe2", e))?))
 }
 
 #[cfg(test)]
