@@ -596,7 +596,8 @@ int32_t cluster_log_init(void);
  * Sends log records to `cb(userdata, level, target, message)` (level 1 error .. 5 trace, up
  * to the level in `RCLUSTER_LOG`, default info), from whichever thread logs. NULL `cb`
  * stops logging. The callback runs while the runtime is busy: it must not call rcluster
- * (such calls fail with CLUSTER_E_STATE rather than deadlock); queue the record instead.
+ * (such calls fail with CLUSTER_E_STATE rather than deadlock, this one and `cluster_log_init`
+ * included); queue the record instead. What rcluster logs because of such a call is dropped.
  */
 int32_t cluster_set_log_callback(cluster_log_cb cb, void *userdata);
 
@@ -621,6 +622,12 @@ uint32_t cluster_worker_id(void);
  * copied: free it afterwards. In FORK mode the workers' children run the worker main from
  * here and never return.
  *
+ * Threads: workers are started on the *loop thread* only, because a worker dies with the
+ * thread that started it (PR_SET_PDEATHSIG follows the thread, not the process). The loop
+ * thread is the one that calls this function, until a `cluster_dispatch`/`cluster_run` on
+ * another thread makes that one the loop thread. Call it from a thread that lives as long as
+ * the cluster (usually the one that will run the loop): the configured workers start here.
+ *
  * # Safety
  * `cfg` is NULL or from `cluster_config_new`, not yet freed.
  */
@@ -629,6 +636,13 @@ int32_t cluster_primary_start(struct cluster_config *cfg, cluster_event_cb cb, v
 /**
  * Starts one more worker; returns its id. In FORK mode the child runs the worker main and
  * exits: it never returns from this call.
+ *
+ * On the loop thread (see `cluster_primary_start`) the worker starts before this returns,
+ * and a failed start is this call's error. From any other thread (EXEC mode) the id is
+ * allocated and returned at once and the loop thread starts the worker on its next turn (it
+ * is woken): CLUSTER_EVENT_FORK follows, or CLUSTER_EVENT_ERROR if the start fails. In FORK
+ * mode a call from another thread gets CLUSTER_E_THREADS, as any FORK-mode start with more
+ * than one thread does.
  */
 int32_t cluster_fork(void);
 
@@ -715,7 +729,8 @@ int32_t cluster_worker_disconnect(uint32_t id);
  * Rolling restart of every worker, one slot at a time: the replacement starts, and the old
  * worker drains only once the replacement is READY, so the ready count never drops. A
  * replacement that fails aborts the reload and the old worker stays. CLUSTER_EVENT_RELOADED
- * reports the end. In EXEC mode the replacements run the program now on disk.
+ * reports the end. In EXEC mode the replacements run the program now on disk. Any thread:
+ * the replacements start on the loop thread (see `cluster_primary_start`).
  */
 int32_t cluster_reload(void);
 
@@ -731,7 +746,9 @@ int32_t cluster_reload(void);
 int32_t cluster_stats(char *buf, size_t cap);
 
 /**
- * Sets the number of workers: starts new ones or stops the newest gracefully.
+ * Sets the number of workers: starts new ones or stops the newest gracefully. Any thread: new
+ * workers start on the loop thread (see `cluster_primary_start`), at once when this is it,
+ * else on its next turn.
  */
 int32_t cluster_scale(uint32_t n);
 
@@ -762,7 +779,10 @@ int32_t cluster_run(void);
 /**
  * One loop turn: waits up to `timeout_ms` (-1 forever, 0 not at all), handles what is ready
  * and calls the callback. Returns the number of events delivered, CLUSTER_E_CLOSED once the
- * runtime has finished.
+ * runtime has finished. One thread at a time runs the loop: a call while another thread is
+ * inside `cluster_dispatch`/`cluster_run` gets CLUSTER_E_STATE (nothing is lost; the events
+ * go to the thread that is dispatching), and so does a call from inside an event callback.
+ * The thread that dispatches becomes the loop thread (see `cluster_primary_start`).
  */
 int32_t cluster_dispatch(int32_t timeout_ms);
 
@@ -847,7 +867,18 @@ int32_t cluster_broadcast(const uint8_t *data, size_t len);
 /**
  * Graceful stop. Primary: stop accepting, let workers finish what they were handed, kill
  * those left after `grace_ms` (0: now); `cluster_run` then returns 0. Worker: tell the
- * primary this worker leaves; the loop ends after the SHUTDOWN event.
+ * primary this worker leaves; the loop ends after the SHUTDOWN event. Several calls: the
+ * shortest grace wins.
+ *
+ * Async-signal-safe while the runtime runs (after `cluster_primary_start` or
+ * `cluster_worker_start` returned, until `cluster_run` returns): it stores the request in an
+ * atomic and writes to the loop's eventfd, nothing else, so a signal handler may call it
+ * (on any thread, whatever rcluster was doing there). The stop begins on the loop's next turn,
+ * or at the next rcluster call that uses the runtime if that comes first (so a worker that
+ * exits right after this call, with no other call, is seen as dying, not leaving). Before
+ * the start and after the end it
+ * takes the runtime's lock (CLUSTER_E_STATE before a start, 0 after the end) and is not
+ * async-signal-safe then. No other rcluster function is async-signal-safe.
  */
 int32_t cluster_shutdown(uint32_t grace_ms);
 

@@ -79,6 +79,11 @@ impl Waker {
         // the loop is already due to wake.
         unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
+
+    /// The eventfd (for `requests`, which writes to it from signal handlers).
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
 }
 
 /// An identifier for a timer, to cancel it.

@@ -10,7 +10,8 @@
 //! - [`worker`] is the worker runtime.
 //! - [`ipc`] has frames, channels (SOCK_SEQPACKET + SCM_RIGHTS), bounded send queues.
 //! - [`net`] has the listeners.
-//! - [`event_loop`] is epoll, timers and cross-thread wakeups; [`signals`] the signal self-pipe.
+//! - [`event_loop`] is epoll, timers and cross-thread wakeups; [`signals`] the signal self-pipe;
+//!   [`requests`] what a host's signal handler may ask (`cluster_shutdown`).
 //! - [`ffi`] is the C ABI, a thin layer over the above.
 //! - [`fuzzing`] holds the fuzz entry points (and [`primary::harness`] the primary they drive).
 
@@ -26,6 +27,7 @@ pub mod ipc;
 pub mod logging;
 pub mod net;
 pub mod primary;
+pub mod requests;
 pub mod runtime;
 pub mod shared;
 pub mod signals;

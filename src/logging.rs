@@ -22,6 +22,24 @@ struct Router {
 
 static ROUTER: Router = Router { sink: RwLock::new(Sink::None) };
 
+thread_local! {
+    /// This thread is inside the host's log callback, which holds the sink (read-locked):
+    /// replacing the sink from there would wait for itself, and a record logged from there
+    /// would read-lock it again (which waits behind a thread that wants to write).
+    static IN_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Refuses a change of the sink from inside the log callback (`State`, not a deadlock).
+fn not_in_callback(what: &str) -> Result<()> {
+    if IN_CALLBACK.with(std::cell::Cell::get) {
+        return fail(
+            Code::State,
+            format!("{what} was called from inside the log callback, which must not change where logs go"),
+        );
+    }
+    Ok(())
+}
+
 impl log::Log for Router {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
         match &*sync::read(&self.sink) {
@@ -35,7 +53,20 @@ impl log::Log for Router {
         match &*sync::read(&self.sink) {
             Sink::None => {}
             Sink::Env(l) => l.log(record),
-            Sink::Callback(f) => f(record.level(), record.target(), &record.args().to_string()),
+            Sink::Callback(f) => {
+                // A record the callback itself causes (through a call into rcluster) is dropped.
+                if IN_CALLBACK.with(|c| c.replace(true)) {
+                    return;
+                }
+                struct Leave;
+                impl Drop for Leave {
+                    fn drop(&mut self) {
+                        IN_CALLBACK.with(|c| c.set(false));
+                    }
+                }
+                let _leave = Leave;
+                f(record.level(), record.target(), &record.args().to_string());
+            }
         }
     }
 
@@ -58,6 +89,7 @@ fn install() -> Result<()> {
 
 /// Logs to stderr with env_logger, filtered by `RCLUSTER_LOG` (default `info`).
 pub fn init_env_logger() -> Result<()> {
+    not_in_callback("cluster_log_init")?;
     install()?;
     let env = env_logger::Env::new().filter_or("RCLUSTER_LOG", "info").write_style("RCLUSTER_LOG_STYLE");
     let logger = env_logger::Builder::from_env(env).build();
@@ -68,6 +100,7 @@ pub fn init_env_logger() -> Result<()> {
 
 /// Sends every record up to `max` to `f` (None removes the sink).
 pub fn set_callback(f: Option<LogFn>, max: log::LevelFilter) -> Result<()> {
+    not_in_callback("cluster_set_log_callback")?;
     install()?;
     match f {
         Some(f) => {

@@ -8,7 +8,7 @@
 
 use std::cell::Cell;
 use std::os::fd::{OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::config::Config;
@@ -19,6 +19,7 @@ use crate::ipc::frame::BROADCAST;
 use crate::ipc::outbox::Frame;
 use crate::primary::workers::WorkerInfo;
 use crate::primary::Primary;
+use crate::requests;
 use crate::shared::{self, Shared};
 use crate::sync;
 use crate::sys;
@@ -45,6 +46,26 @@ thread_local! {
     static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
     /// This thread holds `RUNTIME` (see `Rt`).
     static HOLDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The thread that runs the loop (kernel tid; 0: none yet): the one that dispatches, or before
+/// any dispatch the one that started the runtime. Workers are started on this thread only:
+/// PR_SET_PDEATHSIG follows the thread that forked, so a worker started from a short-lived
+/// thread would be killed when that thread exits. Other threads queue starts and wake it.
+static LOOP_THREAD: AtomicI32 = AtomicI32::new(0);
+/// The thread inside `dispatch` now (0: none). One thread runs the loop at a time: a second
+/// one would find the handler out for delivery and its events would be lost.
+static DISPATCHING: AtomicI32 = AtomicI32::new(0);
+
+fn this_thread() -> i32 {
+    // SAFETY: gettid(2) has no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// True on the loop thread (or when no thread is the loop thread yet).
+fn on_loop_thread() -> bool {
+    let t = LOOP_THREAD.load(Ordering::SeqCst);
+    t == 0 || t == this_thread()
 }
 
 /// Set in a process forked (by anyone but rcluster's own worker start) from a process whose
@@ -136,7 +157,13 @@ fn runtime() -> Result<Rt> {
     }
     let guard = sync::lock(&RUNTIME);
     HOLDING.with(|h| h.set(true));
-    Ok(Rt(guard))
+    let mut rt = Rt(guard);
+    // A shutdown asked for from a signal handler (or any thread) takes effect before anything
+    // else is done with the runtime.
+    if let Some(grace_ms) = requests::take_shutdown() {
+        apply_shutdown(&mut rt, grace_ms);
+    }
+    Ok(rt)
 }
 
 fn ensure_primary_role() -> Result<()> {
@@ -187,13 +214,23 @@ pub fn primary_start(cfg: Config, handler: Handler) -> Result<()> {
     let primary = Primary::start(cfg)?;
     *sync::write(&SHARED) = Some(primary.shared().clone());
     *sync::lock(&HANDLER) = Some(Delivery::Each(handler));
+    requests::publish(primary.shared().wake_fd());
     *rt = Runtime::Primary(Box::new(primary));
+    // The starting thread runs the loop until a dispatch on another thread says otherwise.
+    LOOP_THREAD.store(this_thread(), Ordering::SeqCst);
     drive_spawns(rt);
     Ok(())
 }
 
-/// Starts the queued worker starts, here, on the loop thread. A FORK-mode child never returns.
+/// Starts the queued worker starts, here, if this is the loop thread; elsewhere wakes the loop,
+/// which starts them on its next turn. A FORK-mode child never returns.
 fn drive_spawns(mut rt: Rt) {
+    if !on_loop_thread() {
+        if let Runtime::Primary(p) = &*rt {
+            p.shared().wake();
+        }
+        return;
+    }
     loop {
         let Runtime::Primary(p) = &mut *rt else { return };
         let Some(id) = p.next_spawn() else {
@@ -210,8 +247,10 @@ fn drive_spawns(mut rt: Rt) {
     }
 }
 
-/// Starts one more worker now; returns its id. In FORK mode the child runs the worker main
-/// and exits: it never returns from here.
+/// Starts one more worker; returns its id. On the loop thread it starts now (a failure is this
+/// call's error); from another thread the loop starts it on its next turn (a failure is an
+/// ERROR event). In FORK mode the child runs the worker main and exits: it never returns from
+/// here.
 pub fn fork() -> Result<u32> {
     fork_env(Vec::new())
 }
@@ -222,6 +261,18 @@ pub fn fork_env(vars: Vec<std::ffi::CString>) -> Result<u32> {
     ensure_primary_role()?;
     let mut rt = runtime()?;
     let p = as_primary(&mut rt)?;
+    if !on_loop_thread() {
+        if p.fork_mode() {
+            // Another thread lives (the loop thread): refused now, as FORK mode always is.
+            crate::primary::spawn::ensure_single_threaded()?;
+            // The loop thread is gone and this is the only thread: it runs the loop now.
+            LOOP_THREAD.store(this_thread(), Ordering::SeqCst);
+        } else {
+            let id = p.request_spawn_with_env(vars)?;
+            p.shared().wake();
+            return Ok(id);
+        }
+    }
     let id = p.request_spawn_with_env(vars)?;
     p.unqueue_spawn(id);
     match p.spawn(id) {
@@ -240,6 +291,11 @@ pub fn fork_env(vars: Vec<std::ffi::CString>) -> Result<u32> {
 fn become_worker(mut rt: Rt, mut env: WorkerEnv) -> ! {
     // The fork handler marked this child as a copy of a running primary: it is our worker.
     INHERITED.store(false, Ordering::Relaxed);
+    // The parent's loop (its thread, its eventfd, its requests) stays the parent's; this
+    // child's own loop thread is whichever runs its worker runtime.
+    requests::forget();
+    DISPATCHING.store(0, Ordering::SeqCst);
+    LOOP_THREAD.store(0, Ordering::SeqCst);
     let main = match &mut *rt {
         Runtime::Primary(p) => p.take_worker_main(),
         _ => None,
@@ -265,6 +321,7 @@ fn become_worker(mut rt: Rt, mut env: WorkerEnv) -> ! {
         None => 0,
     };
     if let Ok(mut rt) = runtime() {
+        requests::withdraw();
         *rt = Runtime::Idle;
     }
     sys::flush_stdio();
@@ -298,6 +355,7 @@ pub fn worker_start(handler: Handler) -> Result<()> {
     }
     *sync::write(&SHARED) = Some(worker.shared().clone());
     *sync::lock(&HANDLER) = Some(Delivery::Each(handler));
+    requests::publish(worker.shared().wake_fd());
     *rt = Runtime::Worker(Box::new(worker));
     Ok(())
 }
@@ -325,6 +383,24 @@ pub fn dispatch(timeout_ms: i32) -> Result<usize> {
     if IN_CALLBACK.with(Cell::get) {
         return fail(Code::State, "cluster_dispatch/cluster_run called from inside an event callback");
     }
+    let me = this_thread();
+    if let Err(other) = DISPATCHING.compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst) {
+        return fail(
+            Code::State,
+            format!(
+                "cluster_dispatch/cluster_run is running on another thread (tid {other}): one thread at a \
+                 time runs the loop; this call was refused, nothing was lost"
+            ),
+        );
+    }
+    struct Turn;
+    impl Drop for Turn {
+        fn drop(&mut self) {
+            DISPATCHING.store(0, Ordering::SeqCst);
+        }
+    }
+    let _turn = Turn;
+    LOOP_THREAD.store(me, Ordering::SeqCst);
     let (epfd, timeout) = {
         let mut rt = runtime()?;
         finish_if_done(&mut rt)?;
@@ -381,6 +457,7 @@ fn finish_if_done(rt: &mut Runtime) -> Result<()> {
     if !done {
         return Ok(());
     }
+    requests::withdraw();
     let keep = match std::mem::replace(rt, Runtime::Idle) {
         Runtime::Primary(p) => Some(p.into_poll_fd()),
         Runtime::Worker(w) => Some(w.into_poll_fd()),
@@ -535,21 +612,35 @@ pub fn broadcast(data: &[u8]) -> Result<usize> {
 
 /// Stops gracefully. Primary: the whole cluster, killing what is left after `grace_ms` (0:
 /// now). Worker: tells the primary it leaves and finishes after the SHUTDOWN event.
+///
+/// While a runtime runs this is async-signal-safe: it records the request (an atomic) and
+/// wakes the loop (write(2) to its eventfd); the request takes effect on the loop's next turn,
+/// or earlier when another call takes the runtime first. No lock, no allocation.
 pub fn shutdown(grace_ms: u32) -> Result<()> {
-    let mut rt = runtime()?;
-    match &mut *rt {
+    if INHERITED.load(Ordering::Relaxed) {
+        return fail(Code::State, INHERITED_SENTENCE);
+    }
+    if requests::ask_shutdown(grace_ms) {
+        return Ok(());
+    }
+    // Nothing runs (not started, or finished): say which.
+    match &*runtime()? {
+        Runtime::Idle => fail(Code::State, "not started"),
+        _ => Ok(()),
+    }
+}
+
+fn apply_shutdown(rt: &mut Runtime, grace_ms: u32) {
+    match rt {
         Runtime::Primary(p) => {
             p.shutdown(grace_ms);
             p.shared().wake();
-            Ok(())
         }
         Runtime::Worker(w) => {
             w.shutdown();
             w.shared().wake();
-            Ok(())
         }
-        Runtime::Finished(_) => Ok(()),
-        Runtime::Idle => fail(Code::State, "not started"),
+        Runtime::Finished(_) | Runtime::Idle => {}
     }
 }
 

@@ -155,4 +155,9 @@ impl Shared {
     pub fn wake(&self) {
         self.waker.wake();
     }
+
+    /// The waker's eventfd (valid while this runtime lives).
+    pub fn wake_fd(&self) -> std::os::fd::RawFd {
+        self.waker.fd()
+    }
 }

@@ -572,3 +572,34 @@ fn reload_under_load_with_workers_that_listen_fails_nothing_exec() {
 fn fork_env_reaches_that_worker_and_its_respawn() {
     run_c("worker_listen", &["env", "exec"], Duration::from_secs(60));
 }
+
+/// PR_SET_PDEATHSIG follows the thread that forked: workers started by a call from a
+/// short-lived thread were SIGKILLed when it exited. They are started on the loop thread.
+#[test]
+fn workers_started_from_a_short_lived_thread_outlive_it() {
+    for how in ["scale", "fork", "reload"] {
+        run_c("threads", &["spawn", how], Duration::from_secs(100));
+    }
+}
+
+/// An EXEC-mode start waited for EOF on an error pipe that any fork of the process (a host
+/// thread's, without exec) kept open: starts took as long as those children lived.
+#[test]
+fn exec_mode_starts_are_not_held_up_by_a_host_threads_fork() {
+    run_c("threads", &["sleeper"], Duration::from_secs(100));
+}
+
+#[test]
+fn a_second_thread_dispatching_is_refused_and_nothing_is_lost() {
+    run_c("threads", &["dispatch-twice"], Duration::from_secs(100));
+}
+
+#[test]
+fn the_log_callback_changing_the_log_sink_gets_state_not_a_deadlock() {
+    run_c("threads", &["log-reentry"], Duration::from_secs(100));
+}
+
+#[test]
+fn cluster_shutdown_from_a_signal_handler_stops_the_cluster_gracefully() {
+    run_c("threads", &["signal-shutdown"], Duration::from_secs(100));
+}

@@ -37,7 +37,8 @@ impl CLog {
 /// Sends log records to `cb(userdata, level, target, message)` (level 1 error .. 5 trace, up
 /// to the level in `RCLUSTER_LOG`, default info), from whichever thread logs. NULL `cb`
 /// stops logging. The callback runs while the runtime is busy: it must not call rcluster
-/// (such calls fail with CLUSTER_E_STATE rather than deadlock); queue the record instead.
+/// (such calls fail with CLUSTER_E_STATE rather than deadlock, this one and `cluster_log_init`
+/// included); queue the record instead. What rcluster logs because of such a call is dropped.
 #[no_mangle]
 pub extern "C" fn cluster_set_log_callback(cb: cluster_log_cb, userdata: *mut c_void) -> i32 {
     guard(|| {

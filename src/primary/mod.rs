@@ -251,6 +251,11 @@ impl Primary {
         self.reactor.into_silent_fd()
     }
 
+    /// True in FORK mode (workers are forks running the worker main).
+    pub fn fork_mode(&self) -> bool {
+        self.exec_plan.is_none()
+    }
+
     /// True once a shutdown has completed: every worker is reaped.
     pub fn finished(&self) -> bool {
         self.phase == Phase::Finished
