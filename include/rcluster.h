@@ -444,7 +444,10 @@ int32_t cluster_config_set_unix_mode(struct cluster_config *cfg, uint32_t listen
 /**
  * Adds the listening sockets systemd passed to this process (socket activation: LISTEN_FDS,
  * honoured only when LISTEN_PID is this process; names from LISTEN_FDNAMES), in order, as
- * the next listener indexes. Returns how many (0 when not socket-activated).
+ * the next listener indexes. Returns how many (0 when not socket-activated). The passed
+ * sockets serve one start: the primary that takes them closes them when it ends (or when its
+ * start fails), and a later start with them, or a later call of this function, gets
+ * CLUSTER_E_STATE rather than taking what the host has since opened under those numbers.
  */
 int32_t cluster_config_listen_systemd(struct cluster_config *cfg);
 
@@ -716,7 +719,9 @@ int32_t cluster_worker_info(uint32_t id, struct cluster_worker_info *out);
 
 /**
  * Sends `signal` to worker `id` (0 checks that it exists). Like Node's `worker.kill()`, its
- * EXIT then says `exited_after_disconnect`.
+ * EXIT then says `exited_after_disconnect`. The signal goes through the worker's pidfd (to
+ * that process only, even if its pid was reused); a worker already reaped (its EXIT not yet
+ * delivered, or reaped by someone else's waitpid) gets CLUSTER_E_NOWORKER, and no signal.
  */
 int32_t cluster_worker_kill(uint32_t id, int32_t signal);
 

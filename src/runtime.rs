@@ -349,15 +349,65 @@ pub fn worker_start(handler: Handler) -> Result<()> {
         }
         env.clone()
     };
-    let worker = Worker::start(env)?;
+    // The runtime gets duplicates: a start that fails closes them, and the channel (and
+    // SHARED listening sockets) stay where a retry finds them. Had the failed start closed the
+    // originals, a retry would adopt whatever the host opened under those numbers meanwhile.
+    let (dups, originals) = duplicate_worker_fds(&env)?;
+    let shared_dups = match &dups.accept {
+        AcceptFrom::Shared(list) => list.iter().map(|&(_, fd)| (fd, sys::file_identity(fd))).collect(),
+        _ => Vec::new(),
+    };
+    let worker = match Worker::start(dups) {
+        Ok(w) => w,
+        Err(e) => {
+            // The channel's duplicate is closed by the failed start; a SHARED socket's is only
+            // if the start got that far: close those still open (the same socket, by identity).
+            for (fd, identity) in shared_dups {
+                if identity.is_some() && sys::file_identity(fd) == identity {
+                    // SAFETY: our own duplicate, which the failed start did not adopt.
+                    drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+                }
+            }
+            return Err(e);
+        }
+    };
+    for fd in originals {
+        // SAFETY: the inherited fds this process received for its runtime, which now runs on
+        // duplicates: nothing else owns them, and WORKER_ENV forgets them below.
+        drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    }
     if let Some(env) = sync::lock(&WORKER_ENV).as_mut() {
         env.channel = -1;
+        if let AcceptFrom::Shared(list) = &mut env.accept {
+            list.clear();
+        }
     }
     *sync::write(&SHARED) = Some(worker.shared().clone());
     *sync::lock(&HANDLER) = Some(Delivery::Each(handler));
     requests::publish(worker.shared().wake_fd());
     *rt = Runtime::Worker(Box::new(worker));
     Ok(())
+}
+
+/// `env` with CLOEXEC duplicates of its channel and SHARED listening sockets (owned by the
+/// returned env, which a failed start closes), and the original numbers.
+fn duplicate_worker_fds(env: &WorkerEnv) -> Result<(WorkerEnv, Vec<RawFd>)> {
+    use std::os::fd::IntoRawFd;
+    let dup = |fd: RawFd| sys::dup_cloexec(fd).map_err(|e| Error::sys(format!("dup of inherited fd {fd}"), e));
+    let channel = dup(env.channel)?;
+    let mut originals = vec![env.channel];
+    let mut shared = Vec::new();
+    if let AcceptFrom::Shared(list) = &env.accept {
+        for &(index, fd) in list {
+            shared.push((index, dup(fd)?));
+            originals.push(fd);
+        }
+    }
+    let accept = match &env.accept {
+        AcceptFrom::Shared(_) => AcceptFrom::Shared(shared.into_iter().map(|(i, fd)| (i, fd.into_raw_fd())).collect()),
+        other => other.clone(),
+    };
+    Ok((WorkerEnv { channel: channel.into_raw_fd(), accept, ..env.clone() }, originals))
 }
 
 /// Worker: tells the primary it is ready (only needed with manual readiness).

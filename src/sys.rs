@@ -282,6 +282,18 @@ pub fn try_reap(pid: libc::pid_t) -> io::Result<Option<ExitStatus>> {
     }))
 }
 
+/// `pidfd_send_signal(2)`: signals exactly the process `pidfd` names, never another that
+/// reused its pid; ESRCH once it has been reaped.
+pub fn pidfd_send_signal(pidfd: RawFd, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: the raw syscall takes an fd, a signal, a NULL siginfo and flags 0.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, signal, std::ptr::null::<libc::siginfo_t>(), 0) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sends a signal to a process.
 pub fn kill(pid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
     // SAFETY: kill takes two integers.

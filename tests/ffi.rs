@@ -603,3 +603,24 @@ fn the_log_callback_changing_the_log_sink_gets_state_not_a_deadlock() {
 fn cluster_shutdown_from_a_signal_handler_stops_the_cluster_gracefully() {
     run_c("threads", &["signal-shutdown"], Duration::from_secs(100));
 }
+
+/// A failed cluster_worker_start closed the channel, and the retry adopted (and closed)
+/// whatever fd the host had opened under its number.
+#[test]
+fn a_worker_start_retry_runs_on_its_channel_and_leaves_the_hosts_fds_alone() {
+    run_c("stale_fds", &["worker-retry"], Duration::from_secs(100));
+}
+
+/// A config with cluster_config_listen_systemd reused after its start ended took fd 3 again:
+/// by then the host's own file.
+#[test]
+fn systemd_sockets_serve_one_start_and_a_reused_config_leaves_fd_3_alone() {
+    run_c("stale_fds", &["systemd", "finished"], Duration::from_secs(100));
+    run_c("stale_fds", &["systemd", "failed"], Duration::from_secs(100));
+}
+
+/// kill(2) by pid after someone else reaped the worker signalled whoever had the pid next.
+#[test]
+fn a_reaped_worker_is_never_signalled_by_pid() {
+    run_c("stale_fds", &["kill-after-reap"], Duration::from_secs(100));
+}

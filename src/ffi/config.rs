@@ -187,7 +187,10 @@ pub extern "C" fn cluster_config_set_unix_mode(cfg: *mut cluster_config, listene
 
 /// Adds the listening sockets systemd passed to this process (socket activation: LISTEN_FDS,
 /// honoured only when LISTEN_PID is this process; names from LISTEN_FDNAMES), in order, as
-/// the next listener indexes. Returns how many (0 when not socket-activated).
+/// the next listener indexes. Returns how many (0 when not socket-activated). The passed
+/// sockets serve one start: the primary that takes them closes them when it ends (or when its
+/// start fails), and a later start with them, or a later call of this function, gets
+/// CLUSTER_E_STATE rather than taking what the host has since opened under those numbers.
 #[no_mangle]
 pub extern "C" fn cluster_config_listen_systemd(cfg: *mut cluster_config) -> i32 {
     guard(|| cfg_mut(cfg)?.listen_systemd().map(|n| n as i32))

@@ -251,7 +251,9 @@ pub unsafe extern "C" fn cluster_worker_info(id: u32, out: *mut cluster_worker_i
 }
 
 /// Sends `signal` to worker `id` (0 checks that it exists). Like Node's `worker.kill()`, its
-/// EXIT then says `exited_after_disconnect`.
+/// EXIT then says `exited_after_disconnect`. The signal goes through the worker's pidfd (to
+/// that process only, even if its pid was reused); a worker already reaped (its EXIT not yet
+/// delivered, or reaped by someone else's waitpid) gets CLUSTER_E_NOWORKER, and no signal.
 #[no_mangle]
 pub extern "C" fn cluster_worker_kill(id: u32, signal: i32) -> i32 {
     guard(|| runtime::worker_kill(id, signal).map(|()| 0))

@@ -11,6 +11,21 @@ pub const FIRST_FD: i32 = 3;
 /// The environment variables of socket activation; workers never inherit them.
 pub const VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
 
+/// The passed fds a primary took (it closes them when it ends, or when its start fails): they
+/// are never taken again, since by then their numbers may be the host's own files.
+static CLAIMED: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Takes passed fd `fd` for a primary's listener, once per process: `State` the second time
+/// (a config reused after a start that finished or failed still names it).
+pub fn claim(fd: i32) -> Result<()> {
+    let mut claimed = crate::sync::lock(&CLAIMED);
+    if claimed.contains(&fd) {
+        return fail(Code::State, format!("fd {fd} from systemd socket activation was taken by an earlier start and closed when it ended (or failed): the sockets systemd passed serve one start"));
+    }
+    claimed.push(fd);
+    Ok(())
+}
+
 /// The sockets passed to this process, if LISTEN_PID names it. Each must be a listening
 /// socket; they are made CLOEXEC so they are not passed on to anything we start.
 pub fn listen_fds(get: impl Fn(&str) -> Option<String>) -> Result<Vec<ListenSpec>> {
@@ -28,6 +43,9 @@ pub fn listen_fds(get: impl Fn(&str) -> Option<String>) -> Result<Vec<ListenSpec
     let mut out = Vec::with_capacity(count as usize);
     for i in 0..count {
         let fd = FIRST_FD + i;
+        if crate::sync::lock(&CLAIMED).contains(&fd) {
+            return fail(Code::State, format!("LISTEN_FDS: fd {fd} was taken by an earlier start and closed when it ended (or failed): the sockets systemd passed serve one start"));
+        }
         if !sys::is_listening_socket(fd) {
             return fail(Code::Inval, format!("LISTEN_FDS: fd {fd} is not a listening socket"));
         }

@@ -108,8 +108,9 @@ pub fn bind(spec: &ListenSpec, backlog: i32, reserve_only: bool) -> Result<Liste
             Ok(Listener { fd, spec: spec.clone(), port: 0, unix_inode: Some(inode) })
         }
         ListenSpec::Inherited { fd, name } => {
-            // SAFETY: systemd passed this fd to us; ListenSpec::Inherited is created once per fd
-            // (net::activation) and the primary takes ownership of it here.
+            crate::net::activation::claim(*fd)?;
+            // SAFETY: systemd passed this fd to us, and `claim` lets one listener take it,
+            // once per process: the primary owns it from here.
             let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(*fd) };
             sys::set_nonblocking(*fd, true).map_err(|e| Error::sys(format!("fcntl(inherited fd {fd} {name:?})"), e))?;
             let port = bound_port(*fd).unwrap_or(0);

@@ -129,8 +129,8 @@ impl Primary {
                     );
                     log::error!("{msg}");
                     let pid = s.pid;
+                    s.signal(libc::SIGKILL).ok();
                     self.events.push(Event { pid, ..Event::error(id, msg) });
-                    sys::kill(pid, libc::SIGKILL).ok();
                 }
             }
             Timer::Watchdog => {
@@ -153,8 +153,8 @@ impl Primary {
                     let msg = format!("worker {id} (pid {pid}) silent for {silent} ms: its loop is stuck; SIGABRT");
                     log::error!("{msg}");
                     self.events.push(Event { pid, ..Event::error(id, msg) });
-                    sys::kill(pid, libc::SIGABRT).ok();
                     if let Some(s) = self.slots.get_mut(&id) {
+                        s.signal(libc::SIGABRT).ok();
                         s.watchdog_fired = true;
                     }
                     self.reactor.add_timer(now + ABORT_GRACE_MS, Timer::KillStuck(id));
@@ -164,7 +164,7 @@ impl Primary {
             Timer::KillStuck(id) => {
                 if let Some(s) = self.slots.get(&id) {
                     log::error!("worker {id} (pid {}) survived SIGABRT: SIGKILL", s.pid);
-                    sys::kill(s.pid, libc::SIGKILL).ok();
+                    s.signal(libc::SIGKILL).ok();
                 }
             }
             Timer::SdWatchdog => {

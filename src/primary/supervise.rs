@@ -453,6 +453,11 @@ impl Primary {
     }
 
     pub(super) fn on_exit(&mut self, id: u32, status: ExitStatus) {
+        // Reaped: what follows (a bad frame read from its socket below) must not signal its
+        // pid, which another process may have by now.
+        if let Some(s) = self.slots.get_mut(&id) {
+            s.reaped = true;
+        }
         // What it sent before it exited comes first (its last messages, its last ACKs): the
         // primary holds its end of the channel (`Slot::recovery`), so no EOF marks the end of
         // what it sent; a dead worker adds nothing, and the socket holds a bounded amount.
@@ -606,7 +611,7 @@ impl Primary {
         let pid = slot.pid;
         log::error!("worker {id} (pid {pid}): {reason}; dropping it");
         self.events.push(Event { pid, ..Event::error(id, format!("worker {id} dropped: {reason}")) });
-        sys::kill(pid, libc::SIGKILL).ok();
+        slot.signal(libc::SIGKILL).ok();
         self.channel_lost(id, None);
     }
 
@@ -639,7 +644,7 @@ impl Primary {
     fn kill_all(&mut self) {
         for slot in self.slots.values_mut() {
             slot.disconnect_requested = true;
-            sys::kill(slot.pid, libc::SIGKILL).ok();
+            slot.signal(libc::SIGKILL).ok();
         }
     }
 

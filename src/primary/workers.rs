@@ -70,6 +70,9 @@ pub struct Slot {
     pub channel_open: bool,
     /// Becomes readable when it exits (None on kernels without pidfd_open: polled instead).
     pub pidfd: Option<OwnedFd>,
+    /// Its exit status was collected (by us, or someone else's waitpid): its pid may belong
+    /// to another process now, so it is never signalled again.
+    pub reaped: bool,
     /// Connections acknowledged.
     pub connections: u64,
     /// Connections the worker reported finished (`cluster_conn_done`).
@@ -118,6 +121,19 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// Sends `signal` to this worker's process: through its pidfd when there is one (exactly
+    /// that process, even if its pid was reused), else by pid until it is reaped. ESRCH once it
+    /// is gone: a pid is never signalled after the reap.
+    pub fn signal(&self, signal: libc::c_int) -> std::io::Result<()> {
+        if self.reaped {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        match &self.pidfd {
+            Some(fd) => crate::sys::pidfd_send_signal(std::os::fd::AsRawFd::as_raw_fd(fd), signal),
+            None => crate::sys::kill(self.pid, signal),
+        }
+    }
+
     /// A slot for a just-started worker.
     pub fn new(id: u32, slot: u32, pid: libc::pid_t, outbox: Arc<Outbox>, pidfd: Option<OwnedFd>) -> Slot {
         Slot {
@@ -128,6 +144,7 @@ impl Slot {
             outbox,
             channel_open: true,
             pidfd,
+            reaped: false,
             connections: 0,
             done: 0,
             unacked: 0,
