@@ -349,38 +349,24 @@ pub fn worker_start(handler: Handler) -> Result<()> {
         }
         env.clone()
     };
-    // The runtime gets duplicates: a start that fails closes them, and the channel (and
-    // SHARED listening sockets) stay where a retry finds them. Had the failed start closed the
-    // originals, a retry would adopt whatever the host opened under those numbers meanwhile.
-    let (dups, originals) = duplicate_worker_fds(&env)?;
-    let shared_dups = match &dups.accept {
-        AcceptFrom::Shared(list) => list.iter().map(|&(_, fd)| (fd, sys::file_identity(fd))).collect(),
-        _ => Vec::new(),
-    };
-    let worker = match Worker::start(dups) {
+    // A start that fails closes the fds it took (the channel, SHARED listening sockets). A
+    // retry must not take their numbers again: by then the host may have opened its own files
+    // under them. So spare duplicates are made first, and a failed start leaves the retry
+    // those instead.
+    let spares = spare_worker_fds(&env)?;
+    let worker = match Worker::start(env.clone()) {
         Ok(w) => w,
         Err(e) => {
-            // The channel's duplicate is closed by the failed start; a SHARED socket's is only
-            // if the start got that far: close those still open (the same socket, by identity).
-            for (fd, identity) in shared_dups {
-                if identity.is_some() && sys::file_identity(fd) == identity {
-                    // SAFETY: our own duplicate, which the failed start did not adopt.
-                    drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-                }
+            let spare_env = spares.after_failure(&env);
+            if let Some(slot) = sync::lock(&WORKER_ENV).as_mut() {
+                *slot = spare_env;
             }
             return Err(e);
         }
     };
-    for fd in originals {
-        // SAFETY: the inherited fds this process received for its runtime, which now runs on
-        // duplicates: nothing else owns them, and WORKER_ENV forgets them below.
-        drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-    }
+    drop(spares);
     if let Some(env) = sync::lock(&WORKER_ENV).as_mut() {
         env.channel = -1;
-        if let AcceptFrom::Shared(list) = &mut env.accept {
-            list.clear();
-        }
     }
     *sync::write(&SHARED) = Some(worker.shared().clone());
     *sync::lock(&HANDLER) = Some(Delivery::Each(handler));
@@ -389,25 +375,50 @@ pub fn worker_start(handler: Handler) -> Result<()> {
     Ok(())
 }
 
-/// `env` with CLOEXEC duplicates of its channel and SHARED listening sockets (owned by the
-/// returned env, which a failed start closes), and the original numbers.
-fn duplicate_worker_fds(env: &WorkerEnv) -> Result<(WorkerEnv, Vec<RawFd>)> {
-    use std::os::fd::IntoRawFd;
+/// A spare SHARED listening socket: listener index, the duplicate, the socket's identity.
+type SpareListener = (u32, OwnedFd, Option<(u64, u64)>);
+
+/// Spare duplicates of a worker's inherited fds, for a retry after a failed start.
+struct Spares {
+    channel: OwnedFd,
+    shared: Vec<SpareListener>,
+}
+
+fn spare_worker_fds(env: &WorkerEnv) -> Result<Spares> {
     let dup = |fd: RawFd| sys::dup_cloexec(fd).map_err(|e| Error::sys(format!("dup of inherited fd {fd}"), e));
     let channel = dup(env.channel)?;
-    let mut originals = vec![env.channel];
     let mut shared = Vec::new();
     if let AcceptFrom::Shared(list) = &env.accept {
         for &(index, fd) in list {
-            shared.push((index, dup(fd)?));
-            originals.push(fd);
+            shared.push((index, dup(fd)?, sys::file_identity(fd)));
         }
     }
-    let accept = match &env.accept {
-        AcceptFrom::Shared(_) => AcceptFrom::Shared(shared.into_iter().map(|(i, fd)| (i, fd.into_raw_fd())).collect()),
-        other => other.clone(),
-    };
-    Ok((WorkerEnv { channel: channel.into_raw_fd(), accept, ..env.clone() }, originals))
+    Ok(Spares { channel, shared })
+}
+
+impl Spares {
+    /// After a failed start with `env`: the env a retry uses (the spares), having closed what
+    /// of `env` the start left open. The channel is always closed by the start; a SHARED
+    /// socket only if the start got that far, so one still open as that same socket (by
+    /// identity) is closed here.
+    fn after_failure(self, env: &WorkerEnv) -> WorkerEnv {
+        use std::os::fd::IntoRawFd;
+        if let AcceptFrom::Shared(list) = &env.accept {
+            for (&(_, fd), (_, _, identity)) in list.iter().zip(&self.shared) {
+                if identity.is_some() && sys::file_identity(fd) == *identity {
+                    // SAFETY: our inherited socket, which the failed start did not adopt.
+                    drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+                }
+            }
+        }
+        let accept = match &env.accept {
+            AcceptFrom::Shared(_) => {
+                AcceptFrom::Shared(self.shared.into_iter().map(|(i, fd, _)| (i, fd.into_raw_fd())).collect())
+            }
+            other => other.clone(),
+        };
+        WorkerEnv { channel: self.channel.into_raw_fd(), accept, ..env.clone() }
+    }
 }
 
 /// Worker: tells the primary it is ready (only needed with manual readiness).
