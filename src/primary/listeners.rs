@@ -63,6 +63,9 @@ pub struct Listeners {
     entries: BTreeMap<u32, Entry>,
     /// Bound ports by index, kept after the listeners close at shutdown (`cluster_local_port`).
     ports: BTreeMap<u32, u16>,
+    /// Indexes closed because no worker listens there (not those closed at shutdown, whose
+    /// backlog is still handed out).
+    closed: BTreeSet<u32>,
     next: u32,
 }
 
@@ -143,7 +146,8 @@ impl Listeners {
     /// Who connections on listener `index` may go to.
     pub fn members(&self, index: u32) -> Members<'_> {
         match self.entries.get(&index) {
-            None => Members::Gone,
+            None if self.closed.contains(&index) => Members::Gone,
+            None => Members::All,
             Some(Entry { members: None, .. }) => Members::All,
             Some(Entry { members: Some(m), .. }) => Members::Some(m),
         }
@@ -160,6 +164,7 @@ impl Listeners {
     /// is no listener's any more.
     pub fn remove(&mut self, index: u32) -> Option<Entry> {
         self.ports.remove(&index);
+        self.closed.insert(index);
         self.entries.remove(&index)
     }
 
