@@ -6,6 +6,8 @@
 
 #define CONNS 20
 
+static struct rlimit saved; /* the worker's limit before it chokes */
+
 static void on_worker(void *ud, const cluster_event *ev) {
     (void)ud;
     if (ev->kind == CLUSTER_EVENT_CONNECTION) http_answer(ev->fd);
@@ -14,7 +16,10 @@ static void on_worker(void *ud, const cluster_event *ev) {
         int top = dup(0);
         CHECK(top >= 0, "dup");
         close(top);
-        struct rlimit rl = {(rlim_t)top, (rlim_t)top};
+        /* The soft limit only: the worker raises it again before it exits, so that the
+         * sanitizers can still open their report files then. */
+        CHECK(getrlimit(RLIMIT_NOFILE, &saved) == 0, "getrlimit: %s", strerror(errno));
+        struct rlimit rl = {(rlim_t)top, saved.rlim_max};
         CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0, "setrlimit: %s", strerror(errno));
         OK(cluster_send(0, (const uint8_t *)"choked", 6));
     }
@@ -22,7 +27,9 @@ static void on_worker(void *ud, const cluster_event *ev) {
 
 static int worker_main(void *ud) {
     OK(cluster_worker_start(on_worker, ud));
-    return cluster_run() == 0 ? 0 : 3;
+    int rc = cluster_run() == 0 ? 0 : 3;
+    if (saved.rlim_cur) CHECK(setrlimit(RLIMIT_NOFILE, &saved) == 0, "restoring the limit: %s", strerror(errno));
+    return rc;
 }
 
 static volatile int ready, choked;
