@@ -358,6 +358,15 @@ static void case_respawn(void) {
     uint32_t first = forked[0];
     int port = port_of[first], index = index_of[first];
     CHECK(kill(pid_of[first], SIGKILL) == 0, "kill: %s", strerror(errno));
+    /* Once its EXIT is handled, no worker lives. (A connection handed to the worker in the
+     * instant it dies, received but not acknowledged, is lost with it: worker_death.c covers
+     * what the primary recovers there; this case is about the port.) */
+    long long end = now_ms() + 10000;
+    while (exits == 0) {
+        if (now_ms() > end) FAIL("no EXIT for the killed worker %u", first);
+        cluster_dispatch(20);
+    }
+    CHECK(exited[0] == first, "worker %u exited, not %u", exited[0], first);
     /* A client connects while no worker lives: the backlog holds it for the replacement. */
     int p[2];
     CHECK(pipe2(p, O_CLOEXEC) == 0, "pipe");
