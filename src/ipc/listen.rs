@@ -61,6 +61,16 @@ impl ListenKey {
     }
 }
 
+impl std::fmt::Display for ListenKey {
+    /// The address for messages: `127.0.0.1:8080`, `[::1]:80`, `/run/app.sock`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenKey::Tcp(addr) => write!(f, "{addr}"),
+            ListenKey::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 /// The listener is one every worker gets connections from (the config's, or one the primary
 /// added): a worker cannot unlisten it.
 pub const ANSWER_ALL_WORKERS: u8 = 1;

@@ -202,10 +202,7 @@ impl Primary {
 
     /// Binds (or finds) the listener for `key` and adds worker `id` to it.
     fn listen_for(&mut self, id: u32, key: &ListenKey) -> Result<u32> {
-        let what = match key {
-            ListenKey::Tcp(addr) => addr.to_string(),
-            ListenKey::Unix(path) => path.display().to_string(),
-        };
+        let what = key.to_string();
         if self.phase != Phase::Running {
             return fail(Code::State, format!("listen {what}: the cluster is shutting down"));
         }

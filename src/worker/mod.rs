@@ -610,10 +610,7 @@ impl Worker {
     /// listener index. Frames that arrive meanwhile are handled as usual (their events wait
     /// for the next dispatch); connections from the new listener come as CONNECTION events.
     pub fn listen(&mut self, key: ListenKey) -> Result<u32> {
-        let what = match &key {
-            ListenKey::Tcp(addr) => addr.to_string(),
-            ListenKey::Unix(path) => path.display().to_string(),
-        };
+        let what = key.to_string();
         if self.phase != Phase::Running {
             return fail(Code::State, format!("listen {what}: this worker is stopping"));
         }
