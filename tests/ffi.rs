@@ -544,6 +544,46 @@ fn workers_that_listen_bind_their_own_with_reuseport() {
 }
 
 #[test]
+fn a_worker_asking_for_port_0_does_not_get_the_configs_port_0_listener() {
+    run_c("listen_edges", &["port0"], Duration::from_secs(60));
+}
+
+#[test]
+fn a_primary_listening_where_workers_listen_makes_it_every_workers_rr() {
+    run_c("listen_edges", &["merge", "rr"], Duration::from_secs(60));
+}
+
+#[test]
+fn a_primary_listening_where_workers_listen_makes_it_every_workers_shared() {
+    run_c("listen_edges", &["merge", "shared"], Duration::from_secs(60));
+}
+
+#[test]
+fn connections_waiting_for_one_listeners_replacement_do_not_starve_the_others() {
+    run_c("listen_edges", &["starve"], Duration::from_secs(90));
+}
+
+#[test]
+fn a_unix_path_whose_server_has_a_full_backlog_is_refused_without_blocking_the_primary() {
+    run_c("listen_edges", &["backlog"], Duration::from_secs(60));
+}
+
+#[test]
+fn a_message_that_arrives_during_a_listen_is_delivered_without_other_traffic() {
+    run_c("listen_edges", &["wake"], Duration::from_secs(60));
+}
+
+#[test]
+fn a_worker_listening_and_unlistening_in_a_loop_leaves_no_listener_open() {
+    run_c("listen_edges", &["churn"], Duration::from_secs(90));
+}
+
+#[test]
+fn a_worker_unlistening_a_shared_socket_under_load_loses_nothing() {
+    run_c("worker_listen", &["unlisten", "fork", "shared"], Duration::from_secs(60));
+}
+
+#[test]
 fn a_worker_listening_on_a_held_port_gets_eaddrinuse_naming_it() {
     run_c("worker_listen", &["inuse", "fork"], Duration::from_secs(60));
 }

@@ -7,7 +7,7 @@
 //! [`Kind::Listen`]: super::frame::Kind::Listen
 //! [`Kind::Listening`]: super::frame::Kind::Listening
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
@@ -25,13 +25,19 @@ pub enum ListenKey {
 }
 
 impl ListenKey {
-    /// The Listen frame's payload: `0, port u16, ip text` or `1, path bytes`.
+    /// The Listen frame's payload: `0, port u16, ip text` (an IPv6 address with its scope id
+    /// as `fe80::1%2`) or `1, path bytes`.
     pub fn encode(&self) -> Vec<u8> {
         match self {
             ListenKey::Tcp(addr) => {
                 let mut out = vec![0u8];
                 out.extend_from_slice(&addr.port().to_le_bytes());
                 out.extend_from_slice(addr.ip().to_string().as_bytes());
+                if let SocketAddr::V6(v6) = addr {
+                    if v6.scope_id() != 0 {
+                        out.extend_from_slice(format!("%{}", v6.scope_id()).as_bytes());
+                    }
+                }
                 out
             }
             ListenKey::Unix(path) => {
@@ -47,11 +53,19 @@ impl ListenKey {
         match payload.split_first() {
             Some((0, rest)) if rest.len() >= 3 => {
                 let port = u16::from_le_bytes([rest[0], rest[1]]);
-                let ip: IpAddr = std::str::from_utf8(&rest[2..])
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or(FrameError::Payload("listen request: not an IP address"))?;
-                Ok(ListenKey::Tcp(SocketAddr::new(ip, port)))
+                let bad = FrameError::Payload("listen request: not an IP address");
+                let text = std::str::from_utf8(&rest[2..]).map_err(|_| bad.clone())?;
+                let (ip, scope) = match text.split_once('%') {
+                    Some((ip, scope)) => (ip, Some(scope.parse::<u32>().map_err(|_| bad.clone())?)),
+                    None => (text, None),
+                };
+                match (ip.parse::<IpAddr>().map_err(|_| bad.clone())?, scope) {
+                    (IpAddr::V6(v6), Some(scope)) => {
+                        Ok(ListenKey::Tcp(SocketAddr::V6(SocketAddrV6::new(v6, port, 0, scope))))
+                    }
+                    (_, Some(_)) => Err(bad),
+                    (ip, None) => Ok(ListenKey::Tcp(SocketAddr::new(ip, port))),
+                }
             }
             Some((1, path)) if !path.is_empty() && path.len() < 108 && !path.contains(&0) => {
                 Ok(ListenKey::Unix(PathBuf::from(std::ffi::OsStr::from_bytes(path))))
@@ -126,11 +140,21 @@ mod tests {
         for key in [
             ListenKey::Tcp("127.0.0.1:0".parse().unwrap()),
             ListenKey::Tcp("[::1]:8080".parse().unwrap()),
+            ListenKey::Tcp("[fe80::1%2]:8080".parse().unwrap()),
             ListenKey::Unix(PathBuf::from("/tmp/a.sock")),
         ] {
             assert_eq!(ListenKey::decode(&key.encode()).unwrap(), key);
         }
-        for bad in [&b""[..], b"\x00\x50", b"\x00\x50\x00localhost", b"\x01", b"\x02abc", b"\x01a\x00b"] {
+        for bad in [
+            &b""[..],
+            b"\x00\x50",
+            b"\x00\x50\x00localhost",
+            b"\x01",
+            b"\x02abc",
+            b"\x01a\x00b",
+            b"\x00\x50\x00127.0.0.1%2",
+            b"\x00\x50\x00::1%x",
+        ] {
             assert!(ListenKey::decode(bad).is_err(), "{bad:?}");
         }
         assert!(ListenKey::decode(&[&[1u8][..], &[b'a'; 108][..]].concat()).is_err());

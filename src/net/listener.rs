@@ -189,6 +189,24 @@ fn unix_addr(path: &Path) -> Result<(libc::sockaddr_un, libc::socklen_t)> {
     Ok((sun, len as libc::socklen_t))
 }
 
+/// True when a server listens on the Unix socket at `sun`: a non-blocking connect that is
+/// not refused. Never a blocking connect: a server whose backlog is full (a worker that asked
+/// for this path may hold such a server) would stall the primary's loop; with O_NONBLOCK that
+/// is EAGAIN, which also means someone listens there.
+fn unix_server_listens(sun: &libc::sockaddr_un, len: libc::socklen_t) -> bool {
+    let ty = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: socket(2) takes integers.
+    let Ok(probe) = owned(unsafe { libc::socket(libc::AF_UNIX, ty, 0) }) else {
+        // Cannot tell: say it is taken rather than unlink a live server's socket file.
+        return true;
+    };
+    // SAFETY: `sun` is a valid sockaddr_un of `len` bytes.
+    match cvt(unsafe { libc::connect(probe.as_raw_fd(), (sun as *const libc::sockaddr_un).cast(), len) }) {
+        Ok(_) => true,
+        Err(e) => !matches!(e.raw_os_error(), Some(libc::ECONNREFUSED) | Some(libc::ENOENT)),
+    }
+}
+
 /// Binds a Unix listener. A socket file left by a dead server (connect refused) is replaced;
 /// one with a live server, or a file that is not a socket, is an error naming the path.
 fn bind_unix(path: &Path, mode: Option<u32>, backlog: i32) -> Result<(OwnedFd, (u64, u64))> {
@@ -210,7 +228,7 @@ fn bind_unix(path: &Path, mode: Option<u32>, backlog: i32) -> Result<(OwnedFd, (
         if !meta.file_type().is_socket() {
             return fail(Code::Sys, format!("bind {name}: the path exists and is not a socket"));
         }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        if unix_server_listens(&sun, len) {
             return fail(Code::Sys, format!("bind {name}: another server is listening there"));
         }
         log::info!("{name}: replacing a stale socket file");

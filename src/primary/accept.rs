@@ -27,8 +27,12 @@ const ACCEPT_BATCH: usize = 256;
 
 impl Primary {
     /// Connections to accept now: the free window slots across the workers that take
-    /// connections, minus what already waits, within what the primary's fd table has room for
-    /// and what may be in flight (both RLIMIT_NOFILE: see `fd_budget`).
+    /// connections, minus what already waits for them, within what the primary's fd table has
+    /// room for and what may be in flight (both RLIMIT_NOFILE: see `fd_budget`).
+    ///
+    /// A connection waiting for the workers of one listener (workers that listen) takes room
+    /// only as far as those workers have room: connections of a listener whose workers are
+    /// full (or gone, their replacement on its way) must not stop the other listeners.
     fn capacity(&mut self) -> usize {
         let window = self.cfg.window;
         let (mut free, mut unacked) = (0usize, 0u64);
@@ -39,13 +43,39 @@ impl Primary {
             }
         }
         let waiting = self.handoff.waiting.len();
-        let free = free.saturating_sub(waiting) as u64;
+        let free = free.saturating_sub(self.waiting_with_room()) as u64;
         if free == 0 {
             return 0;
         }
         let limit = self.fd_budget.limit();
         let inflight = FdBudget::inflight_cap(limit).saturating_sub(unacked + waiting as u64);
         free.min(inflight).min(self.fd_budget.table_room()) as usize
+    }
+
+    /// The waiting connections that take room of the workers' windows: all of those any worker
+    /// may take, and those of a listener of workers that listen up to what its workers have.
+    fn waiting_with_room(&self) -> usize {
+        let waiting = &self.handoff.waiting;
+        if waiting.is_empty() {
+            return 0;
+        }
+        let mut per_listener: BTreeMap<u32, usize> = BTreeMap::new();
+        let mut any = 0;
+        for c in waiting {
+            match self.listeners.members(c.listener) {
+                Members::All => any += 1,
+                Members::Some(_) => *per_listener.entry(c.listener).or_default() += 1,
+                Members::Gone => {}
+            }
+        }
+        let window = self.cfg.window;
+        any + per_listener
+            .into_iter()
+            .map(|(index, n)| match self.listeners.members(index) {
+                Members::Some(m) => n.min(Self::members_room(&self.slots, m, window)),
+                _ => 0,
+            })
+            .sum::<usize>()
     }
 
     /// Free window slots of the workers listening on a listener of workers that listen.
@@ -66,7 +96,8 @@ impl Primary {
         let fd = e.listener.fd.as_raw_fd();
         let mut budget = capacity;
         if let Some(m) = &e.members {
-            budget = budget.min(Self::members_room(&self.slots, m, self.cfg.window));
+            let queued = self.handoff.waiting.iter().filter(|c| c.listener == index).count();
+            budget = budget.min(Self::members_room(&self.slots, m, self.cfg.window).saturating_sub(queued));
         }
         let mut taken = 0;
         for _ in 0..budget {
@@ -139,10 +170,21 @@ impl Primary {
         let mut deferred = Vec::new();
         // The workers that listen on the connection's listener, when only they may take it.
         let mut listening: Vec<Candidate> = Vec::new();
+        // Listeners whose workers include every candidate (the usual case: all workers called
+        // listen): their connections are picked among all candidates, with no filtering.
+        let mut covering: BTreeMap<u32, bool> = BTreeMap::new();
         while candidates.iter().any(|c| c.free > 0) {
             let Some(conn) = self.handoff.waiting.pop_front() else { break };
-            let picked = match self.listeners.members(conn.listener) {
+            let members = self.listeners.members(conn.listener);
+            let covers = match members {
+                Members::Some(m) => *covering
+                    .entry(conn.listener)
+                    .or_insert_with(|| m.len() >= candidates.len() && candidates.iter().all(|c| m.contains(&c.id))),
+                _ => false,
+            };
+            let picked = match members {
                 Members::All => balance.pick(&candidates, &conn.peer, slots),
+                Members::Some(_) if covers => balance.pick(&candidates, &conn.peer, slots),
                 Members::Some(m) => {
                     listening.clear();
                     listening.extend(candidates.iter().filter(|c| m.contains(&c.id)));

@@ -251,6 +251,7 @@ impl Primary {
     pub(super) fn on_ready(&mut self, id: u32) {
         if let Some(s) = self.slots.get_mut(&id) {
             s.ever_ready = true;
+            s.ready_mono_ms = crate::sys::monotonic_ms();
         }
         if let Some((old, new)) = self.reload.as_ref().and_then(|r| r.current) {
             if new == id {

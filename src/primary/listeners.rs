@@ -32,6 +32,10 @@ use super::{Phase, Primary};
 pub const MAX_PER_WORKER: usize = 64;
 /// Listeners bound for workers, in all.
 pub const MAX_WORKER_LISTENERS: usize = 256;
+/// How long a listener whose last worker exited stays open after that worker's replacement
+/// reported READY, for it to listen again (workers report READY when their runtime starts,
+/// usually before they listen). Past that, the replacement does not listen there: it closes.
+pub const LISTEN_AGAIN_MS: u64 = 5_000;
 
 /// One listener.
 pub struct Entry {
@@ -45,6 +49,10 @@ pub struct Entry {
     pub polled: bool,
     /// The bound address as text, for events and messages.
     pub address: String,
+    /// The slots of the workers that listened here and exited: while a replacement of one
+    /// of them may listen again, the listener stays open with no worker (its clients wait in
+    /// the backlog).
+    pub awaiting: BTreeSet<u32>,
 }
 
 /// Who a connection on a listener may go to.
@@ -67,11 +75,17 @@ pub struct Listeners {
     /// backlog is still handed out).
     closed: BTreeSet<u32>,
     next: u32,
+    /// When the `ListenAgain` timer that is set goes off (0: none set).
+    listen_again_at: u64,
 }
 
-/// The key a config listener is shared by.
+/// The key under which workers' requests share a listener the config or the primary declared.
+/// None for inherited sockets, and for port 0: workers share "port 0" because they are copies
+/// asking for the same server, while a port-0 listener of the config is another server, whose
+/// ephemeral port a worker asking for "any port" must not be given.
 fn key_of(spec: &ListenSpec) -> Option<ListenKey> {
     match spec {
+        ListenSpec::Tcp { addr, .. } if addr.port() == 0 => None,
         ListenSpec::Tcp { addr, .. } => Some(ListenKey::Tcp(*addr)),
         ListenSpec::Unix { path, .. } => Some(ListenKey::Unix(path.clone())),
         ListenSpec::Inherited { .. } => None,
@@ -81,7 +95,12 @@ fn key_of(spec: &ListenSpec) -> Option<ListenKey> {
 /// The bound address as text: `127.0.0.1:34567`, `[::1]:8080`, `/run/app.sock`.
 pub fn address_of(l: &Listener) -> String {
     match &l.spec {
-        ListenSpec::Tcp { addr, .. } => std::net::SocketAddr::new(addr.ip(), l.port).to_string(),
+        ListenSpec::Tcp { addr, .. } => {
+            // A copy of the address, so an IPv6 scope id (`[fe80::1%2]:80`) stays in the text.
+            let mut bound = *addr;
+            bound.set_port(l.port);
+            bound.to_string()
+        }
         ListenSpec::Unix { path, .. } => path.display().to_string(),
         ListenSpec::Inherited { .. } => listener::describe(&l.spec),
     }
@@ -89,23 +108,32 @@ pub fn address_of(l: &Listener) -> String {
 
 impl Listeners {
     /// The config's listeners, every worker's, as indexes 0, 1, ...
-    pub fn new(bound: Vec<Listener>) -> Listeners {
+    pub fn new(bound: Vec<Listener>) -> Result<Listeners> {
         let mut table = Listeners::default();
         for l in bound {
             let key = key_of(&l.spec);
-            table.insert(l, key, None);
+            table.insert(l, key, None)?;
         }
-        table
+        Ok(table)
     }
 
-    /// Adds a listener; returns its index.
-    pub fn insert(&mut self, listener: Listener, key: Option<ListenKey>, members: Option<BTreeSet<u32>>) -> u32 {
+    /// Adds a listener; returns its index. Indexes are never reused and travel as `i32` in
+    /// answers and events: past `i32::MAX` no listener can be added any more.
+    pub fn insert(
+        &mut self,
+        listener: Listener,
+        key: Option<ListenKey>,
+        members: Option<BTreeSet<u32>>,
+    ) -> Result<u32> {
         let index = self.next;
+        if index > i32::MAX as u32 {
+            return fail(Code::State, format!("listener indexes exhausted ({index} bound so far)"));
+        }
         self.next += 1;
         self.ports.insert(index, listener.port);
         let address = address_of(&listener);
-        self.entries.insert(index, Entry { listener, key, members, polled: false, address });
-        index
+        self.entries.insert(index, Entry { listener, key, members, polled: false, address, awaiting: BTreeSet::new() });
+        Ok(index)
     }
 
     /// Listener `index`.
@@ -121,6 +149,15 @@ impl Listeners {
     /// The listener workers share for `key`, if one is open.
     pub fn find(&self, key: &ListenKey) -> Option<u32> {
         self.entries.iter().find(|(_, e)| e.key.as_ref() == Some(key)).map(|(i, _)| *i)
+    }
+
+    /// The open TCP listener bound to `addr` (its real port, whatever port it was asked
+    /// for: workers that asked for port 0 got `addr`'s).
+    pub fn find_bound(&self, addr: &std::net::SocketAddr) -> Option<u32> {
+        self.entries
+            .iter()
+            .find(|(_, e)| matches!(&e.listener.spec, ListenSpec::Tcp { addr: a, .. } if a.ip() == addr.ip() && e.listener.port == addr.port()))
+            .map(|(i, _)| *i)
     }
 
     /// Every listener, by index.
@@ -176,49 +213,73 @@ impl Listeners {
 
 impl Primary {
     /// Worker `id` asks to listen on `key` (request `request`): bind or share, answer, and
-    /// raise LISTENING.
+    /// raise LISTENING (once per worker and listener: asking again for what it listens on
+    /// answers again, silently).
     pub(super) fn on_listen(&mut self, id: u32, request: u64, key: ListenKey) {
         let (answer, fds) = match self.listen_for(id, &key) {
-            Ok(index) => {
-                let (answer, fds) = self.answer(index, self.listeners.get(index).is_some_and(|e| e.members.is_none()));
-                let ev = Event {
-                    listener: index,
-                    data: answer.text.clone().into_bytes().into(),
-                    ..self.event(EventKind::Listening, id)
-                };
-                self.events.push(ev);
-                log::info!("worker {id} listens on {} (listener {index})", answer.text);
-                (answer, fds)
-            }
-            Err(e) => {
-                log::warn!("worker {id}: listen: {}", e.message);
-                (Answer { result: e.code as i32, port: 0, flags: 0, text: e.message }, Vec::new())
-            }
+            Ok((index, joined)) => match self.answer(index) {
+                Ok((answer, fds)) => {
+                    if joined {
+                        let ev = Event {
+                            listener: index,
+                            data: answer.text.clone().into_bytes().into(),
+                            ..self.event(EventKind::Listening, id)
+                        };
+                        self.events.push(ev);
+                        log::info!("worker {id} listens on {} (listener {index})", answer.text);
+                    }
+                    (answer, fds)
+                }
+                Err(e) => {
+                    // It cannot accept there without the socket: it does not listen.
+                    if joined {
+                        self.on_unlisten(id, index);
+                    }
+                    self.refusal(id, e)
+                }
+            },
+            Err(e) => self.refusal(id, e),
         };
         let mut frame = Frame::control_with_fds(Kind::Listening, answer.encode(), fds);
         frame.header.aux = request;
         self.push_control(id, frame);
     }
 
-    /// Binds (or finds) the listener for `key` and adds worker `id` to it.
-    fn listen_for(&mut self, id: u32, key: &ListenKey) -> Result<u32> {
+    /// The answer to a listen request that failed.
+    fn refusal(&self, id: u32, e: Error) -> (Answer, Vec<std::os::fd::OwnedFd>) {
+        log::warn!("worker {id}: listen: {}", e.message);
+        (Answer { result: e.code as i32, port: 0, flags: 0, text: e.message }, Vec::new())
+    }
+
+    /// Binds (or finds) the listener for `key` and adds worker `id` to it. Returns the index,
+    /// and whether the worker joined it now (false: it listened there already, or the listener
+    /// is every worker's).
+    fn listen_for(&mut self, id: u32, key: &ListenKey) -> Result<(u32, bool)> {
         let what = key.to_string();
         if self.phase != Phase::Running {
             return fail(Code::State, format!("listen {what}: the cluster is shutting down"));
         }
-        if self.slots.get(&id).is_none_or(|s| s.disconnect_requested) {
+        if self.slots.get(&id).is_none_or(|s| s.disconnect_requested || s.state == WorkerState::Disconnecting) {
             return fail(Code::State, format!("listen {what}: worker {id} is leaving"));
         }
-        let held = self.listeners.iter().filter(|(_, e)| e.members.as_ref().is_some_and(|m| m.contains(&id))).count();
-        if held >= MAX_PER_WORKER {
-            return fail(Code::Inval, format!("listen {what}: worker {id} already listens on {held} addresses"));
-        }
         if let Some(index) = self.listeners.find(key) {
-            if let Some(m) = self.listeners.get_mut(index).and_then(|e| e.members.as_mut()) {
-                m.insert(id);
+            let joined = match self.listeners.get(index).and_then(|e| e.members.as_ref()) {
+                Some(m) if !m.contains(&id) => {
+                    self.check_held(id, &what)?;
+                    true
+                }
+                _ => false,
+            };
+            let slot = self.slots.get(&id).map(|s| s.slot);
+            if let Some(e) = self.listeners.get_mut(index).filter(|e| e.members.is_some()) {
+                e.members.as_mut().expect("checked").insert(id);
+                if let Some(slot) = slot {
+                    e.awaiting.remove(&slot);
+                }
             }
-            return Ok(index);
+            return Ok((index, joined));
         }
+        self.check_held(id, &what)?;
         self.check_privileged(key, &what)?;
         let owned = self.listeners.iter().filter(|(_, e)| e.members.is_some()).count();
         if owned >= MAX_WORKER_LISTENERS {
@@ -229,8 +290,18 @@ impl Primary {
             ListenKey::Unix(path) => ListenSpec::Unix { path: path.clone(), mode: None },
         };
         let bound = listener::bind(&spec, self.cfg.backlog, self.cfg.policy == Policy::ReusePort)?;
+        let index = self.listeners.insert(bound, Some(key.clone()), Some(BTreeSet::from([id])))?;
         self.handoff_listener_added();
-        Ok(self.listeners.insert(bound, Some(key.clone()), Some(BTreeSet::from([id]))))
+        Ok((index, true))
+    }
+
+    /// Worker `id` may listen on one more address.
+    fn check_held(&self, id: u32, what: &str) -> Result<()> {
+        let held = self.listeners.iter().filter(|(_, e)| e.members.as_ref().is_some_and(|m| m.contains(&id))).count();
+        if held >= MAX_PER_WORKER {
+            return fail(Code::Inval, format!("listen {what}: worker {id} already listens on {held} addresses"));
+        }
+        Ok(())
     }
 
     /// Workers that run under another user (`cluster_config_set_user`) must not get, through
@@ -251,21 +322,42 @@ impl Primary {
         }
     }
 
-    /// The answer telling a worker about listener `index` (and SHARED's socket with it).
-    fn answer(&self, index: u32, all: bool) -> (Answer, Vec<std::os::fd::OwnedFd>) {
+    /// The answer telling a worker about listener `index` (and SHARED's socket with it: a
+    /// worker that cannot have the socket cannot listen there, so failing to copy it fails).
+    fn answer(&self, index: u32) -> Result<(Answer, Vec<std::os::fd::OwnedFd>)> {
         let Some(e) = self.listeners.get(index) else {
-            return (Answer { result: Code::State as i32, port: 0, flags: 0, text: "listener closed".into() }, vec![]);
+            return fail(Code::State, format!("listener {index} is closed"));
         };
-        let mut flags = if all { ANSWER_ALL_WORKERS } else { 0 };
+        let mut flags = if e.members.is_none() { ANSWER_ALL_WORKERS } else { 0 };
         if self.cfg.policy == Policy::ReusePort {
             flags |= ANSWER_BIND_REUSEPORT;
         }
         let fds = match self.cfg.policy {
-            Policy::Shared => sys::dup_cloexec(e.listener.fd.as_raw_fd()).into_iter().collect(),
+            Policy::Shared => vec![sys::dup_cloexec(e.listener.fd.as_raw_fd())
+                .map_err(|err| Error::sys(format!("listen {}: dup of the listening socket", e.address), err))?],
             _ => Vec::new(),
         };
         let answer = Answer { result: index as i32, port: e.listener.port, flags, text: e.address.clone() };
-        (answer, fds)
+        Ok((answer, fds))
+    }
+
+    /// Tells the workers that run (not those leaving) about listener `index` unasked: that
+    /// it is every worker's now, and for SHARED/REUSEPORT where to accept.
+    fn announce(&mut self, index: u32) {
+        let ids: Vec<u32> = self
+            .slots
+            .values()
+            .filter(|s| s.channel_open && !s.disconnect_requested && s.state != WorkerState::Disconnecting)
+            .map(|s| s.id)
+            .collect();
+        for id in ids {
+            match self.answer(index) {
+                Ok((answer, fds)) => {
+                    self.push_control(id, Frame::control_with_fds(Kind::Listening, answer.encode(), fds))
+                }
+                Err(e) => log::error!("worker {id}: not told about listener {index}: {}", e.message),
+            }
+        }
     }
 
     /// Queues a control frame to worker `id` (a closed channel is noticed by its reader).
@@ -288,45 +380,89 @@ impl Primary {
 
     /// Worker `id` no longer listens on `index`: what it was handed from there comes back
     /// (it refuses, giving the connections back) and goes to the others.
+    /// A listener the last worker unlistened closes now: that worker chose to stop listening
+    /// (node:cluster closes the server then too); only a worker's exit keeps it open for a
+    /// replacement (`close_orphan_listeners`). So one worker cannot pile up open listeners by
+    /// listening and unlistening.
     pub(super) fn on_unlisten(&mut self, id: u32, index: u32) {
-        let left = self.listeners.get_mut(index).and_then(|e| e.members.as_mut()).is_some_and(|m| m.remove(&id));
-        if left {
-            log::info!("worker {id} no longer listens on listener {index}");
-        } else {
+        let Some(m) = self.listeners.get_mut(index).and_then(|e| e.members.as_mut()) else {
+            log::debug!("worker {id}: unlisten of listener {index}, which is not one of workers that listen: ignored");
+            return;
+        };
+        if !m.remove(&id) {
             log::debug!("worker {id}: unlisten of listener {index}, which it does not listen on: ignored");
+            return;
+        }
+        log::info!("worker {id} no longer listens on listener {index}");
+        if m.is_empty() {
+            self.close_listener(index, "its last worker unlistened");
         }
     }
 
-    /// Worker `id` is gone: it listens nowhere any more.
-    pub(super) fn unlisten_all(&mut self, id: u32) {
+    /// Worker `id` (of `slot`) is gone: it listens nowhere any more. Where it listened, its
+    /// replacement may listen again (see `close_orphan_listeners`).
+    pub(super) fn unlisten_all(&mut self, id: u32, slot: u32) {
         for (_, e) in self.listeners.iter_mut() {
-            if let Some(m) = e.members.as_mut() {
-                m.remove(&id);
+            if e.members.as_mut().is_some_and(|m| m.remove(&id)) {
+                e.awaiting.insert(slot);
             }
         }
     }
 
-    /// Closes the listeners bound for workers that no worker listens on, unless one that may
-    /// listen again is on its way (starting up, or a respawn waiting for its backoff).
+    /// Closes the listeners bound for workers that no worker listens on, unless the
+    /// replacement of a worker that listened there may still listen again: it is on its way
+    /// (a respawn waiting for its backoff, a start queued into the slot), starting, or READY
+    /// for less than `LISTEN_AGAIN_MS`. A crashed worker's replacement finds its port still
+    /// there, with the clients that connected meanwhile waiting in the backlog.
     pub(super) fn close_orphan_listeners(&mut self) {
         let orphan = |e: &Entry| e.members.as_ref().is_some_and(BTreeSet::is_empty);
         if !self.listeners.iter().any(|(_, e)| orphan(e)) {
             return;
         }
-        let coming = !self.spawn_queue.is_empty()
-            || !self.pending_respawns.is_empty()
-            || self.slots.values().any(|s| {
-                matches!(s.state, WorkerState::Starting | WorkerState::Online)
-                    && !s.disconnect_requested
-                    && s.channel_open
-            });
-        if coming && self.phase == Phase::Running {
-            return;
+        let now = sys::monotonic_ms();
+        let mut recheck = u64::MAX;
+        let mut closing = Vec::new();
+        for (index, e) in self.listeners.iter() {
+            if !orphan(e) {
+                continue;
+            }
+            let until = if self.phase == Phase::Running {
+                e.awaiting.iter().filter_map(|&slot| self.may_listen_again(slot, now)).max()
+            } else {
+                None
+            };
+            match until {
+                Some(at) => recheck = recheck.min(at),
+                None => closing.push(index),
+            }
         }
-        let closing: Vec<u32> = self.listeners.iter().filter(|(_, e)| orphan(e)).map(|(i, _)| i).collect();
         for index in closing {
             self.close_listener(index, "no worker listens on it");
         }
+        if recheck != u64::MAX
+            && recheck > now
+            && (self.listeners.listen_again_at <= now || recheck < self.listeners.listen_again_at)
+        {
+            self.listeners.listen_again_at = recheck;
+            self.reactor.add_timer(recheck, super::Timer::ListenAgain);
+        }
+    }
+
+    /// Whether a replacement in `slot` may still listen again: Some(when to look again; MAX
+    /// while it is on its way or not READY), or None.
+    fn may_listen_again(&self, slot: u32, now: u64) -> Option<u64> {
+        if self.pending_respawns.contains(&slot) || self.slot_for.values().any(|&s| s == slot) {
+            return Some(u64::MAX);
+        }
+        self.slots
+            .values()
+            .filter(|s| s.slot == slot && s.channel_open && !s.disconnect_requested)
+            .filter_map(|s| match s.state {
+                WorkerState::Starting | WorkerState::Online => Some(u64::MAX),
+                WorkerState::Ready => Some(s.ready_mono_ms + LISTEN_AGAIN_MS).filter(|&at| at > now),
+                _ => None,
+            })
+            .max()
     }
 
     /// Closes listener `index`; the connections accepted from it that wait for a worker are
@@ -346,30 +482,34 @@ impl Primary {
 
     /// The primary listens at run time: a listener every worker gets connections from, like
     /// the config's. SHARED/REUSEPORT workers already running are told about it. Returns its
-    /// index: an address the config or workers already listen on gives that listener (port 0
-    /// always binds a new one: workers share "port 0" because they are copies asking for the
-    /// same server; the primary asking again wants another port).
+    /// index. An address the config or workers already listen on gives that listener, also
+    /// one that workers asked for with port 0 and that got this port. Port 0 always binds a
+    /// new one: workers share "port 0" because they are copies asking for the same server;
+    /// the primary asking again wants another port.
     pub fn listen(&mut self, spec: ListenSpec) -> Result<u32> {
         if self.phase != Phase::Running {
             return fail(Code::State, "the cluster is shutting down: no new listeners");
         }
-        let key = key_of(&spec).filter(|k| !matches!(k, ListenKey::Tcp(addr) if addr.port() == 0));
-        if let Some(index) = key.as_ref().and_then(|k| self.listeners.find(k)) {
-            // Workers already share it; from now on it is every worker's.
-            if let Some(e) = self.listeners.get_mut(index) {
+        let key = key_of(&spec);
+        let bound = match (&key, &spec) {
+            (Some(_), ListenSpec::Tcp { addr, .. }) => self.listeners.find_bound(addr),
+            _ => None,
+        };
+        if let Some(index) = key.as_ref().and_then(|k| self.listeners.find(k)).or(bound) {
+            // Workers already share it; from now on it is every worker's: they all learn it
+            // (those that listened there can no longer unlisten it; under SHARED/REUSEPORT the
+            // others get the socket).
+            if let Some(e) = self.listeners.get_mut(index).filter(|e| e.members.is_some()) {
                 e.members = None;
+                self.announce(index);
             }
             return Ok(index);
         }
         let bound = listener::bind(&spec, self.cfg.backlog, self.cfg.policy == Policy::ReusePort)?;
+        let index = self.listeners.insert(bound, key, None)?;
         self.handoff_listener_added();
-        let index = self.listeners.insert(bound, key, None);
         if !self.cfg.primary_accepts() {
-            let ids: Vec<u32> = self.slots.values().filter(|s| s.channel_open).map(|s| s.id).collect();
-            for id in ids {
-                let (answer, fds) = self.answer(index, true);
-                self.push_control(id, Frame::control_with_fds(Kind::Listening, answer.encode(), fds));
-            }
+            self.announce(index);
         }
         Ok(index)
     }

@@ -52,6 +52,9 @@ pub enum Timer {
     ReapPoll,
     /// Resume accepting after running out of fds.
     ResumeAccept,
+    /// A listener whose workers exited waited long enough for their replacements to listen
+    /// again (see `listeners::LISTEN_AGAIN_MS`).
+    ListenAgain,
     /// Start a worker in this slot again (after its backoff).
     Respawn(u32),
     /// Worker `id` must be READY by now.
@@ -159,11 +162,12 @@ impl Primary {
             Mode::Fork => None,
         };
         let reactor = Reactor::new()?;
-        let listeners = cfg
-            .listeners
-            .iter()
-            .map(|spec| listener::bind(spec, cfg.backlog, cfg.policy == Policy::ReusePort))
-            .collect::<Result<Vec<_>>>()?;
+        let listeners = Listeners::new(
+            cfg.listeners
+                .iter()
+                .map(|spec| listener::bind(spec, cfg.backlog, cfg.policy == Policy::ReusePort))
+                .collect::<Result<Vec<_>>>()?,
+        )?;
         let signals = if cfg.signals { Some(SignalPipe::install(&PRIMARY_SIGNALS)?) } else { None };
         if let Some(s) = &signals {
             reactor.add(s.fd(), Source::Signals, true, false)?;
@@ -175,7 +179,7 @@ impl Primary {
             reactor,
             shared,
             signals,
-            listeners: Listeners::new(listeners),
+            listeners,
             accept_paused: false,
             accept_pauses: 0,
             send_retries: 0,
@@ -400,10 +404,19 @@ impl Primary {
         }
     }
 
-    /// The lowest slot no live worker holds.
+    /// The lowest slot no live worker holds and no queued or pending start goes into (a
+    /// respawn waiting for its backoff, a reload's replacement): a new worker never takes the
+    /// slot, and with it the `fork_env` variables and the STICKY clients, of one on its way.
     fn free_slot(&self) -> u32 {
-        let mut used: Vec<u32> = self.slots.values().map(|s| s.slot).collect();
+        let mut used: Vec<u32> = self
+            .slots
+            .values()
+            .map(|s| s.slot)
+            .chain(self.pending_respawns.iter().copied())
+            .chain(self.slot_for.values().copied())
+            .collect();
         used.sort_unstable();
+        used.dedup();
         used.iter().enumerate().find(|(i, s)| **s != *i as u32).map_or(used.len() as u32, |(i, _)| i as u32)
     }
 

@@ -94,6 +94,8 @@ impl Primary {
                 }
             }
             Timer::ResumeAccept => self.accept_paused = false,
+            // The turn's end closes the listeners whose replacements had their chance.
+            Timer::ListenAgain => {}
             Timer::RetryFlush(id) => {
                 // Try again: its queue through the loop's watch, connections at the next pump.
                 if let Some(slot) = self.slots.get_mut(&id) {
@@ -481,7 +483,7 @@ impl Primary {
             self.reactor.remove(std::os::fd::AsRawFd::as_raw_fd(pidfd));
         }
         self.shared.remove(id);
-        self.unlisten_all(id);
+        self.unlisten_all(id, slot.slot);
         for (line, n) in self.loglimit.forget(id) {
             log::warn!("worker {id}: {n} more log line(s) like \"{line}\" were suppressed");
         }

@@ -93,6 +93,8 @@ pub struct Slot {
     pub started_mono_ms: u64,
     /// It reported READY at some point.
     pub ever_ready: bool,
+    /// When it reported READY, monotonic ms (0: not yet).
+    pub ready_mono_ms: u64,
     /// Last frame from it, monotonic ms (the watchdog's clock).
     pub last_heard_ms: u64,
     /// The watchdog already sent it SIGABRT.
@@ -155,6 +157,7 @@ impl Slot {
             stalled: None,
             started_mono_ms: crate::sys::monotonic_ms(),
             ever_ready: false,
+            ready_mono_ms: 0,
             last_heard_ms: crate::sys::monotonic_ms(),
             watchdog_fired: false,
             request_limit: 0,

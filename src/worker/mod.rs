@@ -39,7 +39,13 @@ struct Opened {
     port: u16,
     /// Every worker's (the config's or the primary's): not this worker's to unlisten.
     all: bool,
+    /// REUSEPORT: this worker's own socket, bound here (its queue is this worker's alone).
+    reuseport: bool,
 }
+
+/// Most connections `unlisten` takes from its own REUSEPORT socket before closing it (the
+/// kernel resets what is left in that socket's queue when it closes).
+const UNLISTEN_DRAIN_MAX: usize = 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -555,9 +561,11 @@ impl Worker {
                 });
             }
             Kind::Shutdown => self.begin_drain(),
+            // Told while stopping: nothing to listen on any more (the socket closes here).
+            Kind::Listening if f.header.aux == 0 && self.phase != Phase::Running => {}
             Kind::Listening if f.header.aux == 0 => {
-                // A listener the primary added by itself, which SHARED/REUSEPORT workers
-                // accept on.
+                // A listener the primary added by itself (which SHARED/REUSEPORT workers
+                // accept on), or one workers listened on that became every worker's.
                 match Answer::decode(&f.payload) {
                     Ok(answer) => {
                         if let Err(e) = self.adopt(answer, std::mem::take(&mut f.fds)) {
@@ -610,6 +618,17 @@ impl Worker {
     /// listener index. Frames that arrive meanwhile are handled as usual (their events wait
     /// for the next dispatch); connections from the new listener come as CONNECTION events.
     pub fn listen(&mut self, key: ListenKey) -> Result<u32> {
+        let result = self.ask_listen(key);
+        if self.has_events() || !self.inbox.is_empty() {
+            // What arrived while we waited is in memory, where epoll cannot see it: the host's
+            // loop must come back for it even if the channel has nothing new.
+            self.shared.wake();
+        }
+        result
+    }
+
+    /// `listen`'s request and wait.
+    fn ask_listen(&mut self, key: ListenKey) -> Result<u32> {
         let what = key.to_string();
         if self.phase != Phase::Running {
             return fail(Code::State, format!("listen {what}: this worker is stopping"));
@@ -633,12 +652,24 @@ impl Worker {
                     let answer = Answer::decode(&f.payload).map_err(|e| {
                         Error::new(Code::Sys, format!("listen {what}: bad answer from the primary: {e}"))
                     })?;
-                    return self.adopt(answer, std::mem::take(&mut f.fds));
+                    let index = answer.result;
+                    return self.adopt(answer, std::mem::take(&mut f.fds)).inspect_err(|_| {
+                        // The primary counts us in, but we cannot accept there: say we are not.
+                        if index >= 0 {
+                            self.send_unlisten(index as u32);
+                        }
+                    });
                 }
                 Ok(Read::Frame(f)) => self.on_frame(f),
                 Ok(Read::FdsLost(h, payload)) => {
                     self.on_fds_lost(h, &payload);
                     if h.kind == Kind::Listening && h.aux == request {
+                        // The primary counts us in: say we are not.
+                        if let Ok(answer) = Answer::decode(&payload) {
+                            if answer.result >= 0 {
+                                self.send_unlisten(answer.result as u32);
+                            }
+                        }
                         return fail(
                             Code::Sys,
                             format!("listen {what}: the listening socket did not fit (out of fds)"),
@@ -670,21 +701,27 @@ impl Worker {
             return Err(Error::new(Code::from_raw(answer.result).unwrap_or(Code::Sys), answer.text));
         }
         let index = answer.result as u32;
-        self.unlistened.remove(&index);
+        if self.phase != Phase::Running {
+            return fail(Code::State, format!("listen {}: this worker is stopping", answer.text));
+        }
+        let reuseport = answer.flags & ANSWER_BIND_REUSEPORT != 0;
         if !self.listeners.iter().any(|(i, _)| *i == index) {
             if let Some(fd) = fds.pop() {
                 self.reactor.add_exclusive(fd.as_raw_fd(), Source::Listener(index))?;
                 self.listeners.push((index, fd));
-            } else if answer.flags & ANSWER_BIND_REUSEPORT != 0 {
+            } else if reuseport {
                 let addr: std::net::SocketAddr = answer.text.parse().map_err(|_| {
                     Error::new(Code::Sys, format!("listen: the primary answered with a bad address {:?}", answer.text))
                 })?;
                 let fd = listener::bind_reuseport(&addr, libc::SOMAXCONN)?;
                 self.reactor.add(fd.as_raw_fd(), Source::Listener(index), true, false)?;
                 self.listeners.push((index, fd));
+            } else if matches!(self.env.accept, AcceptFrom::Shared(_)) {
+                return fail(Code::Sys, format!("listen {}: the listening socket did not arrive", answer.text));
             }
         }
-        self.opened.insert(index, Opened { port: answer.port, all: answer.flags & ANSWER_ALL_WORKERS != 0 });
+        self.unlistened.remove(&index);
+        self.opened.insert(index, Opened { port: answer.port, all: answer.flags & ANSWER_ALL_WORKERS != 0, reuseport });
         Ok(index)
     }
 
@@ -706,24 +743,38 @@ impl Worker {
             }
             Some(_) => {}
         }
-        self.opened.remove(&index);
+        let opened = self.opened.remove(&index);
         self.unlistened.insert(index);
         if let Some(pos) = self.listeners.iter().position(|(i, _)| *i == index) {
-            // A REUSEPORT socket's queue dies with it: take what waits there first.
-            while self.phase == Phase::Running && sys::readable_now(self.listeners[pos].1.as_raw_fd()) {
-                let before = self.events.len();
-                self.accept_from(index);
-                if self.events.len() == before {
-                    break;
+            // A REUSEPORT socket's queue dies with it: take what waits there first (bounded:
+            // under load it never empties). A SHARED socket is the primary's: what waits there
+            // stays for the other workers.
+            if opened.is_some_and(|o| o.reuseport) {
+                let mut taken = 0;
+                while taken < UNLISTEN_DRAIN_MAX
+                    && self.phase == Phase::Running
+                    && sys::readable_now(self.listeners[pos].1.as_raw_fd())
+                {
+                    let before = self.events.len();
+                    self.accept_from(index);
+                    if self.events.len() == before {
+                        break;
+                    }
+                    taken += self.events.len() - before;
                 }
             }
             let (_, fd) = self.listeners.remove(pos);
             self.reactor.remove(fd.as_raw_fd());
         }
+        self.send_unlisten(index);
+        Ok(())
+    }
+
+    /// Tells the primary this worker no longer listens on `index`.
+    fn send_unlisten(&mut self, index: u32) {
         let mut frame = Frame::control(Kind::Unlisten, Vec::new());
         frame.header.aux = u64::from(index);
         self.push(frame);
-        Ok(())
     }
 
     /// The port of listener `index`: one this worker listens on, or a SHARED/REUSEPORT socket.
