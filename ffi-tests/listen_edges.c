@@ -16,13 +16,14 @@
  *              and the primary's loop never blocks probing it.
  *   wake       a message that reaches a worker while it waits in cluster_listen_* is delivered
  *              by its next cluster_run, with no heartbeat or other traffic to wake the loop.
- *   churn      a worker listens on a new port and unlistens it, 300 times, while another worker
+ *   churn      a worker listens on a new address and unlistens it, 300 times, while another worker
  *              is starting (never READY): each listener closes at its unlisten, so none of the
  *              300 is refused and the primary holds no more fds at the end than at the start.
  * The primary's loop runs in this process; clients run in forked children or here. */
 #include "harness.h"
 #include "load.h"
 
+#include <poll.h>
 #include <sys/un.h>
 
 #define MAX_IDS 16
@@ -83,12 +84,24 @@ static int worker_main(void *ud) {
         OK(cluster_listen_tcp("127.0.0.1", 0));
         OK(cluster_listen_unix(unix_path));
         report("listened 0 0");
+        /* A host that runs its own loop and dispatches only when cluster_fd() is readable
+         * (as the Node and Python bindings do). */
+        for (;;) {
+            struct pollfd pfd = {.fd = cluster_fd(), .events = POLLIN};
+            int n = poll(&pfd, 1, 30000);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) return 4;
+            if (cluster_dispatch(0) < 0) return 0;
+        }
     } else if (!strcmp(which, "churn")) {
         if (me != 1) return cluster_run() == 0 ? 0 : 3; /* never READY: "on its way" */
         int refused = 0, first_error = 0;
         char why[120] = "";
         for (int i = 0; i < CHURN; i++) {
-            int index = cluster_listen_tcp("127.0.0.1", 0);
+            /* Another address each time: 127.0.0.1, 127.0.0.2, ... (all loopback). */
+            char host[32];
+            snprintf(host, sizeof host, "127.0.%d.%d", i / 250, i % 250 + 1);
+            int index = cluster_listen_tcp(host, 0);
             if (index < 0) {
                 if (!refused++) first_error = index, snprintf(why, sizeof why, "%s", cluster_last_error());
                 continue;
