@@ -1,12 +1,15 @@
 //! The primary's configuration, built before `primary::start`.
+//!
+//! Plain data at the bottom of the layers (tests/layers.rs): it imports only `error`, and owns
+//! the types both the supervisor and the layers under it need (restart policy, listen spec,
+//! send queue bounds, the names of the worker environment), which `primary`, `ipc` and
+//! `worker` re-export under their old paths.
 
 use std::ffi::CString;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
-use crate::error::{fail, Code, Result};
-use crate::ipc::outbox::Limits;
-use crate::primary::restart::RestartPolicy;
+use crate::error::{fail, Code, Error, Result};
 
 /// How workers are started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +64,7 @@ pub enum ListenSpec {
 impl ListenSpec {
     /// A TCP listener on `host:port` (an IP literal, or a name resolved now).
     pub fn tcp(host: &str, port: u16) -> Result<ListenSpec> {
-        let addr = crate::net::listener::resolve(host, port)?;
+        let addr = resolve(host, port)?;
         Ok(ListenSpec::Tcp { host: host.to_string(), addr })
     }
 
@@ -74,15 +77,109 @@ impl ListenSpec {
     }
 }
 
+/// The restart policy (from the config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// First delay, ms (default 100).
+    pub min_ms: u64,
+    /// Largest delay, ms (default 15 000).
+    pub max_ms: u64,
+    /// An uptime this long resets the delay to `min_ms` (default 30 000).
+    pub reset_after_ms: u64,
+    /// A worker that was READY and lived this long is replaced at once, and resets the delay
+    /// (default 1000); one that dies sooner died young.
+    pub min_uptime_ms: u64,
+    /// Young deaths (see the module doc) that make a crash loop (default 5)...
+    pub loop_deaths: usize,
+    /// ...within this window, ms (default 10 000).
+    pub loop_window_ms: u64,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> RestartPolicy {
+        RestartPolicy {
+            min_ms: 100,
+            max_ms: 15_000,
+            reset_after_ms: 30_000,
+            min_uptime_ms: 1000,
+            loop_deaths: 5,
+            loop_window_ms: 10_000,
+        }
+    }
+}
+
+/// Bounds of one outbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most user-payload bytes queued (a single message larger than this is still taken
+    /// when the queue is empty, up to the maximum message size).
+    pub max_bytes: usize,
+    /// Most user messages queued.
+    pub max_frames: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_bytes: 8 << 20, max_frames: 4096 }
+    }
+}
+
+/// The names of the environment variables rcluster sets for a worker (the worker reads them in
+/// EXEC mode; `worker::env` re-exports them).
+pub mod worker_env {
+    /// Environment variable names of EXEC mode.
+    pub const ENV_ID: &str = "RCLUSTER_WORKER_ID";
+    /// The channel's fd number in the worker.
+    pub const ENV_FD: &str = "RCLUSTER_CHANNEL_FD";
+    /// The primary's pid: a process whose parent is not this pid is not a worker, even if it
+    /// inherited the other variables (a worker's own subprocess, say).
+    pub const ENV_PPID: &str = "RCLUSTER_PRIMARY_PID";
+    /// Largest message.
+    pub const ENV_MAX: &str = "RCLUSTER_MAX_MESSAGE";
+    /// "1" when the worker takes over SIGTERM/SIGINT.
+    pub const ENV_SIGNALS: &str = "RCLUSTER_SIGNALS";
+    /// "1" when the worker must call `ready()` itself.
+    pub const ENV_MANUAL_READY: &str = "RCLUSTER_MANUAL_READY";
+    /// The send queue bounds, "max_bytes:max_messages".
+    pub const ENV_SEND_QUEUE: &str = "RCLUSTER_SEND_QUEUE";
+    /// Where the worker accepts by itself: "shared:INDEX=FD,..." or "reuseport:INDEX=ADDR,...".
+    pub const ENV_ACCEPT: &str = "RCLUSTER_ACCEPT";
+    /// Heartbeat interval in ms (0: none).
+    pub const ENV_HEARTBEAT: &str = "RCLUSTER_HEARTBEAT_MS";
+
+    /// All the names above (stripped from a worker's environment before new ones are set).
+    pub const ALL: [&str; 9] =
+        [ENV_ID, ENV_FD, ENV_PPID, ENV_MAX, ENV_SIGNALS, ENV_MANUAL_READY, ENV_SEND_QUEUE, ENV_ACCEPT, ENV_HEARTBEAT];
+}
+
+/// `host:port` as a socket address: an IP literal (IPv6 with or without brackets), or a host
+/// name resolved now (the first address). `net::listener::resolve` is this.
+pub fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
+    let bracketless = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bracketless.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    if host.is_empty() {
+        return fail(Code::Inval, "listen address: empty host");
+    }
+    if host.len() > 253 || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        return fail(Code::Inval, format!("listen address {host:?}: not an IP address or a host name"));
+    }
+    match (host, port).to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| Error::new(Code::Sys, format!("resolve {host}: no address"))),
+        Err(e) => Err(Error::sys(format!("resolve {host}"), e)),
+    }
+}
+
 /// Checks one `NAME=value` entry for a worker's environment: a name without `=`, and not one
 /// of the variables rcluster itself sets for a worker.
 pub fn env_entry(kv: &str) -> Result<CString> {
     match kv.split_once('=') {
         Some((k, _)) if !k.is_empty() => {
-            if crate::worker::env::ALL.contains(&k) {
+            if worker_env::ALL.contains(&k) {
                 return fail(Code::Inval, format!("{k} is set by rcluster for each worker and cannot be given"));
             }
-            CString::new(kv).map_err(|_| crate::error::Error::new(Code::Inval, format!("{kv:?} has a NUL byte")))
+            CString::new(kv).map_err(|_| Error::new(Code::Inval, format!("{kv:?} has a NUL byte")))
         }
         _ => fail(Code::Inval, format!("{kv:?} is not NAME=value")),
     }
@@ -230,15 +327,6 @@ impl Config {
             }
             _ => fail(Code::Inval, format!("listener {index} is not a unix listener")),
         }
-    }
-
-    /// Adds the sockets systemd passed (LISTEN_FDS, honoured only when LISTEN_PID is this
-    /// process); returns how many. Their names come from LISTEN_FDNAMES.
-    pub fn listen_systemd(&mut self) -> Result<u32> {
-        let inherited = crate::net::activation::listen_fds(|k| std::env::var(k).ok())?;
-        let n = inherited.len() as u32;
-        self.listeners.extend(inherited);
-        Ok(n)
     }
 
     /// True when the primary accepts and hands connections out (not SHARED or REUSEPORT).

@@ -14,6 +14,10 @@
 //!   [`requests`] what a host's signal handler may ask (`cluster_shutdown`).
 //! - [`ffi`] is the C ABI, a thin layer over the above.
 //! - [`fuzzing`] holds the fuzz entry points (and [`primary::harness`] the primary they drive).
+//!
+//! Layers, each naming only its own and lower ones (tests/layers.rs checks it): `ffi` ->
+//! `runtime` -> `primary` -> `worker` -> `ipc`/`net`/`event_loop`/`signals` -> `sys`, with
+//! [`config`] plain data at the bottom.
 
 #![warn(missing_docs)]
 

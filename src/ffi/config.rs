@@ -193,7 +193,7 @@ pub extern "C" fn cluster_config_set_unix_mode(cfg: *mut cluster_config, listene
 /// CLUSTER_E_STATE rather than taking what the host has since opened under those numbers.
 #[no_mangle]
 pub extern "C" fn cluster_config_listen_systemd(cfg: *mut cluster_config) -> i32 {
-    guard(|| cfg_mut(cfg)?.listen_systemd().map(|n| n as i32))
+    guard(|| crate::net::activation::listen_systemd(cfg_mut(cfg)?).map(|n| n as i32))
 }
 
 /// Largest message carried, in bytes (default 64 MiB, 1 byte to 1 GiB). Larger sends fail with

@@ -185,21 +185,9 @@ fn batchable_prefix(frames: &VecDeque<Frame>) -> usize {
 /// refused like over the other bounds (`Again`, and a relay stalls its sender).
 pub const MAX_QUEUED_FDS: usize = 32;
 
-/// Bounds of one outbox.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Most user-payload bytes queued (a single message larger than this is still taken
-    /// when the queue is empty, up to the maximum message size).
-    pub max_bytes: usize,
-    /// Most user messages queued.
-    pub max_frames: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits { max_bytes: 8 << 20, max_frames: 4096 }
-    }
-}
+/// Bounds of one outbox: plain data of the configuration, which owns it (`config` sits below
+/// `ipc`); the old path stays.
+pub use crate::config::Limits;
 
 /// What a push did.
 #[derive(Debug, PartialEq, Eq)]

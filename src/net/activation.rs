@@ -1,7 +1,7 @@
 //! systemd socket activation: listening sockets passed as fds 3.. with LISTEN_FDS,
 //! LISTEN_PID and LISTEN_FDNAMES (sd_listen_fds(3)).
 
-use crate::config::ListenSpec;
+use crate::config::{Config, ListenSpec};
 use crate::error::{fail, Code, Result};
 use crate::sys;
 
@@ -54,4 +54,14 @@ pub fn listen_fds(get: impl Fn(&str) -> Option<String>) -> Result<Vec<ListenSpec
         out.push(ListenSpec::Inherited { fd, name });
     }
     Ok(out)
+}
+
+/// Adds the sockets systemd passed to `config` (LISTEN_FDS, honoured only when LISTEN_PID is
+/// this process); returns how many. Their names come from LISTEN_FDNAMES. Here rather than on
+/// `Config`, which is plain data under `net`.
+pub fn listen_systemd(config: &mut Config) -> Result<u32> {
+    let inherited = listen_fds(|k| std::env::var(k).ok())?;
+    let n = inherited.len() as u32;
+    config.listeners.extend(inherited);
+    Ok(n)
 }

@@ -1,7 +1,7 @@
 //! Listening sockets owned by the primary, and accepting on them.
 
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -24,23 +24,9 @@ pub struct Listener {
     pub unix_inode: Option<(u64, u64)>,
 }
 
-/// Resolves `host` (an IP literal or a name, looked up once, now) with `port`.
-pub fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
-    let bracketless = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bracketless.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    if host.is_empty() {
-        return fail(Code::Inval, "listen address: empty host");
-    }
-    if host.len() > 253 || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
-        return fail(Code::Inval, format!("listen address {host:?}: not an IP address or a host name"));
-    }
-    match (host, port).to_socket_addrs() {
-        Ok(mut addrs) => addrs.next().ok_or_else(|| Error::new(Code::Sys, format!("resolve {host}: no address"))),
-        Err(e) => Err(Error::sys(format!("resolve {host}"), e)),
-    }
-}
+/// Resolves `host` (an IP literal or a name, looked up once, now) with `port`: the
+/// configuration owns it, since a listen spec is resolved when it is added.
+pub use crate::config::resolve;
 
 /// A `sockaddr` for `addr`, and its length.
 pub fn to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {

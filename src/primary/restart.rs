@@ -11,36 +11,9 @@
 
 use std::collections::VecDeque;
 
-/// The restart policy (from the config).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RestartPolicy {
-    /// First delay, ms (default 100).
-    pub min_ms: u64,
-    /// Largest delay, ms (default 15 000).
-    pub max_ms: u64,
-    /// An uptime this long resets the delay to `min_ms` (default 30 000).
-    pub reset_after_ms: u64,
-    /// A worker that was READY and lived this long is replaced at once, and resets the delay
-    /// (default 1000); one that dies sooner died young.
-    pub min_uptime_ms: u64,
-    /// Young deaths (see the module doc) that make a crash loop (default 5)...
-    pub loop_deaths: usize,
-    /// ...within this window, ms (default 10 000).
-    pub loop_window_ms: u64,
-}
-
-impl Default for RestartPolicy {
-    fn default() -> RestartPolicy {
-        RestartPolicy {
-            min_ms: 100,
-            max_ms: 15_000,
-            reset_after_ms: 30_000,
-            min_uptime_ms: 1000,
-            loop_deaths: 5,
-            loop_window_ms: 10_000,
-        }
-    }
-}
+/// The restart policy: plain data of the configuration, which owns it (`config` sits below
+/// the supervisor); the old path stays.
+pub use crate::config::RestartPolicy;
 
 /// What to do after a worker of a slot died.
 #[derive(Clone, Debug, PartialEq, Eq)]

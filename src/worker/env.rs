@@ -6,29 +6,11 @@ use std::os::fd::RawFd;
 use crate::ipc::outbox::Limits;
 use crate::sys;
 
-/// Environment variable names of EXEC mode.
-pub const ENV_ID: &str = "RCLUSTER_WORKER_ID";
-/// The channel's fd number in the worker.
-pub const ENV_FD: &str = "RCLUSTER_CHANNEL_FD";
-/// The primary's pid: a process whose parent is not this pid is not a worker, even if it
-/// inherited the other variables (a worker's own subprocess, say).
-pub const ENV_PPID: &str = "RCLUSTER_PRIMARY_PID";
-/// Largest message.
-pub const ENV_MAX: &str = "RCLUSTER_MAX_MESSAGE";
-/// "1" when the worker takes over SIGTERM/SIGINT.
-pub const ENV_SIGNALS: &str = "RCLUSTER_SIGNALS";
-/// "1" when the worker must call `ready()` itself.
-pub const ENV_MANUAL_READY: &str = "RCLUSTER_MANUAL_READY";
-/// The send queue bounds, "max_bytes:max_messages".
-pub const ENV_SEND_QUEUE: &str = "RCLUSTER_SEND_QUEUE";
-/// Where the worker accepts by itself: "shared:INDEX=FD,..." or "reuseport:INDEX=ADDR,...".
-pub const ENV_ACCEPT: &str = "RCLUSTER_ACCEPT";
-/// Heartbeat interval in ms (0: none).
-pub const ENV_HEARTBEAT: &str = "RCLUSTER_HEARTBEAT_MS";
-
-/// All the names above (stripped from a worker's environment before new ones are set).
-pub const ALL: [&str; 9] =
-    [ENV_ID, ENV_FD, ENV_PPID, ENV_MAX, ENV_SIGNALS, ENV_MANUAL_READY, ENV_SEND_QUEUE, ENV_ACCEPT, ENV_HEARTBEAT];
+/// The variables rcluster sets for a worker: the configuration owns their names, since it
+/// refuses them in a user's environment (`config::env_entry`); the old paths stay.
+pub use crate::config::worker_env::{
+    ALL, ENV_ACCEPT, ENV_FD, ENV_HEARTBEAT, ENV_ID, ENV_MANUAL_READY, ENV_MAX, ENV_PPID, ENV_SEND_QUEUE, ENV_SIGNALS,
+};
 
 /// Where a worker's connections come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
