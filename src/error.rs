@@ -86,9 +86,10 @@ impl Error {
         Error { code, message: message.into() }
     }
 
-    /// A failed system call: `what` says which call on what, `err` is the OS error.
-    pub fn sys(what: impl fmt::Display, err: io::Error) -> Error {
-        Error::new(Code::Sys, format!("{what}: {err}"))
+    /// A failed system call: `what` says which call on what, `err` is the OS error (an
+    /// `io::Error` or nix's `Errno`).
+    pub fn sys(what: impl fmt::Display, err: impl Into<io::Error>) -> Error {
+        Error::new(Code::Sys, format!("{what}: {}", err.into()))
     }
 
     /// `errno` after a failed libc call, as a `Sys` error about `what`.

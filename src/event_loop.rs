@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -93,7 +93,7 @@ pub struct TimerId(u64, u64);
 /// The epoll set, its timers and its waker. `T` is what a timer carries back when it fires.
 pub struct Reactor<T> {
     epfd: OwnedFd,
-    timerfd: OwnedFd,
+    timerfd: nix::sys::timerfd::TimerFd,
     waker: std::sync::Arc<Waker>,
     timers: BTreeMap<TimerId, T>,
     next_timer: u64,
@@ -114,7 +114,7 @@ impl<T> Reactor<T> {
             timers: BTreeMap::new(),
             next_timer: 0,
         };
-        r.add(r.timerfd.as_raw_fd(), Source::Timer, true, false)?;
+        r.add(r.timerfd.as_fd().as_raw_fd(), Source::Timer, true, false)?;
         r.add(r.waker.fd.as_raw_fd(), Source::Waker, true, false)?;
         Ok(r)
     }
@@ -190,7 +190,7 @@ impl<T> Reactor<T> {
 
     /// Takes every timer due at `now_ms`, in deadline order, and re-arms the timerfd.
     pub fn expired(&mut self, now_ms: u64) -> Vec<T> {
-        sys::drain_fd(self.timerfd.as_raw_fd());
+        sys::drain_fd(&self.timerfd);
         let later = self.timers.split_off(&TimerId(now_ms + 1, 0));
         let due = std::mem::replace(&mut self.timers, later);
         self.rearm();
@@ -199,7 +199,7 @@ impl<T> Reactor<T> {
 
     fn rearm(&self) {
         let after = self.timers.keys().next().map(|t| Duration::from_millis(t.0.saturating_sub(sys::monotonic_ms())));
-        if let Err(e) = sys::timerfd_arm(self.timerfd.as_raw_fd(), after) {
+        if let Err(e) = sys::timerfd_arm(&self.timerfd, after) {
             log::error!("timerfd_settime: {e}");
         }
     }
@@ -222,7 +222,7 @@ impl<T> Reactor<T> {
 
     /// Consumes the waker's counter (after it fired).
     pub fn clear_wake(&self) {
-        sys::drain_fd(self.waker.fd.as_raw_fd());
+        sys::drain_fd(&self.waker.fd);
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use crate::event::EventKind;
@@ -224,7 +224,7 @@ impl Lingering {
             }
         }
         s.set_nonblocking(false).ok()?;
-        crate::sys::set_linger(s.as_raw_fd(), Some(LINGER_S)).ok()?;
+        crate::sys::set_linger(&s, Some(LINGER_S)).ok()?;
         Some(OwnedFd::from(s))
     }
 }

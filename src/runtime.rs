@@ -7,7 +7,7 @@
 //! without touching `RUNTIME` at all.
 
 use std::cell::Cell;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -303,7 +303,9 @@ fn become_worker(mut rt: Rt, mut env: WorkerEnv) -> ! {
     // SHARED: keep the listening sockets the primary's teardown is about to close.
     if let AcceptFrom::Shared(list) = &mut env.accept {
         for (_, fd) in list.iter_mut() {
-            *fd = sys::dup_cloexec(*fd).map(std::os::fd::IntoRawFd::into_raw_fd).unwrap_or(-1);
+            // SAFETY: the primary's listening socket, open until the teardown below closes it.
+            let listener = unsafe { BorrowedFd::borrow_raw(*fd) };
+            *fd = sys::dup_cloexec(listener).map(std::os::fd::IntoRawFd::into_raw_fd).unwrap_or(-1);
         }
         list.retain(|(_, fd)| *fd >= 0);
     }
@@ -385,12 +387,16 @@ struct Spares {
 }
 
 fn spare_worker_fds(env: &WorkerEnv) -> Result<Spares> {
-    let dup = |fd: RawFd| sys::dup_cloexec(fd).map_err(|e| Error::sys(format!("dup of inherited fd {fd}"), e));
+    // SAFETY: the fds a worker inherited (`WorkerEnv`), open and adopted by nothing yet: the
+    // start that adopts them runs after this.
+    let inherited = |fd: RawFd| unsafe { BorrowedFd::borrow_raw(fd) };
+    let dup =
+        |fd: RawFd| sys::dup_cloexec(inherited(fd)).map_err(|e| Error::sys(format!("dup of inherited fd {fd}"), e));
     let channel = dup(env.channel)?;
     let mut shared = Vec::new();
     if let AcceptFrom::Shared(list) = &env.accept {
         for &(index, fd) in list {
-            shared.push((index, dup(fd)?, sys::file_identity(fd)));
+            shared.push((index, dup(fd)?, sys::file_identity(inherited(fd))));
         }
     }
     Ok(Spares { channel, shared })
@@ -405,7 +411,9 @@ impl Spares {
         use std::os::fd::IntoRawFd;
         if let AcceptFrom::Shared(list) = &env.accept {
             for (&(_, fd), (_, _, identity)) in list.iter().zip(&self.shared) {
-                if identity.is_some() && sys::file_identity(fd) == *identity {
+                // SAFETY: a number the failed start may have closed: fstat only reads it (EBADF
+                // then), and nothing else of ours opens files meanwhile on this thread.
+                if identity.is_some() && sys::file_identity(unsafe { BorrowedFd::borrow_raw(fd) }) == *identity {
                     // SAFETY: our inherited socket, which the failed start did not adopt.
                     drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
                 }
@@ -617,7 +625,12 @@ pub fn send(to: u32, data: &[u8], fd: Option<RawFd>) -> Result<()> {
     let shared = shared()?;
     let fd = match fd {
         Some(raw) if raw < 0 => return fail(Code::Inval, format!("fd {raw} is not a descriptor")),
-        Some(raw) => Some(sys::dup_cloexec(raw).map_err(|e| Error::sys(format!("dup fd {raw}"), e))?),
+        // SAFETY: the caller's descriptor, open for the duration of this call (the API's
+        // contract); a closed number gives EBADF.
+        Some(raw) => Some(
+            sys::dup_cloexec(unsafe { BorrowedFd::borrow_raw(raw) })
+                .map_err(|e| Error::sys(format!("dup fd {raw}"), e))?,
+        ),
         None => None,
     };
     if shared.self_id == 0 {

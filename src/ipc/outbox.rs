@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -110,7 +110,7 @@ impl Frame {
 
     /// A copy with its own duplicates of the fds (for relaying one message to several workers).
     pub fn try_clone(&self) -> io::Result<Frame> {
-        let fds = self.fds.iter().map(|f| crate::sys::dup_cloexec(f.as_raw_fd())).collect::<io::Result<Vec<_>>>()?;
+        let fds = self.fds.iter().map(crate::sys::dup_cloexec).collect::<nix::Result<Vec<_>>>()?;
         Ok(Frame {
             header: self.header,
             payload: self.payload.clone(),
@@ -124,7 +124,9 @@ impl Frame {
     /// ones, as `send` passes them).
     fn own_borrowed(&mut self) -> io::Result<()> {
         for fd in std::mem::take(&mut self.borrowed) {
-            self.fds.push(crate::sys::dup_cloexec(fd)?);
+            // SAFETY: a borrowed fd of a frame is open until the push that carries it returns
+            // (the caller's contract, see `Frame::borrowed`), and this runs inside that push.
+            self.fds.push(crate::sys::dup_cloexec(unsafe { BorrowedFd::borrow_raw(fd) })?);
         }
         Ok(())
     }
@@ -272,7 +274,15 @@ impl Outbox {
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+}
 
+impl AsFd for Outbox {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Outbox {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         crate::sync::lock(&self.queue)
     }

@@ -200,7 +200,7 @@ mod tests {
     fn sealed_payload_round_trips() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
         let fd = seal(&data).unwrap();
-        let dup = crate::sys::dup_cloexec(fd.as_raw_fd()).unwrap();
+        let dup = crate::sys::dup_cloexec(&fd).unwrap();
         assert!(unseal(dup, data.len() as u64 + 1).is_err(), "a lying length is refused");
         assert_eq!(&unseal(fd, data.len() as u64).unwrap()[..], &data[..]);
     }

@@ -46,10 +46,13 @@ pub fn listen_fds(get: impl Fn(&str) -> Option<String>) -> Result<Vec<ListenSpec
         if crate::sync::lock(&CLAIMED).contains(&fd) {
             return fail(Code::State, format!("LISTEN_FDS: fd {fd} was taken by an earlier start and closed when it ended (or failed): the sockets systemd passed serve one start"));
         }
-        if !sys::is_listening_socket(fd) {
+        // SAFETY: a number systemd says it passed; getsockopt and fcntl only read and flag it
+        // (EBADF when it is not open), and a listener adopts it later (`claim`).
+        let passed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if !sys::is_listening_socket(passed) {
             return fail(Code::Inval, format!("LISTEN_FDS: fd {fd} is not a listening socket"));
         }
-        sys::set_cloexec(fd, true).map_err(|e| crate::error::Error::sys(format!("fcntl(fd {fd})"), e))?;
+        sys::set_cloexec(passed, true).map_err(|e| crate::error::Error::sys(format!("fcntl(fd {fd})"), e))?;
         let name = names.get(i as usize).cloned().unwrap_or_else(|| "unknown".to_string());
         out.push(ListenSpec::Inherited { fd, name });
     }

@@ -1,15 +1,17 @@
 //! Listening sockets owned by the primary, and accepting on them.
 
-use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use crate::config::ListenSpec;
 use crate::error::{fail, Code, Error, Result};
-use crate::sys::{self, cvt, owned};
+use nix::errno::Errno;
+use nix::sys::socket::{self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, UnixAddr};
+
+use crate::sys;
 
 /// A bound, listening, non-blocking socket.
 #[derive(Debug)]
@@ -28,51 +30,10 @@ pub struct Listener {
 /// configuration owns it, since a listen spec is resolved when it is added.
 pub use crate::config::resolve;
 
-/// A `sockaddr` for `addr`, and its length.
-pub fn to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: an all-zero sockaddr_storage is valid.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.
-            let sin = unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in6.
-            let sin6 = unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            sin6.sin6_flowinfo = a.flowinfo();
-            sin6.sin6_scope_id = a.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
-}
-
-/// The port a socket is bound to.
-pub fn bound_port(fd: RawFd) -> io::Result<u16> {
-    // SAFETY: an all-zero sockaddr_storage is valid.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: `ss` is writable for `len` bytes.
-    cvt(unsafe { libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) })?;
-    Ok(match ss.ss_family as libc::c_int {
-        // SAFETY: the family says which sockaddr the kernel wrote.
-        libc::AF_INET => {
-            u16::from_be(unsafe { (*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()).sin_port })
-        }
-        // SAFETY: as above.
-        libc::AF_INET6 => {
-            u16::from_be(unsafe { (*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()).sin6_port })
-        }
-        _ => 0,
-    })
+/// The port a socket is bound to (0 for a socket of another family than IPv4/IPv6).
+pub fn bound_port(fd: impl AsFd) -> nix::Result<u16> {
+    let addr: SockaddrStorage = socket::getsockname(fd.as_fd().as_raw_fd())?;
+    Ok(addr.as_sockaddr_in().map(|a| a.port()).or_else(|| addr.as_sockaddr_in6().map(|a| a.port())).unwrap_or(0))
 }
 
 /// Binds and listens on `spec`. Errors name the address: "bind 127.0.0.1:80: Permission
@@ -83,7 +44,7 @@ pub fn bind(spec: &ListenSpec, backlog: i32, reserve_only: bool) -> Result<Liste
         ListenSpec::Tcp { addr, .. } => {
             let fd =
                 bind_tcp(addr, backlog, reserve_only).map_err(|(what, e)| Error::sys(format!("{what} {addr}"), e))?;
-            let port = bound_port(fd.as_raw_fd()).map_err(|e| Error::sys(format!("getsockname {addr}"), e))?;
+            let port = bound_port(&fd).map_err(|e| Error::sys(format!("getsockname {addr}"), e))?;
             Ok(Listener { fd, spec: spec.clone(), port, unix_inode: None })
         }
         _ if reserve_only => {
@@ -98,8 +59,9 @@ pub fn bind(spec: &ListenSpec, backlog: i32, reserve_only: bool) -> Result<Liste
             // SAFETY: systemd passed this fd to us, and `claim` lets one listener take it,
             // once per process: the primary owns it from here.
             let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(*fd) };
-            sys::set_nonblocking(*fd, true).map_err(|e| Error::sys(format!("fcntl(inherited fd {fd} {name:?})"), e))?;
-            let port = bound_port(*fd).unwrap_or(0);
+            sys::set_nonblocking(&owned, true)
+                .map_err(|e| Error::sys(format!("fcntl(inherited fd {fd} {name:?})"), e))?;
+            let port = bound_port(&owned).unwrap_or(0);
             Ok(Listener { fd: owned, spec: spec.clone(), port, unix_inode: None })
         }
     }
@@ -118,32 +80,36 @@ fn bind_tcp(
     addr: &SocketAddr,
     backlog: i32,
     reserve_only: bool,
-) -> std::result::Result<OwnedFd, (&'static str, io::Error)> {
+) -> std::result::Result<OwnedFd, (&'static str, Errno)> {
     let fd = tcp_socket(addr, reserve_only)?;
-    let (ss, len) = to_sockaddr(addr);
-    // SAFETY: `ss` holds a valid sockaddr of `len` bytes.
-    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&ss as *const libc::sockaddr_storage).cast(), len) })
-        .map_err(|e| ("bind", e))?;
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(*addr)).map_err(|e| ("bind", e))?;
     if !reserve_only {
-        // SAFETY: listen(2) takes integers.
-        cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map_err(|e| ("listen", e))?;
+        listen(&fd, backlog).map_err(|e| ("listen", e))?;
     }
     Ok(fd)
 }
 
-fn tcp_socket(addr: &SocketAddr, reuseport: bool) -> std::result::Result<OwnedFd, (&'static str, io::Error)> {
-    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    let ty = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-    // SAFETY: socket(2) takes integers.
-    let fd = owned(unsafe { libc::socket(family, ty, 0) }).map_err(|e| ("socket", e))?;
-    let raw = fd.as_raw_fd();
-    sys::set_int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).map_err(|e| ("setsockopt(SO_REUSEADDR)", e))?;
+/// listen(2) with `backlog` (a negative one means the kernel's largest, as for listen(2)).
+fn listen(fd: &OwnedFd, backlog: i32) -> nix::Result<()> {
+    let backlog = Backlog::new(backlog).unwrap_or(Backlog::MAXCONN);
+    socket::listen(fd, backlog)
+}
+
+/// A non-blocking, CLOEXEC socket of `family` and `ty`, numbered above stdio.
+fn new_socket(family: AddressFamily, ty: SockType) -> nix::Result<OwnedFd> {
+    sys::above_stdio(socket::socket(family, ty, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?)
+}
+
+fn tcp_socket(addr: &SocketAddr, reuseport: bool) -> std::result::Result<OwnedFd, (&'static str, Errno)> {
+    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = new_socket(family, SockType::Stream).map_err(|e| ("socket", e))?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| ("setsockopt(SO_REUSEADDR)", e))?;
     if reuseport {
-        sys::set_int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).map_err(|e| ("setsockopt(SO_REUSEPORT)", e))?;
+        socket::setsockopt(&fd, sockopt::ReusePort, &true).map_err(|e| ("setsockopt(SO_REUSEPORT)", e))?;
     }
     if addr.is_ipv6() {
         // One family per socket: "::" means IPv6 only, so an IPv4 listener on the same port works.
-        sys::set_int_opt(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1).map_err(|e| ("setsockopt(IPV6_V6ONLY)", e))?;
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(|e| ("setsockopt(IPV6_V6ONLY)", e))?;
     }
     Ok(fd)
 }
@@ -151,70 +117,51 @@ fn tcp_socket(addr: &SocketAddr, reuseport: bool) -> std::result::Result<OwnedFd
 /// A worker's own SO_REUSEPORT listener on `addr` (REUSEPORT policy).
 pub fn bind_reuseport(addr: &SocketAddr, backlog: i32) -> Result<OwnedFd> {
     let fd = tcp_socket(addr, true).map_err(|(what, e)| Error::sys(format!("{what} {addr}"), e))?;
-    let (ss, len) = to_sockaddr(addr);
-    // SAFETY: `ss` holds a valid sockaddr of `len` bytes.
-    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&ss as *const libc::sockaddr_storage).cast(), len) })
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(*addr))
         .map_err(|e| Error::sys(format!("bind {addr} (SO_REUSEPORT)"), e))?;
-    // SAFETY: listen(2) takes integers.
-    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map_err(|e| Error::sys(format!("listen {addr}"), e))?;
+    listen(&fd, backlog).map_err(|e| Error::sys(format!("listen {addr}"), e))?;
     Ok(fd)
 }
 
-fn unix_addr(path: &Path) -> Result<(libc::sockaddr_un, libc::socklen_t)> {
-    // SAFETY: an all-zero sockaddr_un is valid.
-    let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+fn unix_addr(path: &Path) -> Result<UnixAddr> {
     let bytes = path.as_os_str().as_bytes();
-    if bytes.is_empty() || bytes.len() >= sun.sun_path.len() || bytes.contains(&0) {
+    if bytes.is_empty() || bytes.len() >= 108 || bytes.contains(&0) {
         return fail(Code::Inval, format!("unix socket path {} is empty, too long or has a NUL", path.display()));
     }
-    for (d, s) in sun.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    Ok((sun, len as libc::socklen_t))
+    UnixAddr::new(path).map_err(|e| Error::sys(format!("unix socket path {}", path.display()), e))
 }
 
-/// True when a server listens on the Unix socket at `sun`: a non-blocking connect that is
+/// True when a server listens on the Unix socket at `addr`: a non-blocking connect that is
 /// not refused. Never a blocking connect: a server whose backlog is full (a worker that asked
 /// for this path may hold such a server) would stall the primary's loop; with O_NONBLOCK that
 /// is EAGAIN, which also means someone listens there.
-fn unix_server_listens(sun: &libc::sockaddr_un, len: libc::socklen_t) -> bool {
-    let ty = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-    // SAFETY: socket(2) takes integers.
-    let Ok(probe) = owned(unsafe { libc::socket(libc::AF_UNIX, ty, 0) }) else {
+fn unix_server_listens(addr: &UnixAddr) -> bool {
+    let Ok(probe) = new_socket(AddressFamily::Unix, SockType::Stream) else {
         // Cannot tell: say it is taken rather than unlink a live server's socket file.
         return true;
     };
-    // SAFETY: `sun` is a valid sockaddr_un of `len` bytes.
-    match cvt(unsafe { libc::connect(probe.as_raw_fd(), (sun as *const libc::sockaddr_un).cast(), len) }) {
-        Ok(_) => true,
-        Err(e) => !matches!(e.raw_os_error(), Some(libc::ECONNREFUSED) | Some(libc::ENOENT)),
+    match socket::connect(probe.as_raw_fd(), addr) {
+        Ok(()) => true,
+        Err(e) => !matches!(e, Errno::ECONNREFUSED | Errno::ENOENT),
     }
 }
 
 /// Binds a Unix listener. A socket file left by a dead server (connect refused) is replaced;
 /// one with a live server, or a file that is not a socket, is an error naming the path.
 fn bind_unix(path: &Path, mode: Option<u32>, backlog: i32) -> Result<(OwnedFd, (u64, u64))> {
-    let (sun, len) = unix_addr(path)?;
+    let addr = unix_addr(path)?;
     let name = format!("unix:{}", path.display());
-    let ty = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-    // SAFETY: socket(2) takes integers.
-    let fd =
-        owned(unsafe { libc::socket(libc::AF_UNIX, ty, 0) }).map_err(|e| Error::sys(format!("socket {name}"), e))?;
-    let do_bind = || {
-        // SAFETY: `sun` is a valid sockaddr_un of `len` bytes.
-        cvt(unsafe { libc::bind(fd.as_raw_fd(), (&sun as *const libc::sockaddr_un).cast(), len) })
-    };
+    let fd = new_socket(AddressFamily::Unix, SockType::Stream).map_err(|e| Error::sys(format!("socket {name}"), e))?;
+    let do_bind = || socket::bind(fd.as_raw_fd(), &addr);
     if let Err(e) = do_bind() {
-        if e.raw_os_error() != Some(libc::EADDRINUSE) {
+        if e != Errno::EADDRINUSE {
             return Err(Error::sys(format!("bind {name}"), e));
         }
         let meta = std::fs::symlink_metadata(path).map_err(|e| Error::sys(format!("stat {name}"), e))?;
         if !meta.file_type().is_socket() {
             return fail(Code::Sys, format!("bind {name}: the path exists and is not a socket"));
         }
-        if unix_server_listens(&sun, len) {
+        if unix_server_listens(&addr) {
             return fail(Code::Sys, format!("bind {name}: another server is listening there"));
         }
         log::info!("{name}: replacing a stale socket file");
@@ -225,8 +172,7 @@ fn bind_unix(path: &Path, mode: Option<u32>, backlog: i32) -> Result<(OwnedFd, (
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| Error::sys(format!("chmod {mode:o} {name}"), e))?;
     }
-    // SAFETY: listen(2) takes integers.
-    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map_err(|e| Error::sys(format!("listen {name}"), e))?;
+    listen(&fd, backlog).map_err(|e| Error::sys(format!("listen {name}"), e))?;
     let meta = std::fs::symlink_metadata(path).map_err(|e| Error::sys(format!("stat {name}"), e))?;
     Ok((fd, (meta.dev(), meta.ino())))
 }
@@ -254,55 +200,22 @@ pub struct Accepted {
 /// Accepts one connection if one is waiting. Errors that concern only that connection
 /// (ECONNABORTED, EPERM from a firewall) are skipped; EMFILE/ENFILE come back as errors so the
 /// caller can pause accepting.
-pub fn accept(listener: RawFd) -> io::Result<Option<Accepted>> {
+pub fn accept(listener: impl AsFd) -> nix::Result<Option<Accepted>> {
     loop {
-        // SAFETY: an all-zero sockaddr_storage is valid.
-        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        // SAFETY: `ss` is writable for `len` bytes. The accepted socket is blocking (workers get
-        // it as accept(2) would give it) and CLOEXEC.
-        let ret = unsafe {
-            libc::accept4(listener, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len, libc::SOCK_CLOEXEC)
-        };
-        match owned(ret) {
-            Ok(fd) => {
-                // SAFETY: the kernel wrote `len` <= sizeof(ss) bytes of address.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts((&ss as *const libc::sockaddr_storage).cast::<u8>(), len as usize)
-                };
-                return Ok(Some(Accepted { fd, peer: bytes.to_vec() }));
-            }
-            Err(e) => match e.raw_os_error() {
-                Some(libc::EAGAIN) => return Ok(None),
-                Some(libc::EINTR) | Some(libc::ECONNABORTED) | Some(libc::EPERM) | Some(libc::EPROTO) => continue,
-                _ => return Err(e),
-            },
+        match sys::raw::accept_with_peer(listener.as_fd()) {
+            Ok((fd, peer)) => return Ok(Some(Accepted { fd: sys::above_stdio(fd)?, peer })),
+            Err(Errno::EAGAIN) => return Ok(None),
+            Err(Errno::EINTR | Errno::ECONNABORTED | Errno::EPERM | Errno::EPROTO) => continue,
+            Err(e) => return Err(e),
         }
     }
 }
 
 /// True when `fd` is a connected stream socket whose peer address is `peer` (the bytes
 /// accept(2) gave): how the primary checks a connection a worker gives back.
-pub fn is_connection_from(fd: RawFd, peer: &[u8]) -> bool {
-    let mut kind: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `kind` is writable for `len` bytes.
-    let ok = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut kind as *mut libc::c_int).cast(), &mut len)
-    };
-    if ok != 0 || kind != libc::SOCK_STREAM {
-        return false;
-    }
-    // SAFETY: an all-zero sockaddr_storage is valid.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: `ss` is writable for `len` bytes.
-    if unsafe { libc::getpeername(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) } != 0 {
-        return false;
-    }
-    // SAFETY: the kernel wrote `len` <= sizeof(ss) bytes of address.
-    let got = unsafe { std::slice::from_raw_parts((&ss as *const libc::sockaddr_storage).cast::<u8>(), len as usize) };
-    got == peer
+pub fn is_connection_from(fd: impl AsFd, peer: &[u8]) -> bool {
+    socket::getsockopt(&fd.as_fd(), sockopt::SockType).is_ok_and(|t| t == SockType::Stream)
+        && sys::raw::peer_address(fd.as_fd()).is_ok_and(|got| got == peer)
 }
 
 #[cfg(test)]
@@ -361,22 +274,22 @@ mod tests {
     fn accept_gives_blocking_cloexec_sockets() {
         let spec = ListenSpec::Tcp { host: "::1".into(), addr: "[::1]:0".parse().unwrap() };
         let Ok(l) = bind(&spec, 16, false) else { return }; // no IPv6 on this host
-        assert!(accept(l.fd.as_raw_fd()).unwrap().is_none());
+        assert!(accept(&l.fd).unwrap().is_none());
         let _c = std::net::TcpStream::connect(("::1", l.port)).unwrap();
         let mut got = None;
         for _ in 0..1000 {
-            got = accept(l.fd.as_raw_fd()).unwrap();
+            got = accept(&l.fd).unwrap();
             if got.is_some() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         let a = got.expect("the connection was accepted");
-        // SAFETY: fcntl on a valid fd.
-        let (fl, fd_fl) =
-            unsafe { (libc::fcntl(a.fd.as_raw_fd(), libc::F_GETFL), libc::fcntl(a.fd.as_raw_fd(), libc::F_GETFD)) };
-        assert_eq!(fl & libc::O_NONBLOCK, 0);
-        assert_ne!(fd_fl & libc::FD_CLOEXEC, 0);
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+        let fl = OFlag::from_bits_retain(fcntl(&a.fd, FcntlArg::F_GETFL).unwrap());
+        let fd_fl = FdFlag::from_bits_retain(fcntl(&a.fd, FcntlArg::F_GETFD).unwrap());
+        assert!(!fl.contains(OFlag::O_NONBLOCK));
+        assert!(fd_fl.contains(FdFlag::FD_CLOEXEC));
         assert_eq!(a.peer.len(), std::mem::size_of::<libc::sockaddr_in6>());
     }
 }

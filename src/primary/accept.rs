@@ -6,7 +6,9 @@
 //! leave in batches: one NEWCONN frame carries up to `MAX_FDS` of them.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+
+use nix::errno::Errno;
 
 use crate::error::Code;
 use crate::event_loop::Source;
@@ -93,7 +95,7 @@ impl Primary {
     pub(super) fn accept_from(&mut self, index: u32) {
         let capacity = self.capacity().min(ACCEPT_BATCH);
         let Some(e) = self.listeners.get(index) else { return };
-        let fd = e.listener.fd.as_raw_fd();
+        let fd = e.listener.fd.as_fd();
         let mut budget = capacity;
         if let Some(m) = &e.members {
             let queued = self.handoff.waiting.iter().filter(|c| c.listener == index).count();
@@ -108,10 +110,7 @@ impl Primary {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
-                    ) {
+                    if matches!(e, Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM) {
                         // The budget keeps the primary's own table short of EMFILE: this is the
                         // system's table (ENFILE), memory, or fds the host opened meanwhile.
                         log::error!("accept on listener {index}: {e}; pausing accepts for 100 ms");
@@ -134,7 +133,7 @@ impl Primary {
     pub(super) fn accept_remaining(&mut self) {
         for (index, e) in self.listeners.iter() {
             for _ in 0..65_536 {
-                match listener::accept(e.listener.fd.as_raw_fd()) {
+                match listener::accept(&e.listener.fd) {
                     Ok(Some(a)) => self.handoff.accepted(a.fd, index, a.peer),
                     _ => break,
                 }

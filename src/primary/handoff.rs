@@ -19,7 +19,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 /// An accepted connection the primary still holds.
 #[derive(Debug)]
@@ -114,7 +114,7 @@ impl Handoff {
                     // A plain close: the NEWCONN frame holding the connection is in the
                     // worker's socket, so this is never the last close of it.
                     if let Some(fd) = conn.fd.take() {
-                        conn.identity = crate::sys::file_identity(fd.as_raw_fd());
+                        conn.identity = crate::sys::file_identity(&fd);
                     }
                 }
             }

@@ -82,7 +82,7 @@ impl Harness {
             let (primary_end, worker_end) = sys::seqpacket_pair()?;
             let slot = primary.free_slot();
             // As for a real worker, the primary keeps the worker's end (read once it "exits").
-            let recovery = sys::dup_cloexec(worker_end.as_raw_fd()).map_err(|e| Error::sys("dup", e))?;
+            let recovery = sys::dup_cloexec(&worker_end).map_err(|e| Error::sys("dup", e))?;
             primary.adopt(id, slot, NO_PROCESS, primary_end, Some(recovery));
             fakes.push(Fake { id, end: Some(worker_end) });
         }

@@ -333,7 +333,7 @@ impl Primary {
             flags |= ANSWER_BIND_REUSEPORT;
         }
         let fds = match self.cfg.policy {
-            Policy::Shared => vec![sys::dup_cloexec(e.listener.fd.as_raw_fd())
+            Policy::Shared => vec![sys::dup_cloexec(&e.listener.fd)
                 .map_err(|err| Error::sys(format!("listen {}: dup of the listening socket", e.address), err))?],
             _ => Vec::new(),
         };

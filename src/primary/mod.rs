@@ -479,8 +479,10 @@ impl Primary {
         }
         let slot =
             self.slots.get_mut(&id).ok_or_else(|| Error::new(Code::NoWorker, format!("no worker with id {id}")))?;
-        slot.signal(signal).map_err(|e| match e.raw_os_error() {
-            Some(libc::ESRCH) => Error::new(Code::NoWorker, format!("worker {id} (pid {}) has exited", slot.pid)),
+        slot.signal(signal).map_err(|e| match e {
+            nix::errno::Errno::ESRCH => {
+                Error::new(Code::NoWorker, format!("worker {id} (pid {}) has exited", slot.pid))
+            }
             _ => Error::sys(format!("kill worker {id} (pid {}) with signal {signal}", slot.pid), e),
         })?;
         // Only a signal that was sent stops it on purpose.

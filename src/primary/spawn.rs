@@ -52,8 +52,8 @@ pub fn fork_worker(template: WorkerEnv, process: &WorkerProcess) -> Result<Spawn
     ensure_single_threaded()?;
     let setup = Setup::new(process)?;
     let (ours, theirs) = sys::seqpacket_pair()?;
-    sys::grow_sndbuf(ours.as_raw_fd(), 1 << 20);
-    sys::grow_sndbuf(theirs.as_raw_fd(), 1 << 20);
+    sys::grow_sndbuf(&ours, 1 << 20);
+    sys::grow_sndbuf(&theirs, 1 << 20);
     sys::flush_stdio();
     let parent = sys::getpid();
     // SAFETY: the process is single-threaded (checked above), so the child is a complete copy
@@ -166,8 +166,8 @@ fn cstring(s: &OsStr) -> Result<CString> {
 pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv, process: &WorkerProcess) -> Result<Spawned> {
     let setup = Setup::new(process)?;
     let (ours, theirs) = sys::seqpacket_pair()?;
-    sys::grow_sndbuf(ours.as_raw_fd(), 1 << 20);
-    sys::grow_sndbuf(theirs.as_raw_fd(), 1 << 20);
+    sys::grow_sndbuf(&ours, 1 << 20);
+    sys::grow_sndbuf(&theirs, 1 << 20);
     let parent = sys::getpid();
     // SHARED: the listening sockets stay open across exec (CLOEXEC cleared in the child).
     let inherit: Vec<RawFd> = match &template.accept {

@@ -384,10 +384,9 @@ impl Primary {
                 // a socket whose peer looks the same (every unnamed unix socket does).
                 let given = returned.next().and_then(|fd| {
                     let ok = self.handoff.held(id, conn).is_some_and(|c| {
-                        let held = c.fd.as_ref().map(|f| f.as_raw_fd());
-                        let identity = c.identity.or_else(|| held.and_then(sys::file_identity));
-                        identity.is_some_and(|i| sys::file_identity(fd.as_raw_fd()) == Some(i))
-                            && listener::is_connection_from(fd.as_raw_fd(), &c.peer)
+                        let identity = c.identity.or_else(|| c.fd.as_ref().and_then(sys::file_identity));
+                        identity.is_some_and(|i| sys::file_identity(&fd) == Some(i))
+                            && listener::is_connection_from(&fd, &c.peer)
                     });
                     refused_fds += usize::from(!ok);
                     if ok {
@@ -466,7 +465,7 @@ impl Primary {
         for _ in 0..DRAIN_READS {
             match self.slots.get(&id) {
                 Some(s) if s.channel_open && s.stalled.is_none() => {
-                    if s.inbox.is_empty() && !sys::readable_now(s.outbox.fd()) {
+                    if s.inbox.is_empty() && !sys::readable_now(&*s.outbox) {
                         break;
                     }
                 }
@@ -540,7 +539,7 @@ impl Primary {
     fn discard_unread(&mut self, id: u32) {
         let Some(slot) = self.slots.get(&id) else { return };
         let fd = slot.outbox.fd();
-        let peer = slot.recovery.as_ref().map(|r| r.as_raw_fd());
+        let peer = slot.recovery.as_ref();
         let mut inbox = Inbox::default();
         for _ in 0..DRAIN_READS {
             match self.reader.read(fd, &mut inbox) {

@@ -126,12 +126,12 @@ impl Slot {
     /// Sends `signal` to this worker's process: through its pidfd when there is one (exactly
     /// that process, even if its pid was reused), else by pid until it is reaped. ESRCH once it
     /// is gone: a pid is never signalled after the reap.
-    pub fn signal(&self, signal: libc::c_int) -> std::io::Result<()> {
+    pub fn signal(&self, signal: libc::c_int) -> nix::Result<()> {
         if self.reaped {
-            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            return Err(nix::errno::Errno::ESRCH);
         }
         match &self.pidfd {
-            Some(fd) => crate::sys::pidfd_send_signal(std::os::fd::AsRawFd::as_raw_fd(fd), signal),
+            Some(fd) => crate::sys::pidfd_send_signal(fd, signal),
             None => crate::sys::kill(self.pid, signal),
         }
     }

@@ -100,10 +100,16 @@ impl WorkerEnv {
         let id: u32 = get(ENV_ID)?.parse().ok().filter(|&id| id > 0)?;
         let channel: RawFd = get(ENV_FD)?.parse().ok().filter(|&fd| fd >= 0)?;
         let ppid: libc::pid_t = get(ENV_PPID)?.parse().ok()?;
-        if ppid != sys::getppid() || !sys::is_socket(channel) {
+        if ppid != sys::getppid() {
             return None;
         }
-        sys::set_cloexec(channel, true).ok()?;
+        // SAFETY: the number the primary says it passed across exec; fstat and fcntl only read
+        // and flag it (EBADF when the number is not open), and the worker adopts it later.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(channel) };
+        if !sys::is_socket(fd) {
+            return None;
+        }
+        sys::set_cloexec(fd, true).ok()?;
         Some(WorkerEnv {
             id,
             channel,
@@ -156,7 +162,7 @@ mod tests {
         // Not a socket: not a worker.
         let mut vars3 = vars.clone();
         vars3.insert(ENV_FD.into(), "0".into());
-        let zero_is_socket = sys::is_socket(0);
+        let zero_is_socket = sys::is_socket(std::io::stdin());
         assert_eq!(WorkerEnv::from_env(|k| vars3.get(k).cloned()).is_some(), zero_is_socket);
         assert_eq!(WorkerEnv::from_env(|_| None), None);
     }

@@ -116,7 +116,7 @@ fn open_listeners(accept: &AcceptFrom, reactor: &Reactor<Timer>) -> Result<Vec<(
                 // SAFETY: the primary handed this worker its own copy of the listening socket
                 // (inherited across exec, or dup'd after fork); only this Worker owns it.
                 let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                sys::set_cloexec(fd, true).map_err(|e| Error::sys("fcntl(shared listener)", e))?;
+                sys::set_cloexec(&owned, true).map_err(|e| Error::sys("fcntl(shared listener)", e))?;
                 reactor.add_exclusive(fd, Source::Listener(index))?;
                 out.push((index, owned));
             }
@@ -139,7 +139,7 @@ impl Worker {
         // SAFETY: the channel fd was handed to this worker (inherited across exec, or created
         // for it by fork) and `runtime` gives it to exactly one Worker.
         let channel = unsafe { OwnedFd::from_raw_fd(env.channel) };
-        sys::set_nonblocking(env.channel, true).map_err(|e| Error::sys("fcntl(channel, O_NONBLOCK)", e))?;
+        sys::set_nonblocking(&channel, true).map_err(|e| Error::sys("fcntl(channel, O_NONBLOCK)", e))?;
         let reactor = Reactor::new()?;
         reactor.add(env.channel, Source::Channel(0), true, false)?;
         let signals = if env.signals { Some(SignalPipe::install(&WORKER_SIGNALS)?) } else { None };
@@ -417,7 +417,6 @@ impl Worker {
             return;
         }
         let Some((_, fd)) = self.listeners.iter().find(|(i, _)| *i == index) else { return };
-        let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
         for _ in 0..ACCEPT_BATCH {
             match listener::accept(fd) {
                 Ok(Some(a)) => self.events.push(Event {
@@ -683,7 +682,7 @@ impl Worker {
                         return fail(Code::Timeout, format!("listen {what}: no answer from the primary"));
                     }
                     let writable = self.outbox.queued() > 0;
-                    sys::wait_fd(self.env.channel, true, writable, (deadline - now).min(1000) as i32);
+                    sys::wait_fd(&*self.outbox, true, writable, (deadline - now).min(1000) as i32);
                 }
                 Ok(Read::Closed) | Err(_) => self.disconnected(),
                 Ok(Read::Bad(e)) => {
@@ -753,7 +752,7 @@ impl Worker {
                 let mut taken = 0;
                 while taken < UNLISTEN_DRAIN_MAX
                     && self.phase == Phase::Running
-                    && sys::readable_now(self.listeners[pos].1.as_raw_fd())
+                    && sys::readable_now(&self.listeners[pos].1)
                 {
                     let before = self.events.len();
                     self.accept_from(index);
@@ -783,8 +782,9 @@ impl Worker {
             return Ok(o.port);
         }
         match self.listeners.iter().find(|(i, _)| *i == index) {
-            Some((_, fd)) => listener::bound_port(fd.as_raw_fd())
-                .map_err(|e| Error::sys(format!("getsockname(listener {index})"), e)),
+            Some((_, fd)) => {
+                listener::bound_port(fd).map_err(|e| Error::sys(format!("getsockname(listener {index})"), e))
+            }
             None => fail(Code::Inval, format!("listener {index}: this worker does not listen on it")),
         }
     }
@@ -810,7 +810,7 @@ impl Worker {
 
 /// The lowest fd number not in use now (where the next fd will go).
 fn lowest_free_fd() -> i32 {
-    match sys::dup_cloexec(0).or_else(|_| sys::dup_cloexec(2)) {
+    match sys::dup_cloexec(std::io::stdin()).or_else(|_| sys::dup_cloexec(std::io::stderr())) {
         Ok(fd) => fd.as_raw_fd(),
         Err(_) => 0,
     }
