@@ -135,7 +135,7 @@ impl Shared {
 
     /// A flush outside the loop: a queue that emptied after refusing a send owes DRAIN; one
     /// that did not empty (or failed) needs the loop to watch it.
-    fn after_flush(&self, id: u32, flushed: std::io::Result<crate::ipc::outbox::Flushed>) {
+    fn after_flush(&self, id: u32, flushed: nix::Result<crate::ipc::outbox::Flushed>) {
         match flushed {
             Ok(f) if f.empty => {
                 if f.drained {

@@ -1,7 +1,12 @@
 //! A channel end: one SOCK_SEQPACKET socket, whole datagrams, fds in SCM_RIGHTS.
 
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, ControlMessage, MsgFlags, UnixAddr};
+
+use crate::sys::raw;
 
 use super::frame::{HEADER_LEN, MAX_FDS};
 
@@ -34,105 +39,52 @@ pub enum Recv {
 }
 
 /// Sends one datagram made of `header`, `payload` and `fds` (non-blocking, no SIGPIPE).
-pub fn send(fd: RawFd, header: &[u8], payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+pub fn send(fd: impl AsFd, header: &[u8], payload: &[u8], fds: &[RawFd]) -> nix::Result<()> {
     assert!(fds.len() <= MAX_FDS, "at most MAX_FDS fds per frame");
-    let mut iov = [
-        libc::iovec { iov_base: header.as_ptr() as *mut libc::c_void, iov_len: header.len() },
-        libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() },
-    ];
-    let mut cmsg_buf = [0u64; CMSG_BUF / 8];
-    // SAFETY: an all-zero msghdr is a valid "no name, no iov, no control" value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = if payload.is_empty() { 1 } else { 2 };
-    if !fds.is_empty() {
-        let bytes = std::mem::size_of_val(fds);
-        // SAFETY: CMSG_SPACE is a pure size computation.
-        let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
-        msg.msg_control = cmsg_buf.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        // SAFETY: msg_control points at `space` <= CMSG_BUF zeroed, 8-aligned bytes, so the first
-        // header exists and CMSG_DATA(cmsg) has room for `bytes` bytes.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(bytes as u32) as usize;
-            std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), bytes);
-        }
-    }
+    let iov = [IoSlice::new(header), IoSlice::new(payload)];
+    let iov = if payload.is_empty() { &iov[..1] } else { &iov[..] };
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs = if fds.is_empty() { &rights[..0] } else { &rights[..] };
     loop {
-        // SAFETY: `msg` points at live iovecs and control data for the duration of the call.
-        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
-        if n >= 0 {
+        match socket::sendmsg::<UnixAddr>(
+            fd.as_fd().as_raw_fd(),
+            iov,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            None,
+        ) {
             // SEQPACKET sends are atomic: all or an error.
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
         }
     }
 }
 
 /// Receives one datagram into `buf` (its whole capacity is used) and its fds into `fds`,
 /// CLOEXEC and owned by the caller.
-pub fn recv(fd: RawFd, buf: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> io::Result<Recv> {
-    buf.clear();
-    let cap = buf.capacity();
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: cap };
-    let mut cmsg_buf = [0u64; CMSG_BUF / 8];
-    // SAFETY: an all-zero msghdr is valid; we fill in the iov and control buffer below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
-    msg.msg_controllen = CMSG_BUF;
+///
+/// Through the shim (`sys::raw::recv_with_fds`), not nix's `recvmsg`: when a peer sends more
+/// fds than the control buffer holds (MSG_CTRUNC), the kernel still installs those that fit,
+/// and nix then refuses to walk the control messages, which would leak them.
+pub fn recv(fd: impl AsFd, buf: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> nix::Result<Recv> {
     let fds_before = fds.len();
-    let n = loop {
-        // SAFETY: the iov covers `cap` writable bytes of `buf`; the control buffer is CMSG_BUF
-        // writable bytes; both outlive the call.
-        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let err = io::Error::last_os_error();
-        match err.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(Recv::WouldBlock),
-            _ if err.raw_os_error() == Some(libc::ECONNRESET) => return Ok(Recv::Closed),
-            _ => return Err(err),
+    let (n, flags) = loop {
+        match raw::recv_with_fds(fd.as_fd(), buf, CMSG_BUF, fds) {
+            Ok(got) => break got,
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return Ok(Recv::WouldBlock),
+            Err(Errno::ECONNRESET) => return Ok(Recv::Closed),
+            Err(e) => return Err(e),
         }
     };
-    // Take ownership of every fd that arrived before anything else, so none can leak.
-    // SAFETY: the kernel filled msg_control with valid cmsg headers up to msg_controllen; we walk
-    // them with the CMSG_* macros and copy the fd ints out unaligned.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg);
-                let bytes = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
-                for i in 0..bytes / std::mem::size_of::<RawFd>() {
-                    let raw = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
-                    fds.push(OwnedFd::from_raw_fd(raw));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    if n == 0 && fds.len() == fds_before && msg.msg_flags & libc::MSG_TRUNC == 0 && peer_closed(fd) {
+    let truncated = flags.contains(MsgFlags::MSG_TRUNC);
+    if n == 0 && fds.len() == fds_before && !truncated && peer_closed(fd.as_fd()) {
         // A zero-length read on SEQPACKET is the peer's close, or an empty datagram (which
         // rcluster never sends): the hang-up flags tell which.
         return Ok(Recv::Closed);
     }
-    // SAFETY: the kernel wrote `n` <= cap bytes into the buffer.
-    unsafe { buf.set_len(n.min(cap)) };
-    Ok(Recv::Datagram {
-        len: n.min(cap),
-        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
-        fds_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
-    })
+    Ok(Recv::Datagram { len: buf.len(), truncated, fds_truncated: flags.contains(MsgFlags::MSG_CTRUNC) })
 }
 
 /// Raw fds of a slice of owned fds, for `send`.
@@ -142,11 +94,8 @@ pub fn raw_fds(fds: &[OwnedFd]) -> Vec<RawFd> {
 
 /// The peer closed its end or shut down its writing side (a zero-length read then means EOF,
 /// not an empty datagram).
-fn peer_closed(fd: RawFd) -> bool {
-    let mut p = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
-    // SAFETY: one valid pollfd, no wait.
-    let n = unsafe { libc::poll(&mut p, 1, 0) };
-    n < 0 || (n == 1 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0)
+fn peer_closed(fd: BorrowedFd<'_>) -> bool {
+    raw::hung_up(fd)
 }
 
 #[cfg(test)]
@@ -158,28 +107,28 @@ mod tests {
     fn datagrams_and_fds_arrive_whole() {
         let (a, b) = sys::seqpacket_pair().unwrap();
         let pipe_r = sys::eventfd().unwrap();
-        send(a.as_raw_fd(), b"head", b"payload", &[pipe_r.as_raw_fd()]).unwrap();
+        send(&a, b"head", b"payload", &[pipe_r.as_raw_fd()]).unwrap();
         let mut buf = Vec::with_capacity(RECV_BUF);
         let mut fds = Vec::new();
-        let r = recv(b.as_raw_fd(), &mut buf, &mut fds).unwrap();
+        let r = recv(&b, &mut buf, &mut fds).unwrap();
         assert_eq!(r, Recv::Datagram { len: 11, truncated: false, fds_truncated: false });
         assert_eq!(&buf, b"headpayload");
         assert_eq!(fds.len(), 1);
-        // SAFETY: F_GETFD on a valid fd.
-        let flags = unsafe { libc::fcntl(fds[0].as_raw_fd(), libc::F_GETFD) };
-        assert_ne!(flags & libc::FD_CLOEXEC, 0, "received fds are CLOEXEC");
-        assert_eq!(recv(b.as_raw_fd(), &mut buf, &mut fds).unwrap(), Recv::WouldBlock);
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        let flags = FdFlag::from_bits_retain(fcntl(&fds[0], FcntlArg::F_GETFD).unwrap());
+        assert!(flags.contains(FdFlag::FD_CLOEXEC), "received fds are CLOEXEC");
+        assert_eq!(recv(&b, &mut buf, &mut fds).unwrap(), Recv::WouldBlock);
         drop(a);
-        assert_eq!(recv(b.as_raw_fd(), &mut buf, &mut fds).unwrap(), Recv::Closed);
+        assert_eq!(recv(&b, &mut buf, &mut fds).unwrap(), Recv::Closed);
     }
 
     #[test]
     fn oversized_datagrams_are_reported_truncated() {
         let (a, b) = sys::seqpacket_pair().unwrap();
-        send(a.as_raw_fd(), &[1u8; 100], &[], &[]).unwrap();
+        send(&a, &[1u8; 100], &[], &[]).unwrap();
         let mut buf = Vec::with_capacity(10);
         let mut fds = Vec::new();
-        match recv(b.as_raw_fd(), &mut buf, &mut fds).unwrap() {
+        match recv(&b, &mut buf, &mut fds).unwrap() {
             Recv::Datagram { truncated, .. } => assert!(truncated),
             other => panic!("expected a truncated datagram, got {other:?}"),
         }

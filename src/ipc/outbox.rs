@@ -8,8 +8,9 @@
 //! empties.
 
 use std::collections::VecDeque;
-use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -109,7 +110,7 @@ impl Frame {
     }
 
     /// A copy with its own duplicates of the fds (for relaying one message to several workers).
-    pub fn try_clone(&self) -> io::Result<Frame> {
+    pub fn try_clone(&self) -> nix::Result<Frame> {
         let fds = self.fds.iter().map(crate::sys::dup_cloexec).collect::<nix::Result<Vec<_>>>()?;
         Ok(Frame {
             header: self.header,
@@ -122,7 +123,7 @@ impl Frame {
 
     /// Replaces the borrowed fds by duplicates the frame owns (same order, after the owned
     /// ones, as `send` passes them).
-    fn own_borrowed(&mut self) -> io::Result<()> {
+    fn own_borrowed(&mut self) -> nix::Result<()> {
         for fd in std::mem::take(&mut self.borrowed) {
             // SAFETY: a borrowed fd of a frame is open until the push that carries it returns
             // (the caller's contract, see `Frame::borrowed`), and this runs inside that push.
@@ -131,7 +132,7 @@ impl Frame {
         Ok(())
     }
 
-    fn send(&self, fd: RawFd) -> io::Result<()> {
+    fn send(&self, fd: BorrowedFd<'_>) -> nix::Result<()> {
         let mut raw = channel::raw_fds(&self.fds);
         raw.extend_from_slice(&self.borrowed);
         channel::send(fd, &self.header.encode(), &self.payload, &raw)
@@ -221,8 +222,8 @@ pub struct Flushed {
 /// A send that failed for now, not because the channel is gone: ETOOMANYREFS (the sender's
 /// user has more fds in flight than its RLIMIT_NOFILE), ENOBUFS, ENOMEM. The frame stays
 /// queued and goes later; writability (EPOLLOUT) says nothing about when.
-pub fn transient(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ETOOMANYREFS) | Some(libc::ENOBUFS) | Some(libc::ENOMEM))
+pub fn transient(e: &Errno) -> bool {
+    matches!(e, Errno::ETOOMANYREFS | Errno::ENOBUFS | Errno::ENOMEM)
 }
 
 /// Held or corked frames that leave together as soon as they are this many.
@@ -350,7 +351,7 @@ impl Outbox {
             self.messages.fetch_add(1, Ordering::Relaxed);
         }
         if q.frames.is_empty() && !q.corked && !hold {
-            match frame.send(self.fd()) {
+            match frame.send(self.fd.as_fd()) {
                 Ok(()) => {
                     frame.sent();
                     return Ok(Pushed::Sent);
@@ -360,7 +361,7 @@ impl Outbox {
                     // may be short of them: the caller keeps the fds and tries again later.
                     return Err((Error::new(Code::Again, format!("channel send failed for now: {e}")), None));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock || transient(&e) => {}
+                Err(e) if e == Errno::EAGAIN || transient(&e) => {}
                 Err(e) => {
                     q.closed = true;
                     self.failed.store(true, Ordering::Relaxed);
@@ -408,7 +409,7 @@ impl Outbox {
     }
 
     /// Sends what `push_held` held (unless corked), as `uncork` does.
-    pub fn release(&self) -> io::Result<Flushed> {
+    pub fn release(&self) -> nix::Result<Flushed> {
         let mut q = self.lock();
         q.held = false;
         if q.corked {
@@ -424,27 +425,27 @@ impl Outbox {
 
     /// Sends what was held since `cork` (batched). When the result is not `empty`, the caller
     /// must have the loop watch the channel for writability.
-    pub fn uncork(&self) -> io::Result<Flushed> {
+    pub fn uncork(&self) -> nix::Result<Flushed> {
         self.lock().corked = false;
         self.flush()
     }
 
     /// Writes queued frames until the socket is full or the queue empty (loop thread). Runs of
     /// small fd-less frames leave together in one Batch datagram.
-    pub fn flush(&self) -> io::Result<Flushed> {
+    pub fn flush(&self) -> nix::Result<Flushed> {
         let mut q = self.lock();
         self.flush_locked(&mut q)
     }
 
-    fn flush_locked(&self, q: &mut Queue) -> io::Result<Flushed> {
+    fn flush_locked(&self, q: &mut Queue) -> nix::Result<Flushed> {
         while !q.frames.is_empty() {
             let n = batchable_prefix(&q.frames);
             let sent = if n >= 2 {
                 let heads: Vec<[u8; HEADER_LEN]> = q.frames.iter().take(n).map(|f| f.header.encode()).collect();
                 let batch = encode_batch(heads.iter().zip(&q.frames).map(|(h, f)| (&h[..], &f.payload[..])));
-                channel::send(self.fd(), &batch, &[], &[])
+                channel::send(&self.fd, &batch, &[], &[])
             } else {
-                q.frames.front().expect("not empty").send(self.fd())
+                q.frames.front().expect("not empty").send(self.fd.as_fd())
             };
             match sent {
                 Ok(()) => {
@@ -456,9 +457,7 @@ impl Outbox {
                         frame.sent();
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(Flushed { empty: false, drained: false, retry: false })
-                }
+                Err(Errno::EAGAIN) => return Ok(Flushed { empty: false, drained: false, retry: false }),
                 Err(e) if transient(&e) => return Ok(Flushed { empty: false, drained: false, retry: true }),
                 Err(e) => {
                     q.closed = true;
@@ -502,14 +501,13 @@ mod tests {
     use super::*;
     use crate::ipc::reader::Read;
     use crate::sys;
-    use std::os::fd::FromRawFd;
 
     fn msg(n: usize) -> Frame {
         Frame::message(0, 1, &vec![7u8; n], None, 64 << 20).unwrap()
     }
 
     /// Reads every datagram waiting on `fd`; returns each one's frames' first payload byte.
-    fn arrivals(fd: RawFd) -> Vec<Vec<u8>> {
+    fn arrivals(fd: BorrowedFd<'_>) -> Vec<Vec<u8>> {
         let mut r = crate::ipc::reader::Reader::new(1 << 20);
         let mut inbox = crate::ipc::reader::Inbox::default();
         let mut out: Vec<Vec<u8>> = Vec::new();
@@ -535,9 +533,9 @@ mod tests {
         for i in 0..3u8 {
             assert_eq!(out.push_held(Frame::message(0, 1, &[i], None, 64).unwrap()).unwrap(), Pushed::Held);
         }
-        assert!(arrivals(b.as_raw_fd()).is_empty(), "nothing leaves before release");
+        assert!(arrivals(b.as_fd()).is_empty(), "nothing leaves before release");
         assert!(out.release().unwrap().empty);
-        assert_eq!(arrivals(b.as_raw_fd()), vec![vec![0, 1, 2]], "one datagram, in order");
+        assert_eq!(arrivals(b.as_fd()), vec![vec![0, 1, 2]], "one datagram, in order");
     }
 
     #[test]
@@ -547,9 +545,9 @@ mod tests {
         out.push_held(Frame::message(0, 1, &[1], None, 64).unwrap()).unwrap();
         out.push_held(Frame::message(0, 1, &[2], None, 64).unwrap()).unwrap();
         assert_eq!(out.push(Frame::message(0, 1, &[3], None, 64).unwrap()).unwrap(), Pushed::Sent);
-        assert_eq!(arrivals(b.as_raw_fd()), vec![vec![1, 2, 3]], "another thread's send does not wait");
+        assert_eq!(arrivals(b.as_fd()), vec![vec![1, 2, 3]], "another thread's send does not wait");
         assert!(out.release().unwrap().empty, "nothing left for the holder to send");
-        assert!(arrivals(b.as_raw_fd()).is_empty());
+        assert!(arrivals(b.as_fd()).is_empty());
     }
 
     #[test]
@@ -562,13 +560,7 @@ mod tests {
             filled += 1;
             assert!(filled < 100_000, "the socket never filled");
         }
-        let (pipe_r, pipe_w) = {
-            let mut fds = [0; 2];
-            // SAFETY: `fds` is a writable array of two ints.
-            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-            // SAFETY: both fds were just created and are owned here.
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-        };
+        let (pipe_r, pipe_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         // SAFETY: `pipe_r` stays open until `push` returns.
         let frame = unsafe { Frame::with_borrowed_fds(Kind::NewConn, vec![0; 16], vec![pipe_r.as_raw_fd()]) };
         assert!(matches!(out.push(frame).unwrap(), Pushed::Queued { .. }));
@@ -578,7 +570,7 @@ mod tests {
         let mut inbox = crate::ipc::reader::Inbox::default();
         let mut got = None;
         for _ in 0..1_000_000 {
-            match reader.read(b.as_raw_fd(), &mut inbox) {
+            match reader.read(&b, &mut inbox) {
                 Ok(Read::Frame(mut f)) if f.header.kind == Kind::NewConn => {
                     got = Some(std::mem::take(&mut f.fds).into_iter().next().expect("one fd"));
                     break;
@@ -591,10 +583,7 @@ mod tests {
             }
         }
         let got = got.expect("the queued frame arrived");
-        // SAFETY: an all-zero stat is valid; fstat only writes into it.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `got` is an open fd; `st` is writable.
-        assert_eq!(unsafe { libc::fstat(got.as_raw_fd(), &mut st) }, 0);
+        let st = nix::sys::stat::fstat(&got).unwrap();
         assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFIFO, "the pipe itself, not what took its number");
         drop(pipe_w);
     }
@@ -632,7 +621,7 @@ mod tests {
         let mut received = 0;
         let mut drained = 0;
         for _ in 0..100_000 {
-            match reader.read(b.as_raw_fd(), &mut inbox).unwrap() {
+            match reader.read(&b, &mut inbox).unwrap() {
                 Read::Frame(_) => received += 1,
                 Read::WouldBlock => {
                     let f = out.flush().unwrap();
@@ -644,7 +633,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        while let Read::Frame(_) = reader.read(b.as_raw_fd(), &mut inbox).unwrap() {
+        while let Read::Frame(_) = reader.read(&b, &mut inbox).unwrap() {
             received += 1;
         }
         assert_eq!(received, sent + queued + 1, "nothing lost, nothing duplicated");

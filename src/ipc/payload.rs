@@ -1,45 +1,41 @@
 //! Large payloads: written once into a sealed memfd and passed as an fd, so a 64 MiB message
 //! is carried whole without fragmenting it over the channel.
 
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::num::NonZeroUsize;
+use std::os::fd::OwnedFd;
+use std::ptr::NonNull;
 use std::sync::Arc;
 
-use crate::sys::{cvt, owned};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+
+use crate::sys;
 
 /// Further attempts at sealing a memfd that the kernel reports busy.
 const SEAL_RETRIES: u32 = 20;
 
-const SEALS: libc::c_int = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+const SEALS: SealFlag =
+    SealFlag::F_SEAL_SEAL.union(SealFlag::F_SEAL_SHRINK).union(SealFlag::F_SEAL_GROW).union(SealFlag::F_SEAL_WRITE);
+
+/// A new sealable, CLOEXEC memfd numbered above stdio.
+fn new_memfd(name: &std::ffi::CStr) -> nix::Result<OwnedFd> {
+    sys::above_stdio(memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?)
+}
 
 /// Copies `data` into a new memfd and seals it: the receiver can trust its size and contents
 /// not to change under it.
-pub fn seal(data: &[u8]) -> io::Result<OwnedFd> {
-    let name = c"rcluster-msg";
-    // SAFETY: `name` is a valid NUL-terminated string; flags are constants.
-    let fd = owned(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) })?;
-    let mut off = 0usize;
-    while off < data.len() {
-        let chunk = &data[off..];
-        // SAFETY: `chunk` is valid for reads of its length.
-        let n = unsafe { libc::write(fd.as_raw_fd(), chunk.as_ptr().cast(), chunk.len()) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        off += n as usize;
-    }
+pub fn seal(data: &[u8]) -> nix::Result<OwnedFd> {
+    let fd = new_memfd(c"rcluster-msg")?;
+    sys::write_all(&fd, data)?;
     // F_SEAL_WRITE fails with EBUSY while the kernel still holds extra references to the
     // pages just written (a per-CPU LRU batch of another CPU, under load: seen in a benchmark
     // once in a few thousand 1 MiB sends). They go away by themselves: try again a few times.
     for attempt in 0.. {
-        // SAFETY: fcntl with integer arguments.
-        match cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, SEALS) }) {
+        match fcntl(&fd, FcntlArg::F_ADD_SEALS(SEALS)) {
             Ok(_) => break,
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < SEAL_RETRIES => {
+            Err(Errno::EBUSY) if attempt < SEAL_RETRIES => {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
             Err(e) => return Err(e),
@@ -109,7 +105,7 @@ impl std::fmt::Debug for Payload {
 
 /// A read-only mapping of a sealed memfd, unmapped on drop.
 pub struct Mapped {
-    ptr: *const u8,
+    ptr: NonNull<u8>,
     len: usize,
     /// The memfd itself: a relay passes it on instead of copying the bytes into a new one.
     memfd: Option<OwnedFd>,
@@ -131,14 +127,14 @@ impl Mapped {
     fn bytes(&self) -> &[u8] {
         // SAFETY: `ptr` maps `len` readable bytes for as long as `self` lives; the memfd is
         // sealed against shrinking, so no access past its end can fault.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl Drop for Mapped {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` are exactly what mmap returned and nothing borrows them now.
-        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+        unsafe { munmap(self.ptr.cast(), self.len) }.ok();
     }
 }
 
@@ -157,20 +153,17 @@ pub const SPARSE: &str = "large-message memfd is sparse (holes its sender never 
 /// every page must be there already (`st_blocks`), as it is for any memfd written in full
 /// (`seal`); the seals keep holes from being punched afterwards.
 pub fn unseal(fd: OwnedFd, len: u64) -> std::result::Result<Payload, &'static str> {
-    let raw = fd.as_raw_fd();
-    // SAFETY: fcntl with integer arguments; a non-memfd gives EINVAL.
-    let seals = unsafe { libc::fcntl(raw, libc::F_GET_SEALS) };
     // Shrinking would make the mapping fault (SIGBUS); writing would change it under the reader.
-    let needed = libc::F_SEAL_SHRINK | libc::F_SEAL_WRITE;
-    if seals < 0 || seals & needed != needed {
+    let needed = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_WRITE;
+    // A non-memfd gives EINVAL.
+    let sealed = fcntl(&fd, FcntlArg::F_GET_SEALS).is_ok_and(|s| SealFlag::from_bits_retain(s).contains(needed));
+    if !sealed {
         // Not a memfd: it may be anything, a lingering socket too.
         crate::sys::close_untrusted(fd);
         return Err(NOT_SEALED);
     }
-    // SAFETY: an all-zero stat is valid; fstat writes into it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is writable.
-    if unsafe { libc::fstat(raw, &mut st) } != 0 || st.st_size as u64 != len {
+    let Ok(st) = nix::sys::stat::fstat(&fd) else { return Err(NOT_SEALED) };
+    if st.st_size as u64 != len {
         return Err(NOT_SEALED);
     }
     if (st.st_blocks.max(0) as u64).saturating_mul(512) < len {
@@ -179,16 +172,18 @@ pub fn unseal(fd: OwnedFd, len: u64) -> std::result::Result<Payload, &'static st
     let Ok(len) = usize::try_from(len) else {
         return Err("large message does not fit the address space");
     };
-    if len == 0 {
+    let Some(size) = NonZeroUsize::new(len) else {
         return Ok(Payload::default());
-    }
+    };
     // SAFETY: a fresh read-only shared mapping of `len` bytes of a file we hold; the kernel
-    // picks the address.
-    let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, raw, 0) };
-    if ptr == libc::MAP_FAILED {
-        log::warn!("mmap of a {len}-byte message memfd: {}", io::Error::last_os_error());
-        return Err("large-message memfd cannot be mapped");
-    }
+    // picks the address, so no existing memory is touched.
+    let ptr: NonNull<u8> = match unsafe { mmap(None, size, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, &fd, 0) } {
+        Ok(ptr) => ptr.cast(),
+        Err(e) => {
+            log::warn!("mmap of a {len}-byte message memfd: {e}");
+            return Err("large-message memfd cannot be mapped");
+        }
+    };
     Ok(Payload::Mapped(Mapped { ptr: ptr.cast(), len, memfd: Some(fd) }))
 }
 
@@ -215,17 +210,10 @@ mod tests {
     fn sealed_memfds_with_holes_are_refused() {
         let size = 4u64 << 20;
         let sealed_sparse = |write: &[u8]| {
-            // SAFETY: a constant name, constant flags.
-            let fd = crate::sys::owned(unsafe {
-                libc::memfd_create(c"sparse".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-            })
-            .unwrap();
-            // SAFETY: fd is ours; `write` is valid for reads of its length.
-            unsafe {
-                assert_eq!(libc::write(fd.as_raw_fd(), write.as_ptr().cast(), write.len()), write.len() as isize);
-                assert_eq!(libc::ftruncate(fd.as_raw_fd(), size as libc::off_t), 0);
-                assert_eq!(libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, SEALS), 0);
-            }
+            let fd = new_memfd(c"sparse").unwrap();
+            sys::write_all(&fd, write).unwrap();
+            nix::unistd::ftruncate(&fd, size as libc::off_t).unwrap();
+            fcntl(&fd, FcntlArg::F_ADD_SEALS(SEALS)).unwrap();
             fd
         };
         assert_eq!(unseal(sealed_sparse(&[]), size).unwrap_err(), SPARSE, "all holes");

@@ -1,7 +1,7 @@
 //! The receive side of a channel: one datagram in, one checked frame out.
 
 use std::io;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use super::channel::{self, Recv, RECV_BUF};
 use std::collections::VecDeque;
@@ -83,7 +83,7 @@ impl Reader {
 
     /// Reads and checks one frame from `fd` (or hands out the next frame of a batch from
     /// `inbox`, which must be `fd`'s).
-    pub fn read(&mut self, fd: RawFd, inbox: &mut Inbox) -> io::Result<Read> {
+    pub fn read(&mut self, fd: impl AsFd, inbox: &mut Inbox) -> io::Result<Read> {
         if let Some(f) = inbox.pending.pop_front() {
             return Ok(Read::Frame(f));
         }
@@ -175,7 +175,6 @@ mod tests {
     use super::*;
     use crate::ipc::outbox::{Frame, Limits, Outbox};
     use crate::sys;
-    use std::os::fd::AsRawFd;
 
     #[test]
     fn large_messages_arrive_whole_through_a_memfd() {
@@ -185,7 +184,7 @@ mod tests {
         out.push(Frame::message(3, 0, &data, None, 64 << 20).unwrap()).unwrap();
         let mut r = Reader::new(64 << 20);
         let mut inbox = Inbox::default();
-        match r.read(b.as_raw_fd(), &mut inbox).unwrap() {
+        match r.read(&b, &mut inbox).unwrap() {
             Read::Frame(f) => {
                 assert_eq!(f.header.from, 3);
                 assert!(f.payload[..] == data[..], "16 MiB payload intact");
@@ -210,7 +209,7 @@ mod tests {
         let mut inbox = Inbox::default();
         let mut datagrams = 0;
         for i in 0..100u32 {
-            match r.read(b.as_raw_fd(), &mut inbox).unwrap() {
+            match r.read(&b, &mut inbox).unwrap() {
                 Read::Frame(f) => assert_eq!(f.payload[..], i.to_le_bytes(), "frame {i} in order"),
                 other => panic!("frame {i}: {other:?}"),
             }
@@ -218,11 +217,9 @@ mod tests {
         }
         let batch = crate::ipc::outbox::BATCH_FRAMES;
         assert_eq!(datagrams, 100usize.div_ceil(batch), "100 small messages in datagrams of {batch}");
-        assert!(matches!(r.read(b.as_raw_fd(), &mut inbox).unwrap(), Read::Frame(f) if f.payload.len() == 100_000));
-        assert!(
-            matches!(r.read(b.as_raw_fd(), &mut inbox).unwrap(), Read::Frame(f) if f.header.kind == Kind::Heartbeat)
-        );
-        assert!(matches!(r.read(b.as_raw_fd(), &mut inbox).unwrap(), Read::WouldBlock));
+        assert!(matches!(r.read(&b, &mut inbox).unwrap(), Read::Frame(f) if f.payload.len() == 100_000));
+        assert!(matches!(r.read(&b, &mut inbox).unwrap(), Read::Frame(f) if f.header.kind == Kind::Heartbeat));
+        assert!(matches!(r.read(&b, &mut inbox).unwrap(), Read::WouldBlock));
     }
 
     #[test]
@@ -238,7 +235,7 @@ mod tests {
         let mut r = Reader::new(1 << 20);
         let mut inbox = Inbox::default();
         let kept: Vec<Incoming> = (0..50)
-            .map(|i| match r.read(b.as_raw_fd(), &mut inbox).unwrap() {
+            .map(|i| match r.read(&b, &mut inbox).unwrap() {
                 Read::Frame(f) => f,
                 other => panic!("frame {i}: {other:?}"),
             })
@@ -254,16 +251,16 @@ mod tests {
         let inner_head = Header::new(Kind::Heartbeat).encode();
         let inner = crate::ipc::frame::encode_batch([(&inner_head[..], &[][..])].into_iter());
         let outer = crate::ipc::frame::encode_batch([(&inner[..HEADER_LEN], &inner[HEADER_LEN..])].into_iter());
-        crate::ipc::channel::send(a.as_raw_fd(), &outer, &[], &[]).unwrap();
-        assert!(matches!(Reader::new(1024).read(b.as_raw_fd(), &mut Inbox::default()).unwrap(), Read::Bad(_)));
+        crate::ipc::channel::send(&a, &outer, &[], &[]).unwrap();
+        assert!(matches!(Reader::new(1024).read(&b, &mut Inbox::default()).unwrap(), Read::Bad(_)));
     }
 
     #[test]
     fn garbage_datagrams_are_bad_not_fatal() {
         let (a, b) = sys::seqpacket_pair().unwrap();
-        crate::ipc::channel::send(a.as_raw_fd(), b"not a frame at all, just bytes!!", &[], &[]).unwrap();
+        crate::ipc::channel::send(&a, b"not a frame at all, just bytes!!", &[], &[]).unwrap();
         let mut r = Reader::new(1024);
         let mut inbox = Inbox::default();
-        assert!(matches!(r.read(b.as_raw_fd(), &mut inbox).unwrap(), Read::Bad(FrameError::Magic(_))));
+        assert!(matches!(r.read(&b, &mut inbox).unwrap(), Read::Bad(FrameError::Magic(_))));
     }
 }

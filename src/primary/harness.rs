@@ -116,7 +116,7 @@ impl Harness {
     pub fn send(&self, index: usize, datagram: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         let end = self.end(index)?;
         let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        channel::send(end.as_raw_fd(), datagram, &[], &raw).map(|_| ())
+        channel::send(end, datagram, &[], &raw).map_err(io::Error::from)
     }
 
     /// Fake worker `index` dies: its end closes, and the primary learns of its exit (what
@@ -145,7 +145,7 @@ impl Harness {
         let mut out = Vec::new();
         let mut buf = Vec::with_capacity(RECV_BUF);
         let mut fds = Vec::new();
-        while let Ok(Recv::Datagram { .. }) = channel::recv(end.as_raw_fd(), &mut buf, &mut fds) {
+        while let Ok(Recv::Datagram { .. }) = channel::recv(end, &mut buf, &mut fds) {
             out.push(Received { bytes: buf.clone(), fds: std::mem::take(&mut fds) });
         }
         out
@@ -219,7 +219,7 @@ mod tests {
         let events = h.turn();
         assert!(events.iter().any(|e| e.kind == EventKind::Message && e.worker_id == ids[1]), "{events:?}");
         let mut buf = Vec::with_capacity(64);
-        let eof = channel::recv(watch.as_raw_fd(), &mut buf, &mut Vec::new()).unwrap();
+        let eof = channel::recv(&watch, &mut buf, &mut Vec::new()).unwrap();
         assert!(matches!(eof, Recv::Closed), "the primary closed the fd that came with the garbage: {eof:?}");
     }
 

@@ -14,6 +14,13 @@
 //!   bytes (to workers, and to check a connection a worker gives back); nix's `accept4` gives
 //!   no address (a second call, getpeername, per connection on the handoff path otherwise),
 //!   and its typed addresses give no bytes back.
+//! - `hung_up`: nix's `PollFlags` has no POLLRDHUP, and its `revents` is None when the
+//!   kernel reports it.
+//! - `recv_with_fds`: recvmsg with SCM_RIGHTS. When a peer sends more fds than the control
+//!   buffer holds (MSG_CTRUNC), the kernel still installs those that fit; nix's `recvmsg`
+//!   then refuses to walk the control messages, and they would leak (a hostile worker could
+//!   fill the primary's fd table). It also fills the spare capacity of the caller's buffer,
+//!   where nix needs an initialized slice (a 68 KiB memset per read).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -146,4 +153,62 @@ pub fn timerfd_above_stdio(timer: nix::sys::timerfd::TimerFd) -> nix::Result<nix
     let moved = super::above_stdio(OwnedFd::from(timer))?;
     // SAFETY: `moved` is a duplicate of a timerfd (same open file), which it now owns alone.
     Ok(unsafe { nix::sys::timerfd::TimerFd::from_owned_fd(moved) })
+}
+
+/// recvmsg(MSG_CMSG_CLOEXEC | MSG_DONTWAIT) of one datagram into the capacity of `buf` (its
+/// length is set to what arrived), with every fd of its SCM_RIGHTS messages pushed to `fds`,
+/// owned, even when the control data was truncated. `cmsg_len` bounds the control buffer (at
+/// most 1024 bytes). Returns the datagram's full length (more than `buf` holds under
+/// MSG_TRUNC) and the message flags.
+pub fn recv_with_fds(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    cmsg_len: usize,
+    fds: &mut Vec<OwnedFd>,
+) -> nix::Result<(usize, nix::sys::socket::MsgFlags)> {
+    buf.clear();
+    let cap = buf.capacity();
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: cap };
+    let mut cmsg_buf = [0u64; 1024 / 8];
+    // SAFETY: an all-zero msghdr is valid; we fill in the iov and control buffer below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg_len.min(1024);
+    // SAFETY: the iov covers `cap` writable bytes of `buf`; the control buffer is
+    // `msg_controllen` writable, 8-aligned bytes; both outlive the call; the borrow keeps the
+    // socket open.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
+    let n = Errno::result(n)? as usize;
+    // Take ownership of every fd that arrived before anything else, so none can leak.
+    // SAFETY: the kernel filled msg_control with valid cmsg headers up to msg_controllen; we
+    // walk them with the CMSG_* macros and copy the fd ints out unaligned. Each is a new
+    // descriptor the kernel installed for us.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let bytes = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    let raw = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    fds.push(OwnedFd::from_raw_fd(raw));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    // SAFETY: the kernel wrote min(n, cap) bytes into the buffer.
+    unsafe { buf.set_len(n.min(cap)) };
+    Ok((n, nix::sys::socket::MsgFlags::from_bits_retain(msg.msg_flags)))
+}
+
+/// True when `fd`'s peer closed or shut down its writing side (poll: POLLRDHUP, POLLHUP or
+/// POLLERR now), or when poll fails.
+pub fn hung_up(fd: BorrowedFd<'_>) -> bool {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one valid pollfd, no wait; the borrow keeps the fd open.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n < 0 || (n == 1 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0)
 }

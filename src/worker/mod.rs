@@ -4,7 +4,7 @@
 pub mod env;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::error::{fail, Code, Error, Result};
@@ -474,7 +474,7 @@ impl Worker {
             if self.phase == Phase::Disconnected {
                 return;
             }
-            match self.reader.read(self.env.channel, &mut self.inbox) {
+            match self.reader.read(self.outbox.as_fd(), &mut self.inbox) {
                 Ok(Read::Frame(f)) => self.on_frame(f),
                 Ok(Read::WouldBlock) => return,
                 Ok(Read::Closed) | Err(_) => return self.disconnected(),
@@ -645,7 +645,7 @@ impl Worker {
             if self.phase == Phase::Disconnected {
                 return fail(Code::Closed, format!("listen {what}: the channel to the primary is closed"));
             }
-            match self.reader.read(self.env.channel, &mut self.inbox) {
+            match self.reader.read(self.outbox.as_fd(), &mut self.inbox) {
                 Ok(Read::Frame(mut f)) if f.header.kind == Kind::Listening && f.header.aux == request => {
                     self.send_acks();
                     let answer = Answer::decode(&f.payload).map_err(|e| {
