@@ -11,7 +11,8 @@ Two handles to the same library are kept:
 Library lookup order (the first that loads wins):
 
 1. ``$RCLUSTER_LIB`` (a path to the .so);
-2. ``librcluster.so`` inside this package's directory (a copy someone put there);
+2. ``librcluster.so`` inside this package's directory (where ``pip install ./bindings/python``
+   and the wheel put the library they build);
 3. ``target/release`` then ``target/debug`` of the source checkout this package lives in
    (``bindings/python/rcluster`` -> the repository root), when there is one;
 4. the system: ``ctypes.util.find_library("rcluster")``, then plain ``librcluster.so``
@@ -303,8 +304,9 @@ def _load() -> Tuple[ctypes.CDLL, ctypes.PyDLL, str]:
     raise ImportError(
         "rcluster: cannot load the rcluster C library (librcluster.so). Looked in:\n  - "
         + lines
-        + "\nBuild it (cargo build --release) and set RCLUSTER_LIB=/path/to/librcluster.so, "
-        "or copy it into the rcluster package directory."
+        + "\nInstall the package from the source tree (pip install ./bindings/python builds and "
+        "bundles the library), or build it (cargo build --release) and set "
+        "RCLUSTER_LIB=/path/to/librcluster.so."
     )
 
 

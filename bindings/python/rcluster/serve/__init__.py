@@ -1,0 +1,4 @@
+"""rcluster-serve (placeholder)."""
+
+def main() -> int:
+    return 0
