@@ -127,7 +127,7 @@ class Cluster(_events.Runtime):
     ``workers``: how many (0 = one per CPU). ``mode``: ``"fork"`` (fork(2); the child runs
     ``worker()`` and exits with its return value) or ``"exec"`` (a new process runs
     ``exec_argv``, by default this program with the same argv, where ``rcluster.is_worker()``
-    is true). ``listen``: ``(host, port)`` tuples (port 0 picks one, see ``port()``) and Unix
+    is true). ``reload_signal``: the signal that makes ``run()`` reload (default SIGHUP). ``listen``: ``(host, port)`` tuples (port 0 picks one, see ``port()``) and Unix
     socket paths. ``policy``: ``"round_robin"``, ``"least_connections"``, ``"sticky"``,
     ``"shared"`` or ``"reuseport"``.
 
@@ -199,6 +199,7 @@ class Cluster(_events.Runtime):
         exec_argv: Optional[Sequence[str]] = None,
         unix_mode: Optional[int] = None,
         systemd: bool = False,
+        reload_signal: int = signal.SIGHUP,
     ) -> None:
         if not isinstance(mode, str) or mode not in MODES:
             raise ValueError(f'mode must be "fork" or "exec", not {mode!r}')
@@ -245,7 +246,10 @@ class Cluster(_events.Runtime):
         self._started = False
         self._finished = False
         self._stop_requested = False
-        self._signals = _events.SignalQueue((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+        self.reload_signal = _lib.integer("reload_signal", reload_signal, 1, signal.NSIG - 1)
+        if self.reload_signal in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL, signal.SIGSTOP):
+            raise ValueError("reload_signal cannot be SIGTERM, SIGINT, SIGKILL or SIGSTOP")
+        self._signals = _events.SignalQueue((signal.SIGTERM, signal.SIGINT, self.reload_signal))
         self.listeners: List[int] = []
         self._cb = _lib.EVENT_CB(self._on_event)
         self._batch_cb = _lib.BATCH_CB(self._on_events)
@@ -518,7 +522,7 @@ class Cluster(_events.Runtime):
     def run(self) -> int:
         """Starts (if needed) and runs the cluster until it stops; returns 0 after a graceful
         stop. From the main thread, SIGTERM/SIGINT start a graceful ``shutdown(grace_ms)`` (a
-        second one stops at once) and SIGHUP a rolling ``reload()``; the previous handlers are
+        second one stops at once) and SIGHUP (``reload_signal``) a rolling ``reload()``; the previous handlers are
         restored on return. From inside a handler: ClusterError ``E_STATE``."""
         _lib.check_process()
         self._check_role()
@@ -551,7 +555,7 @@ class Cluster(_events.Runtime):
     def _run_deferred(self) -> None:
         while (signum := self._signals.pop()) is not None:
             try:
-                if signum == signal.SIGHUP:
+                if signum == self.reload_signal:
                     self.reload()
                 elif self._stop_requested:
                     self.shutdown(0)
