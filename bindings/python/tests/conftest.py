@@ -35,16 +35,22 @@ class Timeout(Exception):
     pass
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "time_limit(seconds): this test's bound instead of TEST_TIMEOUT_S")
+
+
 @pytest.fixture(autouse=True)
-def _time_limit() -> Iterator[None]:
+def _time_limit(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every test is bounded: SIGALRM raises in the main thread (it also interrupts a
     blocking dispatch, whose handler exceptions then surface from run())."""
+    marker = request.node.get_closest_marker("time_limit")
+    limit = marker.args[0] if marker else TEST_TIMEOUT_S
 
     def on_alarm(signum: int, frame: object) -> None:
-        raise Timeout(f"test exceeded {TEST_TIMEOUT_S} s")
+        raise Timeout(f"test exceeded {limit} s")
 
     old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, TEST_TIMEOUT_S)
+    signal.setitimer(signal.ITIMER_REAL, limit)
     try:
         yield
     finally:

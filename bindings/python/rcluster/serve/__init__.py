@@ -226,6 +226,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not asked:
             log.warning("worker %d died unasked (code %d, signal %d): its slot restarts", worker_id, code, sig)
 
+    @cluster.on("reloaded")
+    def _reloaded(ok: bool, text: Optional[str]) -> None:
+        print(f"rcluster-serve: reload {'done' if ok else 'failed: ' + str(text)}", file=sys.stderr, flush=True)
+
     @cluster.on("slot_failed")
     def _slot_failed(worker_id: int, text: str) -> None:
         log.error("worker slot of %d gave up: %s", worker_id, text)

@@ -69,6 +69,7 @@ class Server:
         self.access_log = access_log
         self.on_closed = on_closed
         self.connections: Set["HttpConnection"] = set()
+        self.pending = 0  # connections handed to this worker, not yet made (connection_made)
         self.stopping = False
         self._date_sec = -1
         self._date = b""
@@ -91,7 +92,7 @@ class Server:
     async def wait_closed(self, timeout: float) -> None:
         """Waits (at most `timeout` s) until every connection closed, then closes the rest."""
         deadline = time.monotonic() + timeout
-        while self.connections and time.monotonic() < deadline:
+        while (self.connections or self.pending) and time.monotonic() < deadline:
             for conn in list(self.connections):
                 conn.close_if_idle()
             await asyncio.sleep(0.05)
@@ -176,6 +177,8 @@ class HttpConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: Optional[asyncio.Transport] = None
         self.closed = False
+        self.opened = time.monotonic()
+        self.fresh = True  # no request began yet
         self.peer: Any = None
         self.sockname: Any = None
         self.scope_base: Optional[Dict[str, Any]] = None  # the per-connection part of an environ/scope
@@ -198,6 +201,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.server.pending -= 1
         self.server.connections.add(self)
         self.peer = transport.get_extra_info("peername")
         self.sockname = transport.get_extra_info("sockname")
@@ -207,9 +211,8 @@ class HttpConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        if self.server.stopping:
-            self.close_if_idle()
-            return
+        # (while the worker stops, a connection handed to it before the stop is still served:
+        # its first request is answered with Connection: close)
         self._set_timer(self.limits.read_timeout, self._on_read_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -250,14 +253,14 @@ class HttpConnection(asyncio.Protocol):
         self._drain = None
 
     def eof_received(self) -> Optional[bool]:
-        # A client that half-closes after its request still gets the answer; an idle one goes.
-        if not self.busy and not self.queue:
-            return False
-        return True
+        # The client's end (FIN) is taken as its going away, half-close or not: that is how an
+        # ASGI app hears http.disconnect (as with uvicorn). The transport closes.
+        return False
 
     # ---- httptools callbacks ----
 
     def on_message_begin(self) -> None:
+        self.fresh = False
         self._in_head = True
         self._head_bytes = 0
         self._url = b""
@@ -414,9 +417,13 @@ class HttpConnection(asyncio.Protocol):
             self._timer = None
 
     def close_if_idle(self) -> None:
-        """Closes the connection when it has no request in progress."""
-        if not self.busy and not self.queue and not self._in_head:
-            self.close()
+        """Closes the connection when it has no request in progress (a new connection gets a
+        second to send its first request: it was handed to this worker to be served)."""
+        if self.busy or self.queue or self._in_head:
+            return
+        if self.fresh and time.monotonic() - self.opened < 1.0:
+            return
+        self.close()
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:

@@ -88,12 +88,14 @@ async def _serve(opts: argparse.Namespace, app: Any) -> int:
         try:
             await loop.connect_accepted_socket(factory, sock)
         except OSError:
+            server.pending -= 1
             sock.close()
             if on_closed is not None:
                 on_closed()
 
     def on_connection(sock: Any, _listener: int, _peer: Any) -> None:
         sock.setblocking(False)
+        server.pending += 1
         loop.create_task(adopt(sock))
 
     w.on("connection", on_connection)

@@ -100,7 +100,7 @@ class WSGIHandler:
             while not req.complete:
                 if conn.closed:
                     return
-                await req.wait_body()
+                await req.wait()
         environ = self.environ(conn, req)
         w = ResponseWriter(conn, req)
         if self.pool is None:

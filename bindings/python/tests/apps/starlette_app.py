@@ -51,6 +51,10 @@ async def sleep(request: Request):
     return PlainTextResponse("slept")
 
 
+async def pid(request: Request):
+    return PlainTextResponse(str(os.getpid()))
+
+
 async def big(request: Request):
     return Response(b"x" * int(request.query_params.get("n", str(1 << 20))))
 
@@ -64,6 +68,7 @@ app = Starlette(
         Route("/stream", stream),
         Route("/sleep", sleep),
         Route("/big", big),
+        Route("/pid", pid),
     ],
     lifespan=lifespan,
 )
