@@ -64,9 +64,11 @@ bench:
 	bench/run.sh
 
 # Every row of the benchmark table (handoff, keep-alive, IPC sizes, startup, balance, memory)
-# with its peer, ratio and target: about 90 s.
+# with its peer, ratio and target, then the handoff at 2 to 512 workers (bench/scale.sh):
+# about 3 minutes.
 bench-full:
 	bench/full.sh
+	bench/scale.sh
 
 # The WSGI example against gunicorn's sync workers (needs wrk and gunicorn), and Python IPC echo.
 bench-python:

@@ -27,6 +27,16 @@ use super::{Phase, Primary, Timer};
 /// Most connections accepted from one listener in one turn.
 const ACCEPT_BATCH: usize = 256;
 
+/// How many of a turn's `waiting` connections go to one worker before the policy picks the
+/// next: spread over as many workers as there are CPUs to run them (no fewer, or cores would
+/// idle; no more, or each extra worker costs a wakeup and a task switch and brings no more
+/// parallelism), at most one NEWCONN frame's worth. With `awake` workers that have room, and
+/// `cpus` CPUs. One connection: a group of one.
+fn group_size(waiting: usize, awake: usize, cpus: usize) -> usize {
+    let spread = cpus.min(awake).max(1);
+    waiting.div_ceil(spread).clamp(1, MAX_FDS)
+}
+
 impl Primary {
     /// Connections to accept now: the free window slots across the workers that take
     /// connections, minus what already waits for them, within what the primary's fd table has
@@ -149,12 +159,21 @@ impl Primary {
 
     /// Hands waiting connections to workers with room in their window, in arrival order; a
     /// connection whose worker is busy (STICKY) waits without holding up the others.
+    ///
+    /// The connections of one turn go out in groups (`group_size`): the policy picks a worker,
+    /// which takes the next ones too, up to the group size or its free window; the next group
+    /// goes to the worker the policy picks next. Round-robin thus rotates over groups rather
+    /// than single connections: the spread over a run stays even, a lone connection still goes
+    /// to the next worker at once, and a burst wakes a few workers instead of one per
+    /// connection (the wakeup, not the handoff, is what a connection costs the primary when
+    /// there are many workers).
     pub(super) fn pump(&mut self) {
         if self.handoff.waiting.is_empty() {
             return;
         }
         let window = self.cfg.window;
         let slots = self.slot_count();
+        let cpus = self.cpus;
         let Some(balance) = self.balance.as_mut() else { return };
         let mut candidates: Vec<Candidate> = self
             .slots
@@ -162,9 +181,16 @@ impl Primary {
             .filter(|s| s.accepts_connections())
             .map(|s| Candidate { id: s.id, slot: s.slot, load: s.load(), free: window.saturating_sub(s.unacked) })
             .collect();
-        if candidates.is_empty() {
+        let mut free: u64 = candidates.iter().map(|c| u64::from(c.free)).sum();
+        if free == 0 {
             return;
         }
+        let group = if balance.groups() {
+            let awake = candidates.iter().filter(|c| c.free > 0).count();
+            group_size(self.handoff.waiting.len(), awake, cpus)
+        } else {
+            1
+        };
         let mut batches: BTreeMap<u32, Vec<Conn>> = BTreeMap::new();
         let mut deferred = Vec::new();
         // The workers that listen on the connection's listener, when only they may take it.
@@ -172,18 +198,25 @@ impl Primary {
         // Listeners whose workers include every candidate (the usual case: all workers called
         // listen): their connections are picked among all candidates, with no filtering.
         let mut covering: BTreeMap<u32, bool> = BTreeMap::new();
-        while candidates.iter().any(|c| c.free > 0) {
+        // The group being filled: the candidate's position and how many more it takes.
+        let mut streak: Option<(usize, usize)> = None;
+        while free > 0 {
             let Some(conn) = self.handoff.waiting.pop_front() else { break };
             let members = self.listeners.members(conn.listener);
-            let covers = match members {
+            let any = match members {
+                Members::All => true,
                 Members::Some(m) => *covering
                     .entry(conn.listener)
                     .or_insert_with(|| m.len() >= candidates.len() && candidates.iter().all(|c| m.contains(&c.id))),
-                _ => false,
+                Members::Gone => false,
+            };
+            let continued = match streak {
+                Some((at, left)) if any && left > 0 && candidates[at].free > 0 => Some(candidates[at].id),
+                _ => None,
             };
             let picked = match members {
-                Members::All => balance.pick(&candidates, &conn.peer, slots),
-                Members::Some(_) if covers => balance.pick(&candidates, &conn.peer, slots),
+                _ if continued.is_some() => continued,
+                _ if any => balance.pick(&candidates, &conn.peer, slots),
                 Members::Some(m) => {
                     listening.clear();
                     listening.extend(candidates.iter().filter(|c| m.contains(&c.id)));
@@ -193,7 +226,7 @@ impl Primary {
                         balance.pick(&listening, &conn.peer, slots)
                     }
                 }
-                Members::Gone => {
+                _ => {
                     // Its listener closed (no worker listens there): nobody can take it.
                     self.handoff.dropped += 1;
                     log::warn!("connection {}: its listener {} is closed: closed unanswered", conn.id, conn.listener);
@@ -204,9 +237,16 @@ impl Primary {
                 deferred.push(conn);
                 continue;
             };
-            let c = candidates.iter_mut().find(|c| c.id == id).expect("the policy picks a candidate");
+            let at = candidates.binary_search_by_key(&id, |c| c.id).expect("the policy picks a candidate");
+            streak = match (continued, streak) {
+                (Some(_), Some((at, left))) => Some((at, left - 1)),
+                _ if any => Some((at, group - 1)),
+                _ => None,
+            };
+            let c = &mut candidates[at];
             c.free -= 1;
             c.load += 1;
+            free -= 1;
             self.slots.get_mut(&id).expect("candidates are live slots").unacked += 1;
             batches.entry(id).or_default().push(conn);
         }

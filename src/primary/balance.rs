@@ -24,6 +24,12 @@ pub trait Balance: Send {
     /// `candidates` is sorted by id and never empty; `peer` is the client's sockaddr bytes;
     /// `slots` is the number of worker slots.
     fn pick(&mut self, candidates: &[Candidate], peer: &[u8], slots: u32) -> Option<u32>;
+
+    /// Whether the connections of one turn may go to the picked worker in groups (see
+    /// `accept::group_size`): not when the client decides the worker (STICKY).
+    fn groups(&self) -> bool {
+        true
+    }
 }
 
 /// Each connection to the next worker in id order, wrapping around.
@@ -65,6 +71,10 @@ impl Balance for LeastConnections {
 pub struct Sticky;
 
 impl Balance for Sticky {
+    fn groups(&self) -> bool {
+        false
+    }
+
     fn pick(&mut self, candidates: &[Candidate], peer: &[u8], slots: u32) -> Option<u32> {
         let h = hash_ip(peer);
         let slot = (h % u64::from(slots.max(1))) as u32;

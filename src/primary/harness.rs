@@ -350,4 +350,52 @@ mod tests {
         assert_ne!(heir, holder, "the connection of a dead worker goes to the live one");
         assert_eq!(h.primary.handoff.dropped, 0);
     }
+    /// Every NEWCONN the fakes got this turn: (fake index, connections in it).
+    fn handoffs(h: &mut Harness) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for i in 0..h.fakes.len() {
+            for got in h.drain(i) {
+                let (header, _) = Header::decode(&got.bytes, got.fds.len(), 1024).unwrap();
+                if header.kind == Kind::NewConn {
+                    out.push((i, got.fds.len()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_burst_goes_out_in_groups_over_as_many_workers_as_cpus_and_the_rotation_goes_on() {
+        let mut h = Harness::with_listener(8, 1024).unwrap();
+        h.primary.cpus = 2;
+        for i in 0..8 {
+            h.send(i, &control(Kind::Hello, &[]), &[]).unwrap();
+            h.send(i, &control(Kind::Ready, &[]), &[]).unwrap();
+        }
+        h.turn();
+        // 8 connections waiting at once: two groups of 4, to two workers, one frame each.
+        for _ in 0..8 {
+            assert!(h.connect());
+        }
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            h.turn();
+            got.extend(handoffs(&mut h));
+            if got.iter().map(|g| g.1).sum::<usize>() == 8 {
+                break;
+            }
+        }
+        assert_eq!(got, vec![(0, 4), (1, 4)], "8 connections with 2 CPUs: 2 workers, 4 each");
+        // A lone connection goes to the next worker: the rotation continues over groups.
+        assert!(h.connect());
+        let mut lone = Vec::new();
+        for _ in 0..100 {
+            h.turn();
+            lone.extend(handoffs(&mut h));
+            if !lone.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(lone, vec![(2, 1)]);
+    }
 }

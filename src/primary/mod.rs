@@ -99,6 +99,9 @@ pub struct Primary {
     shared: Arc<Shared>,
     signals: Option<SignalPipe>,
     listeners: Listeners,
+    /// CPUs this process may run on (workers inherit that): how many workers a turn's
+    /// connections are spread over (see `accept::group_size`).
+    cpus: usize,
     accept_paused: bool,
     /// Accepts that failed for want of fds (EMFILE and the like) and paused accepting.
     accept_pauses: u64,
@@ -180,6 +183,7 @@ impl Primary {
             shared,
             signals,
             listeners,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             accept_paused: false,
             accept_pauses: 0,
             send_retries: 0,
