@@ -179,7 +179,13 @@ impl Primary {
             .slots
             .values()
             .filter(|s| s.accepts_connections())
-            .map(|s| Candidate { id: s.id, slot: s.slot, load: s.load(), free: window.saturating_sub(s.unacked) })
+            .map(|s| Candidate {
+                id: s.id,
+                slot: s.slot,
+                load: s.load(),
+                free: window.saturating_sub(s.unacked),
+                handed: s.handed,
+            })
             .collect();
         let mut free: u64 = candidates.iter().map(|c| u64::from(c.free)).sum();
         if free == 0 {
@@ -246,9 +252,21 @@ impl Primary {
             let c = &mut candidates[at];
             c.free -= 1;
             c.load += 1;
+            c.handed += 1;
             free -= 1;
-            self.slots.get_mut(&id).expect("candidates are live slots").unacked += 1;
+            let slot = self.slots.get_mut(&id).expect("candidates are live slots");
+            slot.unacked += 1;
+            slot.handed += 1;
             batches.entry(id).or_default().push(conn);
+        }
+        // Workers that had no room start again from the fewest the others were handed: a
+        // worker whose window was full (a slow one) does not make up for it in a burst.
+        if let Some(floor) = candidates.iter().filter(|c| c.free > 0).map(|c| c.handed).min() {
+            for c in candidates.iter().filter(|c| c.free == 0 && c.handed < floor) {
+                if let Some(slot) = self.slots.get_mut(&c.id) {
+                    slot.handed = floor;
+                }
+            }
         }
         for conn in deferred.into_iter().rev() {
             self.handoff.waiting.push_front(conn);

@@ -16,6 +16,8 @@ pub struct Candidate {
     pub load: u64,
     /// Free places in its ACK window; 0 means it cannot take one right now.
     pub free: u32,
+    /// Connections the policy has handed it (ROUND_ROBIN's count).
+    pub handed: u64,
 }
 
 /// Picks a worker for one connection.
@@ -32,7 +34,13 @@ pub trait Balance: Send {
     }
 }
 
-/// Each connection to the next worker in id order, wrapping around.
+/// Even counts, in id order: the next connection (or group of them, see
+/// `accept::group_size`) goes to the worker with room that has been handed the fewest
+/// (`Candidate::handed`), ties to the next id after the last one picked. With single
+/// connections that is plain round-robin (1, 2, 3, 1, 2, 3...); with groups of varying sizes,
+/// counting keeps every worker's total within one group of the others' over a run, where
+/// rotating over groups would not. (The counts are the primary's: see `accept::pump` for how
+/// a worker that joins, or had no room, starts from the others' count instead of catching up.)
 #[derive(Default)]
 pub struct RoundRobin {
     last: u32,
@@ -40,10 +48,11 @@ pub struct RoundRobin {
 
 impl Balance for RoundRobin {
     fn pick(&mut self, candidates: &[Candidate], _peer: &[u8], _slots: u32) -> Option<u32> {
-        let free = || candidates.iter().filter(|c| c.free > 0);
-        let next = free().find(|c| c.id > self.last).or_else(|| free().next())?;
-        self.last = next.id;
-        Some(next.id)
+        let floor = candidates.iter().filter(|c| c.free > 0).map(|c| c.handed).min()?;
+        let tied = || candidates.iter().filter(|c| c.free > 0 && c.handed == floor);
+        let next = tied().find(|c| c.id > self.last).or_else(|| tied().next())?.id;
+        self.last = next;
+        Some(next)
     }
 }
 
@@ -112,7 +121,7 @@ mod tests {
     use super::*;
 
     fn c(ids: &[u32]) -> Vec<Candidate> {
-        ids.iter().map(|&id| Candidate { id, slot: id - 1, load: 0, free: 8 }).collect()
+        ids.iter().map(|&id| Candidate { id, slot: id - 1, load: 0, free: 8, handed: 0 }).collect()
     }
 
     fn v4(a: u8, port: u16) -> Vec<u8> {
@@ -123,18 +132,38 @@ mod tests {
         sa
     }
 
+    /// Picks as the pump does: the picked one is handed one more.
+    fn rr_pick(rr: &mut RoundRobin, cands: &mut [Candidate]) -> Option<u32> {
+        let id = rr.pick(cands, &[], cands.len() as u32)?;
+        cands.iter_mut().find(|c| c.id == id).unwrap().handed += 1;
+        Some(id)
+    }
+
     #[test]
     fn round_robin_cycles_skips_full_windows_and_survives_membership_changes() {
         let mut rr = RoundRobin::default();
-        let picks: Vec<u32> = (0..6).map(|_| rr.pick(&c(&[1, 2, 3]), &[], 3).unwrap()).collect();
+        let mut three = c(&[1, 2, 3]);
+        let picks: Vec<u32> = (0..6).map(|_| rr_pick(&mut rr, &mut three).unwrap()).collect();
         assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
-        let mut full = c(&[1, 2, 3]);
-        full[1].free = 0;
-        assert_eq!(rr.pick(&full, &[], 3), Some(1));
-        assert_eq!(rr.pick(&full, &[], 3), Some(3));
-        assert_eq!(rr.pick(&c(&[5]), &[], 1), Some(5));
-        full.iter_mut().for_each(|c| c.free = 0);
-        assert_eq!(rr.pick(&full, &[], 3), None);
+        three[1].free = 0;
+        assert_eq!(rr_pick(&mut rr, &mut three), Some(1));
+        assert_eq!(rr_pick(&mut rr, &mut three), Some(3));
+        assert_eq!(rr_pick(&mut rr, &mut c(&[5])), Some(5));
+        three.iter_mut().for_each(|c| c.free = 0);
+        assert_eq!(rr.pick(&three, &[], 3), None);
+    }
+
+    #[test]
+    fn round_robin_keeps_counts_even_when_groups_differ_in_size() {
+        let mut rr = RoundRobin::default();
+        let mut cands = c(&[1, 2, 3, 4]);
+        // Groups of 1 to 5 connections: each pick takes a group.
+        for i in 0..1000u64 {
+            let id = rr.pick(&cands, &[], 4).unwrap();
+            cands.iter_mut().find(|c| c.id == id).unwrap().handed += 1 + i * 7 % 5;
+        }
+        let (min, max) = (cands.iter().map(|c| c.handed).min().unwrap(), cands.iter().map(|c| c.handed).max().unwrap());
+        assert!(max - min <= 5, "counts {cands:?}");
     }
 
     #[test]

@@ -249,9 +249,13 @@ impl Primary {
 
     /// Worker `id` reported READY.
     pub(super) fn on_ready(&mut self, id: u32) {
+        // It starts from the fewest the others were handed: a new worker takes its turn in
+        // the rotation, not a burst to catch up.
+        let floor = self.slots.values().filter(|s| s.id != id && s.accepts_connections()).map(|s| s.handed).min();
         if let Some(s) = self.slots.get_mut(&id) {
             s.ever_ready = true;
             s.ready_mono_ms = crate::sys::monotonic_ms();
+            s.handed = floor.unwrap_or(0);
         }
         if let Some((old, new)) = self.reload.as_ref().and_then(|r| r.current) {
             if new == id {

@@ -95,6 +95,9 @@ pub struct Slot {
     pub ever_ready: bool,
     /// When it reported READY, monotonic ms (0: not yet).
     pub ready_mono_ms: u64,
+    /// Connections the balancing policy handed it, counted from where the others were when it
+    /// became READY (ROUND_ROBIN keeps these even: see `balance::RoundRobin`).
+    pub handed: u64,
     /// Last frame from it, monotonic ms (the watchdog's clock).
     pub last_heard_ms: u64,
     /// The watchdog already sent it SIGABRT.
@@ -158,6 +161,7 @@ impl Slot {
             started_mono_ms: crate::sys::monotonic_ms(),
             ever_ready: false,
             ready_mono_ms: 0,
+            handed: 0,
             last_heard_ms: crate::sys::monotonic_ms(),
             watchdog_fired: false,
             request_limit: 0,
