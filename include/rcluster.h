@@ -102,6 +102,11 @@ typedef int (*cluster_worker_main)(void *userdata);
 typedef uint32_t cluster_policy;
 
 /**
+ * Which channel workers are spoken to on: `CLUSTER_CHANNEL_*`.
+ */
+typedef uint32_t cluster_channel;
+
+/**
  * A log sink: level (1 error, 2 warn, 3 info, 4 debug, 5 trace), the module, the message.
  */
 typedef void (*cluster_log_cb)(void *userdata,
@@ -270,6 +275,22 @@ typedef void (*cluster_batch_cb)(void *userdata, const struct cluster_event *eve
  * Each worker binds its own SO_REUSEPORT socket.
  */
 #define CLUSTER_POLICY_REUSEPORT 4
+
+/**
+ * rcluster's own channel (SOCK_SEQPACKET): workers use the library (default).
+ */
+#define CLUSTER_CHANNEL_RCLUSTER 0
+
+/**
+ * Node's IPC channel with JSON lines: workers are Node programs running Node's own
+ * `cluster` worker side (`NODE_CHANNEL_FD`, `NODE_UNIQUE_ID`), as `node:cluster` starts them.
+ */
+#define CLUSTER_CHANNEL_NODE_JSON 1
+
+/**
+ * Node's IPC channel with V8 serialization (`serialization: 'advanced'`).
+ */
+#define CLUSTER_CHANNEL_NODE_ADVANCED 2
 
 /**
  * primary: a worker process was started.
@@ -581,6 +602,16 @@ int32_t cluster_config_set_cwd(struct cluster_config *cfg, const char *path);
  * `name_value` is a NUL-terminated string.
  */
 int32_t cluster_config_add_env(struct cluster_config *cfg, const char *name_value);
+
+/**
+ * Which channel workers are spoken to on (`CLUSTER_CHANNEL_*`, default RCLUSTER). With
+ * `CLUSTER_CHANNEL_NODE_*` (EXEC mode, a Node program) the workers run Node's own cluster
+ * worker code, unchanged: the primary speaks Node's IPC protocol to them, answers their
+ * `server.listen()` and hands them connections (docs/node-dropin.md). Their messages arrive
+ * as MESSAGE events holding one message body as Node wrote it (JSON text or V8 bytes), and
+ * `cluster_send` to them takes one body in the same form.
+ */
+int32_t cluster_config_set_channel(struct cluster_config *cfg, cluster_channel channel);
 
 /**
  * Workers' stdin, stdout and stderr go to /dev/null (default: inherited from the primary).

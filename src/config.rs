@@ -237,6 +237,9 @@ pub struct Config {
     pub max_requests_jitter: u64,
     /// How workers run: user, groups, directory, environment, stdio.
     pub worker_process: WorkerProcess,
+    /// Workers are Node programs spoken to on Node's own IPC channel (`NODE_CHANNEL_FD`) in
+    /// this serialization, instead of rcluster's channel (EXEC mode only; see `ipc::nodechan`).
+    pub node_channel: Option<crate::ipc::nodechan::Serialization>,
 }
 
 /// Process settings applied in each worker before it runs (after the primary bound its
@@ -298,6 +301,7 @@ impl Default for Config {
             max_requests: 0,
             max_requests_jitter: 0,
             worker_process: WorkerProcess::default(),
+            node_channel: None,
         }
     }
 }

@@ -75,6 +75,9 @@ pub struct Error {
     pub code: Code,
     /// What went wrong, e.g. "bind 127.0.0.1:80: Permission denied (os error 13)".
     pub message: String,
+    /// The OS error number of a failed system call (`Error::sys`): what Node's channel
+    /// reports to a worker whose `listen` failed (as a negative uv errno).
+    pub os: Option<i32>,
 }
 
 /// The result type of the core API.
@@ -83,13 +86,14 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// An error with a code and a sentence.
     pub fn new(code: Code, message: impl Into<String>) -> Error {
-        Error { code, message: message.into() }
+        Error { code, message: message.into(), os: None }
     }
 
     /// A failed system call: `what` says which call on what, `err` is the OS error (an
     /// `io::Error` or nix's `Errno`).
     pub fn sys(what: impl fmt::Display, err: impl Into<io::Error>) -> Error {
-        Error::new(Code::Sys, format!("{what}: {}", err.into()))
+        let err = err.into();
+        Error { os: err.raw_os_error(), ..Error::new(Code::Sys, format!("{what}: {err}")) }
     }
 
     /// `errno` after a failed libc call, as a `Sys` error about `what`.

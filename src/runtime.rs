@@ -637,6 +637,17 @@ pub fn send(to: u32, data: &[u8], fd: Option<RawFd>) -> Result<()> {
         if to == 0 {
             return fail(Code::Inval, "the primary cannot send to itself (worker ids start at 1)");
         }
+        if shared.outbox(to).is_some_and(|o| o.stream().is_some()) {
+            // A Node worker: `data` is one message body as Node's channel carries it.
+            if data.len() as u64 > shared.max_message {
+                let max = shared.max_message;
+                return fail(
+                    Code::TooBig,
+                    format!("message of {} bytes exceeds the maximum of {max} bytes", data.len()),
+                );
+            }
+            return shared.push(to, Frame::node(data.to_vec(), fd, true));
+        }
         let frame = Frame::message(0, to, data, fd, shared.max_message)?;
         shared.push(to, frame)
     } else {

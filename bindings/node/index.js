@@ -8,6 +8,14 @@
 // Workers are started in EXEC mode only (fork(2) is unsafe in a V8 process): the same Node,
 // with the same flags, on the script (settings.exec, default process.argv[1]).
 
+// A worker started on Node's own channel (the default, see lib/nodeprimary.js) runs Node's own
+// cluster worker code: there, require('rcluster') is require('cluster').
+const nodeCluster = require('cluster');
+if (nodeCluster.isWorker) {
+  module.exports = nodeCluster;
+  return;
+}
+
 const EventEmitter = require('events');
 const { isMainThread } = require('worker_threads');
 
@@ -58,7 +66,10 @@ if (isMainThread && native.claim()) {
   cluster.setLogger(defaultLogger);
 
   if (isWorker) require('./lib/worker')(cluster, native);
-  else require('./lib/primary')(cluster, native);
+  // Node's channel by default (node:cluster's programs run unchanged); rcluster's own channel
+  // (workers using this module's worker API, C and Python peers) with RCLUSTER_CHANNEL=rcluster.
+  else if (process.env.RCLUSTER_CHANNEL === 'rcluster') require('./lib/primary')(cluster, native);
+  else require('./lib/nodeprimary')(cluster, native);
 } else {
   cluster.setLogger = () => {};
   const notHere = () => {

@@ -4,7 +4,10 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::Arc;
 
 use super::boundary::{guard, non_null, str_arg};
-use super::types::{cluster_mode, cluster_policy, cluster_worker_main, mode_from, policy_from};
+use super::types::{
+    cluster_channel, cluster_mode, cluster_policy, cluster_worker_main, mode_from, policy_from,
+    CLUSTER_CHANNEL_NODE_ADVANCED, CLUSTER_CHANNEL_NODE_JSON, CLUSTER_CHANNEL_RCLUSTER,
+};
 use crate::config::Config;
 use crate::error::{fail, Code, Error, Result};
 
@@ -436,6 +439,27 @@ pub unsafe extern "C" fn cluster_config_add_env(cfg: *mut cluster_config, name_v
         // SAFETY: the caller's contract above.
         let kv = unsafe { str_arg(name_value, "name_value") }?;
         cfg.worker_process.env.push(crate::config::env_entry(kv)?);
+        Ok(0)
+    })
+}
+
+/// Which channel workers are spoken to on (`CLUSTER_CHANNEL_*`, default RCLUSTER). With
+/// `CLUSTER_CHANNEL_NODE_*` (EXEC mode, a Node program) the workers run Node's own cluster
+/// worker code, unchanged: the primary speaks Node's IPC protocol to them, answers their
+/// `server.listen()` and hands them connections (docs/node-dropin.md). Their messages arrive
+/// as MESSAGE events holding one message body as Node wrote it (JSON text or V8 bytes), and
+/// `cluster_send` to them takes one body in the same form.
+#[no_mangle]
+pub extern "C" fn cluster_config_set_channel(cfg: *mut cluster_config, channel: cluster_channel) -> i32 {
+    guard(|| {
+        use crate::ipc::nodechan::Serialization;
+        let mode = match channel {
+            CLUSTER_CHANNEL_RCLUSTER => None,
+            CLUSTER_CHANNEL_NODE_JSON => Some(Serialization::Json),
+            CLUSTER_CHANNEL_NODE_ADVANCED => Some(Serialization::Advanced),
+            other => return fail(Code::Inval, format!("unknown channel {other} (CLUSTER_CHANNEL_*)")),
+        };
+        cfg_mut(cfg)?.node_channel = mode;
         Ok(0)
     })
 }

@@ -50,6 +50,16 @@ pub const CLUSTER_POLICY_SHARED: cluster_policy = 3;
 /// Each worker binds its own SO_REUSEPORT socket.
 pub const CLUSTER_POLICY_REUSEPORT: cluster_policy = 4;
 
+/// Which channel workers are spoken to on: `CLUSTER_CHANNEL_*`.
+pub type cluster_channel = u32;
+/// rcluster's own channel (SOCK_SEQPACKET): workers use the library (default).
+pub const CLUSTER_CHANNEL_RCLUSTER: cluster_channel = 0;
+/// Node's IPC channel with JSON lines: workers are Node programs running Node's own
+/// `cluster` worker side (`NODE_CHANNEL_FD`, `NODE_UNIQUE_ID`), as `node:cluster` starts them.
+pub const CLUSTER_CHANNEL_NODE_JSON: cluster_channel = 1;
+/// Node's IPC channel with V8 serialization (`serialization: 'advanced'`).
+pub const CLUSTER_CHANNEL_NODE_ADVANCED: cluster_channel = 2;
+
 /// What an event is: `CLUSTER_EVENT_*`. More kinds may be appended; handle unknown ones by
 /// ignoring them.
 pub type cluster_event_kind = u32;

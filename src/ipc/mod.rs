@@ -5,6 +5,7 @@
 pub mod channel;
 pub mod frame;
 pub mod listen;
+pub mod nodechan;
 pub mod outbox;
 pub mod payload;
 pub mod reader;

@@ -16,6 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::channel::{self, INLINE_MAX};
 use super::frame::{encode_batch, Header, Kind, FLAG_BIG, FLAG_FD, HEADER_LEN};
+use super::nodechan::{stream, Serialization};
 use super::payload::{self, Payload};
 use crate::error::{fail, Code, Error, Result};
 
@@ -32,6 +33,8 @@ pub struct Frame {
     borrowed: Vec<RawFd>,
     /// Payload size for the queue bounds when this is a user message; 0 for control frames.
     pub user_bytes: usize,
+    /// A message body for a Node channel (see `Frame::node`), not an rcluster frame.
+    stream: bool,
 }
 
 impl Frame {
@@ -39,7 +42,7 @@ impl Frame {
     pub fn control(kind: Kind, payload: Vec<u8>) -> Frame {
         let mut header = Header::new(kind);
         header.len = payload.len() as u64;
-        Frame { header, payload, fds: Vec::new(), borrowed: Vec::new(), user_bytes: 0 }
+        Frame { header, payload, fds: Vec::new(), borrowed: Vec::new(), user_bytes: 0, stream: false }
     }
 
     /// A control frame of `kind` passing `fds` (closed once sent).
@@ -88,7 +91,7 @@ impl Frame {
             fds.push(fd);
         }
         header.nfds = fds.len() as u8;
-        Ok(Frame { header, payload, fds, borrowed: Vec::new(), user_bytes: data.len().max(1) })
+        Ok(Frame { header, payload, fds, borrowed: Vec::new(), user_bytes: data.len().max(1), stream: false })
     }
 
     /// A message being relayed: like `message`, but a large payload's sealed memfd is passed
@@ -106,7 +109,29 @@ impl Frame {
             fds.push(fd);
         }
         header.nfds = fds.len() as u8;
-        Ok(Frame { header, payload: Vec::new(), fds, borrowed: Vec::new(), user_bytes: len.max(1) })
+        Ok(Frame { header, payload: Vec::new(), fds, borrowed: Vec::new(), user_bytes: len.max(1), stream: false })
+    }
+
+    /// A message for a Node channel: `body` is one JSON text or V8 buffer (the outbox frames
+    /// it), `fd` goes with its first byte. A user message (`user`) counts against the bounds.
+    pub fn node(body: Vec<u8>, fd: Option<OwnedFd>, user: bool) -> Frame {
+        let mut f = Frame::control(Kind::Message, Vec::new());
+        f.header.len = body.len() as u64;
+        f.user_bytes = if user { body.len().max(1) } else { 0 };
+        f.payload = body;
+        f.fds.extend(fd);
+        f.stream = true;
+        f
+    }
+
+    /// Like `node`, passing an fd the frame does not own (see `with_borrowed_fds`).
+    ///
+    /// # Safety
+    /// `fd` stays open until `push` returns (or until the frame is dropped unpushed).
+    pub unsafe fn node_borrowed(body: Vec<u8>, fd: RawFd) -> Frame {
+        let mut f = Frame::node(body, None, false);
+        f.borrowed.push(fd);
+        f
     }
 
     /// A copy with its own duplicates of the fds (for relaying one message to several workers).
@@ -118,6 +143,7 @@ impl Frame {
             fds,
             borrowed: self.borrowed.clone(),
             user_bytes: self.user_bytes,
+            stream: self.stream,
         })
     }
 
@@ -226,6 +252,9 @@ pub fn transient(e: &Errno) -> bool {
     matches!(e, Errno::ETOOMANYREFS | Errno::ENOBUFS | Errno::ENOMEM)
 }
 
+/// Most bytes of NODE_HANDLE_ACK/NACK answers a Node channel keeps unsent (`push_ack`).
+const MAX_ACK_BACKLOG: usize = 64 * 1024;
+
 /// Held or corked frames that leave together as soon as they are this many.
 pub const BATCH_FRAMES: usize = 8;
 
@@ -246,6 +275,12 @@ struct Queue {
     /// `BATCH_FRAMES` as they form, the rest at `release` when the dispatch ends. A push without
     /// `hold` (another thread) sends them along at once.
     held: bool,
+    /// Stream mode: the unsent tail of a message the socket took only part of (it goes before
+    /// anything else; its fds went with its first byte).
+    partial: Vec<u8>,
+    /// Stream mode: a message with an fd was sent and its NODE_HANDLE_ACK has not come yet:
+    /// nothing more is written until `ungate` (see `nodechan`).
+    gated: bool,
 }
 
 /// The send side of one channel.
@@ -257,6 +292,8 @@ pub struct Outbox {
     /// A send failed for good (the channel is gone, not `transient`): the loop checks this
     /// without the lock, whichever thread's send found it.
     failed: AtomicBool,
+    /// A Node channel (`SOCK_STREAM`, Node's framing) instead of an rcluster one.
+    stream: Option<Serialization>,
 }
 
 impl Outbox {
@@ -268,7 +305,138 @@ impl Outbox {
             queue: Mutex::new(Queue::default()),
             messages: AtomicU64::new(0),
             failed: AtomicBool::new(false),
+            stream: None,
         }
+    }
+
+    /// An outbox writing Node's framing in `mode` to `fd` (a non-blocking stream socket it
+    /// now owns): it takes only `Frame::node` frames.
+    pub fn new_stream(fd: OwnedFd, limits: Limits, mode: Serialization) -> Outbox {
+        Outbox { stream: Some(mode), ..Outbox::new(fd, limits) }
+    }
+
+    /// The Node channel's serialization, for a Node channel.
+    pub fn stream(&self) -> Option<Serialization> {
+        self.stream
+    }
+
+    /// The peer acknowledged the fd in flight (NODE_HANDLE_ACK or NACK): what waited behind
+    /// it is written now. When the result is not `empty`, the caller must have the loop watch
+    /// the channel for writability.
+    pub fn ungate(&self) -> nix::Result<Flushed> {
+        let mut q = self.lock();
+        q.gated = false;
+        if q.corked || q.closed {
+            return Ok(Flushed { empty: true, drained: false, retry: false });
+        }
+        self.flush_locked(&mut q)
+    }
+
+    /// Stream mode: writes NODE_HANDLE_ACK/NACK (`body`) past the gate and the queue, right
+    /// after what is already on its way, as Node does: the peer waits for it before it sends
+    /// anything more, so it must not wait behind our own fd's ACK.
+    pub fn push_ack(&self, body: &[u8]) -> Result<Pushed> {
+        let Some(mode) = self.stream else { return fail(Code::Inval, "not a Node channel") };
+        let mut q = self.lock();
+        if q.closed {
+            return fail(Code::Closed, "the channel is closed");
+        }
+        let bytes = mode.frame(body);
+        if q.partial.is_empty() {
+            match stream::send(self.fd(), &bytes, &[]) {
+                Ok(n) if n == bytes.len() => return Ok(Pushed::Sent),
+                Ok(n) => q.partial = bytes[n..].to_vec(),
+                Err(e) if e == Errno::EAGAIN || transient(&e) => q.partial = bytes,
+                Err(e) => {
+                    q.closed = true;
+                    self.failed.store(true, Ordering::Relaxed);
+                    return fail(Code::Closed, format!("channel send failed: {e}"));
+                }
+            }
+        } else if q.partial.len() > MAX_ACK_BACKLOG {
+            // A peer that sends handles and never reads our answers.
+            return fail(Code::Again, "the peer does not read its channel (acknowledgements pile up)");
+        } else {
+            q.partial.extend_from_slice(&bytes);
+        }
+        let arm = !q.armed && !q.corked;
+        q.armed |= arm;
+        Ok(Pushed::Queued { arm })
+    }
+
+    /// Writes one frame now: a datagram, or in stream mode the framed body (keeping the tail
+    /// the socket did not take, and closing the gate behind an fd).
+    fn write(&self, q: &mut Queue, frame: &Frame) -> nix::Result<()> {
+        let Some(mode) = self.stream else { return frame.send(self.fd.as_fd()) };
+        let bytes = mode.frame(&frame.payload);
+        let mut raw = channel::raw_fds(&frame.fds);
+        raw.extend_from_slice(&frame.borrowed);
+        let n = stream::send(self.fd(), &bytes, &raw)?;
+        if n < bytes.len() {
+            q.partial = bytes[n..].to_vec();
+        }
+        if !raw.is_empty() {
+            q.gated = true;
+        }
+        Ok(())
+    }
+
+    /// `flush_locked` in stream mode: the partial tail first, then one message at a time
+    /// until the socket is full, the queue empty, or the gate closed behind an fd.
+    fn flush_stream(&self, q: &mut Queue) -> nix::Result<Flushed> {
+        let not_empty = Ok(Flushed { empty: false, drained: false, retry: false });
+        loop {
+            if !q.partial.is_empty() {
+                match stream::send(self.fd(), &q.partial, &[]) {
+                    Ok(n) => {
+                        q.partial.drain(..n);
+                        if !q.partial.is_empty() {
+                            return not_empty;
+                        }
+                    }
+                    Err(Errno::EAGAIN) => return not_empty,
+                    Err(e) if transient(&e) => return Ok(Flushed { empty: false, drained: false, retry: true }),
+                    Err(e) => {
+                        q.closed = true;
+                        q.frames.clear();
+                        self.failed.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+            if q.gated {
+                break;
+            }
+            let Some(frame) = q.frames.pop_front() else { break };
+            q.user_bytes -= frame.user_bytes;
+            q.user_frames -= usize::from(frame.user_bytes > 0);
+            q.user_fds -= frame.user_fds();
+            match self.write(q, &frame) {
+                Ok(()) => frame.sent(),
+                Err(e) if e == Errno::EAGAIN || transient(&e) => {
+                    q.user_bytes += frame.user_bytes;
+                    q.user_frames += usize::from(frame.user_bytes > 0);
+                    q.user_fds += frame.user_fds();
+                    q.frames.push_front(frame);
+                    return Ok(Flushed { empty: false, drained: false, retry: transient(&e) });
+                }
+                Err(e) => {
+                    q.closed = true;
+                    q.frames.clear();
+                    self.failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        // Empty, or waiting for the peer's ACK (which `ungate` answers): either way there is
+        // nothing to write when the socket turns writable.
+        q.armed = false;
+        if q.frames.is_empty() {
+            q.held = false;
+            let drained = std::mem::take(&mut q.want_drain);
+            return Ok(Flushed { empty: true, drained, retry: false });
+        }
+        Ok(Flushed { empty: true, drained: false, retry: false })
     }
 
     /// The channel socket.
@@ -324,6 +492,13 @@ impl Outbox {
         if q.closed {
             return Err((Error::new(Code::Closed, "the channel is closed"), None));
         }
+        if frame.stream != self.stream.is_some() {
+            // An rcluster frame for a Node worker (or the reverse): the peer could not read
+            // it. Nothing the core sends a Node worker is lost this way: it composes Node
+            // messages for them (see `primary::nodeworker`).
+            log::debug!("a {:?} frame dropped: not for this kind of channel", frame.header.kind);
+            return Ok(Pushed::Sent);
+        }
         let over = |q: &Queue| {
             frame.user_bytes > 0
                 && q.user_frames > 0
@@ -350,8 +525,8 @@ impl Outbox {
         if frame.user_bytes > 0 {
             self.messages.fetch_add(1, Ordering::Relaxed);
         }
-        if q.frames.is_empty() && !q.corked && !hold {
-            match frame.send(self.fd.as_fd()) {
+        if q.frames.is_empty() && !q.corked && !hold && q.partial.is_empty() && !q.gated {
+            match self.write(&mut q, &frame) {
                 Ok(()) => {
                     frame.sent();
                     return Ok(Pushed::Sent);
@@ -438,6 +613,9 @@ impl Outbox {
     }
 
     fn flush_locked(&self, q: &mut Queue) -> nix::Result<Flushed> {
+        if self.stream.is_some() {
+            return self.flush_stream(q);
+        }
         while !q.frames.is_empty() {
             let n = batchable_prefix(&q.frames);
             let sent = if n >= 2 {
@@ -490,9 +668,14 @@ impl Outbox {
         self.lock().closed
     }
 
-    /// Frames waiting to be written.
+    /// Frames waiting to be written (in stream mode, not those waiting behind an fd for the
+    /// peer's ACK: writability would not move them).
     pub fn queued(&self) -> usize {
-        self.lock().frames.len()
+        let q = self.lock();
+        if q.gated && q.partial.is_empty() {
+            return 0;
+        }
+        q.frames.len() + usize::from(!q.partial.is_empty())
     }
 }
 

@@ -277,6 +277,9 @@ impl Primary {
     }
 
     fn send_conns(&mut self, id: u32, conns: Vec<Conn>) {
+        if self.slots.get(&id).is_some_and(|s| s.node.is_some()) {
+            return self.send_node_conns(id, conns);
+        }
         let mut conns = conns.into_iter().peekable();
         while conns.peek().is_some() {
             let mut payload = Vec::with_capacity(MAX_FDS.min(conns.len()) * 32);

@@ -372,7 +372,7 @@ impl Primary {
 
     /// A listener that connections go through the primary on now exists: from here on the
     /// primary is a handoff stage (see `sched`).
-    fn handoff_listener_added(&mut self) {
+    pub(super) fn handoff_listener_added(&mut self) {
         if self._sched.is_none() && self.balance.is_some() && self.cfg.sched_batch.unwrap_or(true) {
             self._sched = super::sched::Batch::enter();
         }

@@ -13,6 +13,7 @@ pub mod harness;
 mod lifecycle;
 pub mod listeners;
 pub mod loglimit;
+pub mod nodeworker;
 mod relay;
 pub mod restart;
 pub mod sched;
@@ -144,6 +145,8 @@ pub struct Primary {
     watch: lifecycle::Watch,
     /// The primary's free fds, for refusing fds passed with messages (see `relay`).
     fd_room: relay::FdRoom,
+    /// The listeners Node workers asked for, by Node's key (see `nodeworker`).
+    node_listeners: nodeworker::NodeListeners,
     /// SCHED_BATCH on the loop thread while connections go through the primary (see sched);
     /// held for its drop, which switches back.
     _sched: Option<sched::Batch>,
@@ -158,6 +161,14 @@ impl Primary {
         }
         if cfg.mode == Mode::Fork {
             spawn::ensure_single_threaded()?;
+        }
+        if cfg.node_channel.is_some() && cfg.mode != Mode::Exec {
+            return fail(Code::Inval, "Node's channel needs EXEC mode (the workers are Node programs)");
+        }
+        let mut cfg = cfg;
+        if cfg.node_channel.is_some() {
+            // Node's worker code sends no heartbeats: the watchdog would take it for stuck.
+            cfg.heartbeat_timeout_ms = 0;
         }
         let balance = balance::for_policy(cfg.policy);
         let exec_plan = match cfg.mode {
@@ -210,13 +221,17 @@ impl Primary {
             loglimit: loglimit::LogLimit::default(),
             watch: lifecycle::Watch::default(),
             fd_room: relay::FdRoom::default(),
+            node_listeners: nodeworker::NodeListeners::default(),
             _sched: None,
         };
         if p.cfg.sched_batch.unwrap_or(p.hands_off_connections()) {
             p._sched = sched::Batch::enter();
         }
         p.start_timers();
-        for _ in 0..p.cfg.effective_workers() {
+        // Node's channel: workers start only when the host forks them (node:cluster's
+        // `fork()`), each maybe with an environment of its own.
+        let initial = if p.cfg.node_channel.is_some() { 0 } else { p.cfg.effective_workers() };
+        for _ in 0..initial {
             p.request_spawn()?;
         }
         log::info!(
@@ -329,7 +344,7 @@ impl Primary {
             }
         };
         let spawned = match &self.exec_plan {
-            Some(plan) => spawn::exec_worker(plan, template, &process)?,
+            Some(plan) => spawn::exec_worker(plan, template, &process, self.cfg.node_channel)?,
             None => spawn::fork_worker(template, &process)?,
         };
         match spawned {
@@ -352,7 +367,10 @@ impl Primary {
         recovery: Option<std::os::fd::OwnedFd>,
     ) {
         let fd = channel.as_raw_fd();
-        let outbox = Arc::new(Outbox::new(channel, self.cfg.send_limits));
+        let outbox = Arc::new(match self.cfg.node_channel {
+            Some(mode) => Outbox::new_stream(channel, self.cfg.send_limits, mode),
+            None => Outbox::new(channel, self.cfg.send_limits),
+        });
         // Its exit is watched first, and whatever becomes of the channel: a worker whose
         // channel cannot be watched is killed below, and must still be reaped (a zombie left
         // in the slots would hold up the shutdown for ever). Without a watched pidfd, the reap
@@ -376,7 +394,10 @@ impl Primary {
         // Kept only where connections may go through the primary (a balancing policy: workers
         // may listen later): elsewhere it would only hide the worker's closing of its channel
         // (EOF) until it exits.
-        entry.recovery = recovery.filter(|_| self.balance.is_some());
+        entry.recovery = recovery.filter(|_| self.balance.is_some() && self.cfg.node_channel.is_none());
+        // A Node worker: its end is never read back (the primary keeps each connection until
+        // the worker's `{accepted}`), and holding it would hide the worker's closing (EOF).
+        entry.node = self.cfg.node_channel.map(|mode| Box::new(nodeworker::NodeSlot::new(mode, self.cfg.max_message)));
         self.slots.insert(id, entry);
         self.worker_started(id);
         log::info!("worker {id} started, pid {pid}");
@@ -506,6 +527,10 @@ impl Primary {
         }
         slot.disconnect_requested = true;
         slot.state = WorkerState::Disconnecting;
+        if slot.node.is_some() {
+            self.node_disconnect(id);
+            return Ok(());
+        }
         slot.outbox.push(Frame::control(Kind::Shutdown, Vec::new())).map(drop).or_else(|e| match e.code {
             Code::Closed => Ok(()),
             _ => Err(e),

@@ -13,10 +13,15 @@ use std::os::unix::ffi::OsStrExt;
 
 use crate::config::WorkerProcess;
 use crate::error::{fail, Code, Error, Result};
+use crate::ipc::nodechan::Serialization;
 use crate::net::activation;
 use crate::signals;
 use crate::sys::{self, owned};
 use crate::worker::env::{self, WorkerEnv};
+
+/// The variables Node's channel is set up from: never inherited from the primary's own
+/// environment, only set for a Node worker.
+const NODE_VARS: [&str; 3] = ["NODE_CHANNEL_FD", "NODE_UNIQUE_ID", "NODE_CHANNEL_SERIALIZATION_MODE"];
 
 /// What a spawn left in this process.
 pub enum Spawned {
@@ -163,9 +168,23 @@ fn cstring(s: &OsStr) -> Result<CString> {
 /// child reports a failure by writing it into memory the two share. Nothing waits for an EOF
 /// on a pipe, so another fork of this process (a host thread that forks without exec, and so
 /// holds every descriptor open at that moment) cannot hold a start up.
-pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv, process: &WorkerProcess) -> Result<Spawned> {
+///
+/// With `node` the worker is a Node program started as `child_process.fork()` starts one: on
+/// Node's channel (a stream socket named by `NODE_CHANNEL_FD`, `NODE_UNIQUE_ID` making it a
+/// cluster worker), without rcluster's variables, and without the parent-death signal: when
+/// the primary dies its channel closes, and Node's worker code exits by itself (running its
+/// `'exit'` handlers), as under node:cluster.
+pub fn exec_worker(
+    plan: &ExecPlan,
+    template: WorkerEnv,
+    process: &WorkerProcess,
+    node: Option<Serialization>,
+) -> Result<Spawned> {
     let setup = Setup::new(process)?;
-    let (ours, theirs) = sys::seqpacket_pair()?;
+    let (ours, theirs) = match node {
+        Some(_) => crate::ipc::nodechan::stream::pair()?,
+        None => sys::seqpacket_pair()?,
+    };
     sys::grow_sndbuf(&ours, 1 << 20);
     sys::grow_sndbuf(&theirs, 1 << 20);
     let parent = sys::getpid();
@@ -180,8 +199,22 @@ pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv, process: &WorkerProcess
     let mut envp: Vec<CString> =
         plan.base_env.iter().filter(|c| !key(c).is_some_and(|k| overridden.contains(&k))).cloned().collect();
     envp.extend(process.env.iter().cloned());
-    for (k, v) in we.to_env(parent) {
-        envp.push(CString::new(format!("{k}={v}")).expect("no NUL in our variables"));
+    match node {
+        Some(mode) => {
+            envp.retain(|c| !key(c).is_some_and(|k| NODE_VARS.iter().any(|n| n.as_bytes() == k)));
+            for (k, v) in [
+                ("NODE_CHANNEL_FD", theirs.as_raw_fd().to_string()),
+                ("NODE_UNIQUE_ID", we.id.to_string()),
+                ("NODE_CHANNEL_SERIALIZATION_MODE", mode.name().to_string()),
+            ] {
+                envp.push(CString::new(format!("{k}={v}")).expect("no NUL in our variables"));
+            }
+        }
+        None => {
+            for (k, v) in we.to_env(parent) {
+                envp.push(CString::new(format!("{k}={v}")).expect("no NUL in our variables"));
+            }
+        }
     }
     let mut env_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
     env_ptrs.push(std::ptr::null());
@@ -196,6 +229,7 @@ pub fn exec_worker(plan: &ExecPlan, template: WorkerEnv, process: &WorkerProcess
         path: plan.path.as_ptr(),
         argv: argv_ptrs.as_ptr(),
         envp: env_ptrs.as_ptr(),
+        die_with_parent: node.is_none(),
         failure: [0; 2],
     };
     sys::flush_stdio();
@@ -243,6 +277,8 @@ struct ExecChild<'a> {
     path: *const libc::c_char,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
+    /// Set PR_SET_PDEATHSIG (rcluster workers; Node workers leave when their channel closes).
+    die_with_parent: bool,
     /// (Stage, errno) when the child failed before or at exec; zeros when it exec'd.
     failure: [libc::c_int; 2],
 }
@@ -255,7 +291,9 @@ extern "C" fn exec_child(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the ExecChild that exec_worker keeps alive until this child is gone.
     let c = unsafe { &mut *arg.cast::<ExecChild<'_>>() };
     reset_signal_handlers();
-    die_with_parent(c.parent);
+    if c.die_with_parent {
+        die_with_parent(c.parent);
+    }
     super::sched::reset_in_child();
     // SAFETY: system calls on integers and on the NUL-terminated arrays prepared before the
     // clone, which the suspended parent keeps alive.
@@ -271,7 +309,9 @@ extern "C" fn exec_child(arg: *mut libc::c_void) -> libc::c_int {
             Err((stage, errno)) => [stage as libc::c_int, errno],
             Ok(()) => {
                 // Changing the uid or gid clears the parent-death signal: set it again.
-                die_with_parent(c.parent);
+                if c.die_with_parent {
+                    die_with_parent(c.parent);
+                }
                 libc::execve(c.path, c.argv, c.envp);
                 [Stage::Exec as libc::c_int, *libc::__errno_location()]
             }

@@ -218,6 +218,9 @@ impl Primary {
     }
 
     fn on_readable(&mut self, id: u32) {
+        if self.slots.get(&id).is_some_and(|s| s.node.is_some()) {
+            return self.on_node_readable(id);
+        }
         let mut bytes = 0;
         for _ in 0..FRAMES_PER_TURN {
             if bytes >= BYTES_PER_TURN {
@@ -281,7 +284,7 @@ impl Primary {
         }
     }
 
-    fn on_frame(&mut self, id: u32, mut frame: Incoming) {
+    pub(super) fn on_frame(&mut self, id: u32, mut frame: Incoming) {
         let Some(slot) = self.slots.get_mut(&id) else { return };
         slot.last_heard_ms = sys::monotonic_ms();
         match frame.header.kind {
@@ -369,7 +372,7 @@ impl Primary {
 
     /// ACK or NACK of `ids` by worker `id`; a NACK may give back their fds (`returned`, one
     /// per id, in order), which the primary needs when it let go of its copies.
-    fn on_ack(&mut self, id: u32, ack: bool, ids: &[u64], returned: Vec<OwnedFd>) {
+    pub(super) fn on_ack(&mut self, id: u32, ack: bool, ids: &[u64], returned: Vec<OwnedFd>) {
         let mut unknown = 0usize;
         let mut refused_fds = 0usize;
         let mut returned = returned.into_iter();

@@ -123,6 +123,8 @@ pub struct Slot {
     pub send_retry: bool,
     /// When that was last logged, monotonic ms.
     pub send_retry_logged_ms: u64,
+    /// A Node worker on Node's own channel (`nodeworker`): its receive state.
+    pub node: Option<Box<super::nodeworker::NodeSlot>>,
 }
 
 impl Slot {
@@ -172,6 +174,7 @@ impl Slot {
             pressure_reports: 0,
             send_retry: false,
             send_retry_logged_ms: 0,
+            node: None,
         }
     }
 

@@ -752,6 +752,8 @@ static int32_t apply_op(napi_env env, cluster_config *cfg, napi_value op, char *
             rc = CALL(cluster_config_set_send_queue(cfg, (size_t)q[0], (size_t)q[1]));
     } else if (!strcmp(name, "manual_ready")) {
         if (get_bool(env, a[1], &b)) rc = CALL(cluster_config_set_manual_ready(cfg, b));
+    } else if (!strcmp(name, "channel")) {
+        if (U(1)) rc = CALL(cluster_config_set_channel(cfg, u[0]));
     } else if (!strcmp(name, "sched_batch")) {
         if (get_bool(env, a[1], &b)) rc = CALL(cluster_config_set_sched_batch(cfg, b));
     } else if (!strcmp(name, "restart")) {
@@ -905,10 +907,32 @@ static napi_value js_worker_id(napi_env env, napi_callback_info info) {
     return make_int(env, cluster_worker_id());
 }
 
+/* fork([envArray]): with an array of "NAME=value" strings, that worker's extra environment. */
 static napi_value js_fork(napi_env env, napi_callback_info info) {
-    (void)info;
+    size_t argc = 1;
+    napi_value argv[1];
     if (!owner(env)) return NULL;
-    return rc_result(env, cluster_fork());
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+    bool is_array = false;
+    if (argc < 1 || napi_is_array(env, argv[0], &is_array) != napi_ok || !is_array) return rc_result(env, cluster_fork());
+    uint32_t n = 0;
+    if (napi_get_array_length(env, argv[0], &n) != napi_ok) return NULL;
+    char **vars = calloc(n ? n : 1, sizeof *vars);
+    if (!vars) return throw_rc(env, CLUSTER_E_SYS, "rcluster: out of memory");
+    int32_t rc = CLUSTER_OK;
+    uint32_t got = 0;
+    for (; got < n; got++) {
+        napi_value item;
+        if (napi_get_element(env, argv[0], got, &item) != napi_ok || !(vars[got] = get_cstr(env, item))) {
+            rc = CLUSTER_E_INVAL;
+            break;
+        }
+    }
+    if (rc == CLUSTER_OK) rc = cluster_fork_env((const char *const *)vars, n);
+    for (uint32_t i = 0; i < got; i++) free(vars[i]);
+    free(vars);
+    if (rc == CLUSTER_E_INVAL && got < n) return throw_type(env, "fork(env): an array of NAME=value strings");
+    return rc_result(env, rc);
 }
 
 static napi_value js_workers(napi_env env, napi_callback_info info) {
@@ -1330,6 +1354,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
     C(CLUSTER_MODE_FORK); C(CLUSTER_MODE_EXEC);
     C(CLUSTER_POLICY_ROUND_ROBIN); C(CLUSTER_POLICY_LEAST_CONNECTIONS); C(CLUSTER_POLICY_STICKY);
     C(CLUSTER_POLICY_SHARED); C(CLUSTER_POLICY_REUSEPORT);
+    C(CLUSTER_CHANNEL_RCLUSTER); C(CLUSTER_CHANNEL_NODE_JSON); C(CLUSTER_CHANNEL_NODE_ADVANCED);
     C(CLUSTER_EVENT_FORK); C(CLUSTER_EVENT_ONLINE); C(CLUSTER_EVENT_READY); C(CLUSTER_EVENT_MESSAGE);
     C(CLUSTER_EVENT_DISCONNECT); C(CLUSTER_EVENT_EXIT); C(CLUSTER_EVENT_CONNECTION); C(CLUSTER_EVENT_SHUTDOWN);
     C(CLUSTER_EVENT_DRAIN); C(CLUSTER_EVENT_ERROR); C(CLUSTER_EVENT_SLOT_FAILED); C(CLUSTER_EVENT_RELOADED);

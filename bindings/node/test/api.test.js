@@ -7,6 +7,8 @@ const net = require('node:net');
 const path = require('node:path');
 const { once } = require('node:events');
 const { Worker: Thread } = require('node:worker_threads');
+// These tests drive rcluster's own channel (the Node-channel primary is tested in node_*.test.js).
+process.env.RCLUSTER_CHANNEL = 'rcluster';
 const cluster = require('..');
 const { waitGone } = require('../fixtures/harness');
 

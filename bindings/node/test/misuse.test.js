@@ -12,6 +12,8 @@ const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const { once } = require('node:events');
+// These tests drive rcluster's own channel (the Node-channel primary is tested in node_*.test.js).
+process.env.RCLUSTER_CHANNEL = 'rcluster';
 const cluster = require('..');
 const native = require('../lib/native');
 const { outcome, fuzzNative } = require('../fixtures/outcome');
