@@ -13,7 +13,8 @@
  *   maximum size, all holes: no page paid for), non-memfd or missing fd,
  *   fds on frames that take none (Hello, Heartbeat, Ack, Batch, a Message announcing none),
  *   too many fds (200, and 253 which the kernel truncates), kinds only the primary sends
- *   (NewConn, Shutdown), bad batches, malformed Ack/ConnDone. Per case: one
+ *   (NewConn, Shutdown), bad batches, malformed Ack/ConnDone, listen requests sent one after
+ *   another without reading the answers (listen-flood). Per case: one
  *   ERROR naming the worker and the reason; EXIT by SIGKILL, not "after disconnect"; nothing
  *   it sent after the bad frame is delivered; its replacement (restart on, 10 ms backoff) is
  *   READY, counts one more restart of the slot, and answers; worker 2 answers a message, and a
@@ -122,7 +123,7 @@ static void send_huge(void) {
  * reserved u16, from u32, to u32, aux u64, len u64, all little-endian. */
 #define HDR 32
 enum { K_HELLO = 1, K_READY, K_MESSAGE, K_NEWCONN, K_ACK, K_NACK, K_SHUTDOWN, K_BYE, K_HEARTBEAT,
-       K_UNDELIVERABLE, K_CONNDONE, K_BATCH, K_FDPRESSURE };
+       K_UNDELIVERABLE, K_CONNDONE, K_BATCH, K_FDPRESSURE, K_LISTEN };
 #define F_BIG 1
 #define F_FD 2
 #define TO_ALL 0xFFFFFFFFu /* `to` of a broadcast */
@@ -361,6 +362,23 @@ static void send_bad(const char *name) {
         b[HDR] = bad ? 7 : 1;
         b[HDR + 1] = 0;
         len = HDR + (bad ? 2 : 1);
+    } else if (!strcmp(name, "listen-flood")) {
+        /* Listen requests for 127.0.0.1:0, one after another, never reading an answer (the
+         * library asks once and waits): the primary must not queue answers without end. It
+         * drops us, and the channel closes under the loop. */
+        static const char ip[] = "127.0.0.1";
+        int sent = 0, err = 0;
+        for (; sent < 200000; sent++) {
+            header(b, K_LISTEN, 0, 0, 0, 3 + sizeof ip - 1);
+            le64(b + 16, (uint64_t)sent + 1);
+            b[HDR] = 0;
+            le16(b + HDR + 1, 0);
+            memcpy(b + HDR + 3, ip, sizeof ip - 1);
+            if ((err = raw_sendmsg(b, HDR + 3 + sizeof ip - 1, NULL, 0, 5000)) != 0) break;
+        }
+        fprintf(stderr, "[worker %u] sent %d listen requests (%s)\n", cluster_worker_id(), sent, err ? strerror(err) : "all");
+        reply("sent %s", name);
+        return;
     } else if (!strcmp(name, "ack-unknown") || !strcmp(name, "nack-unknown")) {
         header(b, !strcmp(name, "ack-unknown") ? K_ACK : K_NACK, 0, 0, 0, 16);
         le64(b + HDR, 1ull << 40);
@@ -888,6 +906,7 @@ static const struct bad_frame {
     {"nack-unknown-fds", NULL, 1},
     {"pressure-malformed", "malformed FdPressure", 1},
     {"pressure", NULL, 1},
+    {"listen-flood", "a listen request before it read the answer to the previous one", 1},
 };
 
 #define MAXW 64
@@ -1052,8 +1071,10 @@ static uint32_t conn_check(int port) {
 
 /* Turns the loop until the primary holds `want` fds again (at most 3 s; want < 0: just a few
  * turns); returns the count. */
+/* Turns the loop until the primary holds `want` fds (at most 8 s: a listener a dropped worker
+ * listened on waits 5 s after its replacement's READY for it to listen again). */
 static int settle_fds(int want) {
-    long long end = now_ms() + 3000;
+    long long end = now_ms() + 8000;
     while (want >= 0 && count_fds(0) != want && now_ms() < end) cluster_dispatch(20);
     for (int i = 0; i < 3; i++) cluster_dispatch(10);
     return count_fds(0);

@@ -156,6 +156,11 @@ fn every_kind_of_bad_frame_drops_only_that_worker_which_is_replaced_and_no_fd_le
 /// the primary takes it for an EOF (DISCONNECT), never kills it (the watchdog skips closed
 /// channels) and never replaces it, so the slot holds a live process that serves nothing.
 #[test]
+fn a_worker_flooding_listen_requests_is_dropped_before_the_primary_queues_much() {
+    run_c("hostile", &["frames", "listen-flood"], Duration::from_secs(60));
+}
+
+#[test]
 fn a_worker_that_closes_its_channel_but_lives_on_is_killed_and_replaced() {
     run_c("hostile", &["frames", "empty", "eof"], Duration::from_secs(60));
 }

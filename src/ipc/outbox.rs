@@ -677,6 +677,12 @@ impl Outbox {
         }
         q.frames.len() + usize::from(!q.partial.is_empty())
     }
+
+    /// Queued frames of `kind` that answer a request (a non-zero request id in `aux`): an
+    /// answer the peer has not been sent yet, so it cannot have read it.
+    pub fn queued_answers(&self, kind: Kind) -> usize {
+        self.lock().frames.iter().filter(|f| f.header.kind == kind && f.header.aux != 0).count()
+    }
 }
 
 #[cfg(test)]

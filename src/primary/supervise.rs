@@ -351,6 +351,12 @@ impl Primary {
                 }
                 _ => self.drop_worker(id, "malformed FdPressure"),
             },
+            // The library asks once and waits for the answer: a worker whose previous answer
+            // has not even left the queue is flooding (each answer is queued memory, and under
+            // SHARED an fd).
+            Kind::Listen if slot.outbox.queued_answers(Kind::Listening) > 0 => {
+                self.drop_worker(id, "a listen request before it read the answer to the previous one")
+            }
             Kind::Listen => match ListenKey::decode(&frame.payload) {
                 Ok(key) => self.on_listen(id, frame.header.aux, key),
                 Err(e) => self.drop_worker(id, &format!("malformed Listen: {e}")),
