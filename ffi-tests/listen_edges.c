@@ -19,6 +19,11 @@
  *   churn      a worker listens on a new address and unlistens it, 300 times, while another worker
  *              is starting (never READY): each listener closes at its unlisten, so none of the
  *              300 is refused and the primary holds no more fds at the end than at the start.
+ *   sticky     STICKY: workers 1 and 2 listen on one address, worker 3 does not (it has room,
+ *              so the cluster has capacity). The clients' address hashes to worker 2, which
+ *              sleeps 4 s in its first connection: connections wait for it in the primary, and
+ *              the primary's loop must not spin meanwhile (a listener polled while its workers
+ *              have no room beyond what already waits would wake it every turn for nothing).
  * The primary's loop runs in this process; clients run in forked children or here. */
 #include "harness.h"
 #include "load.h"
@@ -41,7 +46,13 @@ static void report(const char *line) { OK(cluster_send(0, (const uint8_t *)line,
 static void on_worker(void *ud, const cluster_event *ev) {
     (void)ud;
     char line[160];
-    if (ev->kind == CLUSTER_EVENT_CONNECTION) {
+    static int slept;
+    if (ev->kind == CLUSTER_EVENT_CONNECTION && !strcmp(which, "sticky") && cluster_worker_id() == 2 && !slept++) {
+        struct timespec ts = {.tv_sec = 4, .tv_nsec = 0};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        }
+        close(ev->fd);
+    } else if (ev->kind == CLUSTER_EVENT_CONNECTION) {
         http_answer(ev->fd);
     } else if (ev->kind == CLUSTER_EVENT_MESSAGE && ev->len == 4 && !memcmp(ev->data, "ping", 4)) {
         report("pong");
@@ -66,8 +77,12 @@ static int worker_main(void *ud) {
         tcp_index = OK(cluster_listen_tcp("127.0.0.1", 0));
         snprintf(line, sizeof line, "listened %d %d", tcp_index, OK(cluster_local_port((uint32_t)tcp_index)));
         report(line);
-    } else if (!strcmp(which, "merge") || !strcmp(which, "starve")) {
-        if (me != 2) { /* worker 1, and its replacement */
+    } else if (!strcmp(which, "merge") || !strcmp(which, "starve") || !strcmp(which, "sticky")) {
+        if (!strcmp(which, "sticky") && me == 3) {
+            report("idle");
+            return cluster_run() == 0 ? 0 : 3;
+        }
+        if (me != 2 || !strcmp(which, "sticky")) { /* worker 1, and its replacement (sticky: 1 and 2) */
             tcp_index = OK(cluster_listen_tcp("127.0.0.1", 0));
             snprintf(line, sizeof line, "listened %d %d", tcp_index, OK(cluster_local_port((uint32_t)tcp_index)));
             report(line);
@@ -178,7 +193,10 @@ static void start_cluster(uint32_t n, bool port0, bool manual_ready, uint32_t ba
     OK(cluster_config_set_workers(cfg, n));
     OK(cluster_config_set_signals(cfg, false));
     OK(cluster_config_set_worker_main(cfg, worker_main, NULL));
-    OK(cluster_config_set_policy(cfg, strcmp(policy_name, "shared") ? CLUSTER_POLICY_ROUND_ROBIN : CLUSTER_POLICY_SHARED));
+    cluster_policy policy = CLUSTER_POLICY_ROUND_ROBIN;
+    if (!strcmp(policy_name, "shared")) policy = CLUSTER_POLICY_SHARED;
+    if (!strcmp(policy_name, "sticky")) policy = CLUSTER_POLICY_STICKY;
+    OK(cluster_config_set_policy(cfg, policy));
     if (port0) CHECK(OK(cluster_config_listen_tcp(cfg, "127.0.0.1", 0)) == 0, "the config's listener is index 0");
     if (manual_ready) OK(cluster_config_set_manual_ready(cfg, true));
     if (backoff_ms) {
@@ -365,6 +383,36 @@ static void case_churn(void) {
     stop_cluster();
 }
 
+static void case_sticky(void) {
+    policy_name = "sticky";
+    start_cluster(3, true, false, 0, true);
+    dispatch_while(&port_of[1], 0, 15000, "worker 1's listen");
+    dispatch_while(&port_of[2], 0, 15000, "worker 2's listen");
+    dispatch_while(&idles, 0, 15000, "worker 3's start");
+    int port = port_of[1];
+    CHECK(port_of[2] == port, "workers 1 and 2 share port %d (%d)", port, port_of[2]);
+    /* 127.0.0.1 hashes to slot 1 of 3 (worker 2): it takes the first and sleeps on it; the
+     * rest wait for it. */
+    static int held[200];
+    for (int i = 0; i < 200; i++) {
+        held[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        CHECK(connect(held[i], (struct sockaddr *)&a, sizeof a) == 0 || errno == EINPROGRESS, "connect %d", i);
+    }
+    /* Three seconds of worker 2 asleep: count the loop's turns (each waits up to 100 ms). */
+    long turns = 0;
+    long long t0 = now_ms();
+    while (now_ms() - t0 < 3000) {
+        cluster_dispatch(100);
+        turns++;
+    }
+    printf("listen_edges sticky: %ld loop turns in 3 s while the sticky worker slept\n", turns);
+    CHECK(turns < 600, "the primary's loop spun: %ld turns in 3 s", turns);
+    for (int i = 0; i < 200; i++) close(held[i]);
+    stop_cluster();
+}
+
 int main(int argc, char **argv) {
     CHECK(argc >= 2, "usage: listen_edges <case> [rr|shared]");
     which = argv[1];
@@ -377,6 +425,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(which, "backlog")) case_backlog();
     else if (!strcmp(which, "wake")) case_wake();
     else if (!strcmp(which, "churn")) case_churn();
+    else if (!strcmp(which, "sticky")) case_sticky();
     else FAIL("unknown case %s", which);
     return 0;
 }

@@ -579,6 +579,11 @@ fn a_message_that_arrives_during_a_listen_is_delivered_without_other_traffic() {
 }
 
 #[test]
+fn connections_waiting_for_a_busy_sticky_worker_do_not_make_the_primary_spin() {
+    run_c("listen_edges", &["sticky"], Duration::from_secs(60));
+}
+
+#[test]
 fn a_worker_listening_and_unlistening_in_a_loop_leaves_no_listener_open() {
     run_c("listen_edges", &["churn"], Duration::from_secs(90));
 }

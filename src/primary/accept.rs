@@ -349,9 +349,21 @@ impl Primary {
         let running = self.balance.is_some() && self.phase == Phase::Running && !self.accept_paused;
         let room = if running && !self.listeners.is_empty() { self.capacity() } else { 0 };
         let window = self.cfg.window;
+        // Connections already waiting for the workers of one listener take their room first.
+        let mut queued: BTreeMap<u32, usize> = BTreeMap::new();
+        if room > 0 && self.listeners.iter().any(|(_, e)| e.members.is_some()) {
+            for c in &self.handoff.waiting {
+                *queued.entry(c.listener).or_default() += 1;
+            }
+        }
         for (index, e) in self.listeners.iter_mut() {
-            // A listener of workers that listen: only while one of them has room.
-            let want = room > 0 && e.members.as_ref().is_none_or(|m| Self::members_room(&self.slots, m, window) > 0);
+            // A listener of workers that listen: only while they have room for more than what
+            // already waits for them (as `accept_from` counts: otherwise the loop would wake for
+            // a listener it then accepts nothing from, turn after turn).
+            let want = room > 0
+                && e.members.as_ref().is_none_or(|m| {
+                    Self::members_room(&self.slots, m, window) > queued.get(&index).copied().unwrap_or(0)
+                });
             if want == e.polled {
                 continue;
             }
