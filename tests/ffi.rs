@@ -589,6 +589,16 @@ fn a_worker_listening_and_unlistening_in_a_loop_leaves_no_listener_open() {
 }
 
 #[test]
+fn reload_under_load_with_workers_that_listen_fails_nothing_shared() {
+    run_c("worker_listen", &["reload", "fork", "shared"], Duration::from_secs(60));
+}
+
+#[test]
+fn a_respawned_worker_listens_again_and_the_port_waits_for_it_shared() {
+    run_c("worker_listen", &["respawn", "fork", "shared"], Duration::from_secs(60));
+}
+
+#[test]
 fn a_worker_unlistening_a_shared_socket_under_load_loses_nothing() {
     run_c("worker_listen", &["unlisten", "fork", "shared"], Duration::from_secs(60));
 }

@@ -419,7 +419,10 @@ impl Primary {
                 indexed
                     .filter_map(|(i, l)| match &l.spec {
                         crate::config::ListenSpec::Tcp { addr, .. } => {
-                            Some((i, std::net::SocketAddr::new(addr.ip(), l.port)))
+                            // A copy of the address, so an IPv6 scope id stays.
+                            let mut bound = *addr;
+                            bound.set_port(l.port);
+                            Some((i, bound))
                         }
                         _ => None,
                     })

@@ -417,26 +417,35 @@ impl Worker {
             return;
         }
         let Some((_, fd)) = self.listeners.iter().find(|(i, _)| *i == index) else { return };
-        for _ in 0..ACCEPT_BATCH {
-            match listener::accept(fd) {
-                Ok(Some(a)) => self.events.push(Event {
-                    fd: Some(a.fd),
-                    listener: index,
-                    peer: a.peer,
-                    ..Event::new(EventKind::Connection, self.env.id)
-                }),
-                Ok(None) => break,
-                Err(e) => {
-                    log::error!("worker {}: accept on listener {index}: {e}", self.env.id);
-                    break;
-                }
+        accept_into(&mut self.events, self.env.id, index, fd, ACCEPT_BATCH);
+    }
+
+    /// Whether listener `index`'s socket here is this worker's own SO_REUSEPORT socket, whose
+    /// queue the kernel resets when it closes (a SHARED socket is the primary's: what waits
+    /// there stays for the other workers).
+    fn owns_queue(&self, index: u32) -> bool {
+        matches!(self.env.accept, AcceptFrom::ReusePort(_)) || self.opened.get(&index).is_some_and(|o| o.reuseport)
+    }
+
+    /// Before closing an own REUSEPORT socket: takes what waits in its queue (at most
+    /// `UNLISTEN_DRAIN_MAX`: under load it never empties), which this worker then serves.
+    fn drain_own_queue(&mut self, index: u32, fd: &OwnedFd) {
+        if self.owns_queue(index) {
+            let taken = accept_into(&mut self.events, self.env.id, index, fd, UNLISTEN_DRAIN_MAX);
+            if taken > 0 {
+                log::debug!(
+                    "worker {}: took {taken} connection(s) queued on listener {index} before closing it",
+                    self.env.id
+                );
             }
         }
     }
 
-    /// Stops accepting by itself (SHARED/REUSEPORT): closes this worker's listening sockets.
+    /// Stops accepting by itself (SHARED/REUSEPORT): closes this worker's listening sockets,
+    /// its own REUSEPORT ones once what waits in them is taken.
     fn close_listeners(&mut self) {
-        for (_, fd) in self.listeners.drain(..) {
+        for (index, fd) in std::mem::take(&mut self.listeners) {
+            self.drain_own_queue(index, &fd);
             self.reactor.remove(std::os::fd::AsRawFd::as_raw_fd(&fd));
         }
     }
@@ -742,29 +751,15 @@ impl Worker {
             }
             Some(_) => {}
         }
-        let opened = self.opened.remove(&index);
-        self.unlistened.insert(index);
         if let Some(pos) = self.listeners.iter().position(|(i, _)| *i == index) {
-            // A REUSEPORT socket's queue dies with it: take what waits there first (bounded:
-            // under load it never empties). A SHARED socket is the primary's: what waits there
-            // stays for the other workers.
-            if opened.is_some_and(|o| o.reuseport) {
-                let mut taken = 0;
-                while taken < UNLISTEN_DRAIN_MAX
-                    && self.phase == Phase::Running
-                    && sys::readable_now(&self.listeners[pos].1)
-                {
-                    let before = self.events.len();
-                    self.accept_from(index);
-                    if self.events.len() == before {
-                        break;
-                    }
-                    taken += self.events.len() - before;
-                }
-            }
             let (_, fd) = self.listeners.remove(pos);
+            if self.phase == Phase::Running {
+                self.drain_own_queue(index, &fd);
+            }
             self.reactor.remove(fd.as_raw_fd());
         }
+        self.opened.remove(&index);
+        self.unlistened.insert(index);
         self.send_unlisten(index);
         Ok(())
     }
@@ -806,6 +801,27 @@ impl Worker {
             self.events.push(Event::new(EventKind::Disconnect, 0));
         }
     }
+}
+
+/// Accepts up to `max` connections waiting on `fd` (listener `index` of worker `id`) as
+/// CONNECTION events; returns how many.
+fn accept_into(events: &mut Vec<Event>, id: u32, index: u32, fd: &OwnedFd, max: usize) -> usize {
+    for taken in 0..max {
+        match listener::accept(fd) {
+            Ok(Some(a)) => events.push(Event {
+                fd: Some(a.fd),
+                listener: index,
+                peer: a.peer,
+                ..Event::new(EventKind::Connection, id)
+            }),
+            Ok(None) => return taken,
+            Err(e) => {
+                log::error!("worker {id}: accept on listener {index}: {e}");
+                return taken;
+            }
+        }
+    }
+    max
 }
 
 /// The lowest fd number not in use now (where the next fd will go).
