@@ -24,11 +24,20 @@
  *              sleeps 4 s in its first connection: connections wait for it in the primary, and
  *              the primary's loop must not spin meanwhile (a listener polled while its workers
  *              have no room beyond what already waits would wake it every turn for nothing).
+ *   lowfd      the primary runs with a soft RLIMIT_NOFILE of 96; one worker asks for 80 unix
+ *              paths: the primary binds some, then refuses the rest ("short of fds"), keeping
+ *              fds for its own work: cluster_fork() still starts a worker that becomes READY.
+ *   paths      a relative unix path is the worker's (resolved in its working directory, not
+ *              the primary's); the config's unix socket asked for through a symlinked
+ *              directory is that listener (LISTENING once for the worker, and no connection
+ *              from a probe of our own socket reaches anyone).
  * The primary's loop runs in this process; clients run in forked children or here. */
 #include "harness.h"
 #include "load.h"
 
 #include <poll.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 #define MAX_IDS 16
@@ -108,6 +117,29 @@ static int worker_main(void *ud) {
             if (n <= 0) return 4;
             if (cluster_dispatch(0) < 0) return 0;
         }
+    } else if (!strcmp(which, "lowfd")) {
+        int ok = 0, refused = 0, other = 0;
+        char why[120] = "";
+        for (int i = 0; i < 80; i++) {
+            char path[108];
+            snprintf(path, sizeof path, "%.90s.%d", unix_path, i);
+            int rc = cluster_listen_unix(path);
+            if (rc >= 0) ok++;
+            else if (strstr(cluster_last_error(), "short of fds")) refused++, snprintf(why, sizeof why, "%s", cluster_last_error());
+            else other++, snprintf(why, sizeof why, "%s", cluster_last_error());
+        }
+        snprintf(line, sizeof line, "lowfd %d %d %d %.100s", ok, refused, other, why);
+        report(line);
+    } else if (!strcmp(which, "paths")) {
+        char dir[108];
+        snprintf(dir, sizeof dir, "%.90s.w", unix_path);
+        CHECK(chdir(dir) == 0, "chdir %s: %s", dir, strerror(errno));
+        int rel = OK(cluster_listen_unix("rel.sock"));
+        char linked[108];
+        snprintf(linked, sizeof linked, "%.90s.l/p.sock", unix_path);
+        int cfg = OK(cluster_listen_unix(linked));
+        snprintf(line, sizeof line, "paths %d %d", rel, cfg);
+        report(line);
     } else if (!strcmp(which, "churn")) {
         if (me != 1) return cluster_run() == 0 ? 0 : 3; /* never READY: "on its way" */
         int refused = 0, first_error = 0;
@@ -138,6 +170,8 @@ static int index_of[MAX_IDS], port_of[MAX_IDS], asked_port[MAX_IDS], asked_unlis
 static int churn_refused = -1, churn_error, backlog_rc = 1;
 static char churn_why[128], backlog_msg[256];
 static int ping_on_listening; /* "wake": answer the first LISTENING with a ping */
+static int lowfd_ok = -1, lowfd_refused, lowfd_other, paths_rel = -100, paths_cfg = -100, ready_count;
+static char lowfd_why[200], listening_text[MAX_IDS][128];
 
 static void on_primary(void *ud, const cluster_event *ev) {
     (void)ud;
@@ -153,6 +187,10 @@ static void on_primary(void *ud, const cluster_event *ev) {
         break;
     case CLUSTER_EVENT_LISTENING:
         if (listenings++ == 0 && ping_on_listening) OK(cluster_send(id, (const uint8_t *)"ping", 4));
+        snprintf(listening_text[listenings % MAX_IDS], sizeof listening_text[0], "%.120s", text);
+        break;
+    case CLUSTER_EVENT_READY:
+        ready_count++;
         break;
     case CLUSTER_EVENT_EXIT:
         exits++;
@@ -169,6 +207,11 @@ static void on_primary(void *ud, const cluster_event *ev) {
         } else if (sscanf(text, "backlog %d", &a) == 1) {
             backlog_rc = a;
             snprintf(backlog_msg, sizeof backlog_msg, "%s", strchr(strchr(text, ' ') + 1, ' ') + 1);
+        } else if (sscanf(text, "lowfd %d %d %d", &a, &b, &lowfd_other) == 3) {
+            lowfd_ok = a, lowfd_refused = b;
+            snprintf(lowfd_why, sizeof lowfd_why, "%.190s", text);
+        } else if (sscanf(text, "paths %d %d", &a, &b) == 2) {
+            paths_rel = a, paths_cfg = b;
         } else if (!strcmp(text, "pong")) {
             pongs++;
         } else if (!strcmp(text, "idle")) {
@@ -413,6 +456,68 @@ static void case_sticky(void) {
     stop_cluster();
 }
 
+static void case_lowfd(void) {
+    struct rlimit saved, low;
+    CHECK(getrlimit(RLIMIT_NOFILE, &saved) == 0, "getrlimit");
+    low = saved;
+    low.rlim_cur = 96;
+    CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0, "setrlimit: %s", strerror(errno));
+    start_cluster(1, false, false, 0, true);
+    dispatch_while(&lowfd_ok, -1, 30000, "the worker's 80 listens");
+    printf("listen_edges lowfd: %d bound, %d refused as short of fds, %d other (%s); primary fds %d of 96\n", lowfd_ok,
+           lowfd_refused, lowfd_other, lowfd_why, count_fds(getpid()));
+    CHECK(lowfd_ok > 0 && lowfd_refused > 0 && lowfd_other == 0, "%s", lowfd_why);
+    /* The primary can still start a worker. */
+    int before = ready_count;
+    OK(cluster_fork());
+    dispatch_while(&ready_count, before, 15000, "the forked worker's READY");
+    stop_cluster();
+    for (int i = 0; i < 80; i++) {
+        char path[108];
+        snprintf(path, sizeof path, "%.90s.%d", unix_path, i);
+        unlink(path);
+    }
+    /* The sanitizers open their report files at exit. */
+    CHECK(setrlimit(RLIMIT_NOFILE, &saved) == 0, "restoring the limit: %s", strerror(errno));
+}
+
+static void case_paths(void) {
+    /* The primary works in directory .p, the worker in .w; .d holds the config's socket and
+     * .l is a symlink to .d. */
+    char p[108], w[108], d[108], l[108], cfgsock[108], in_w[120], in_p[120];
+    snprintf(p, sizeof p, "%.90s.p", unix_path);
+    snprintf(w, sizeof w, "%.90s.w", unix_path);
+    snprintf(d, sizeof d, "%.90s.d", unix_path);
+    snprintf(l, sizeof l, "%.90s.l", unix_path);
+    snprintf(cfgsock, sizeof cfgsock, "%.100s/p.sock", d);
+    snprintf(in_w, sizeof in_w, "%.100s/rel.sock", w);
+    snprintf(in_p, sizeof in_p, "%.100s/rel.sock", p);
+    CHECK(mkdir(p, 0700) == 0 && mkdir(w, 0700) == 0 && mkdir(d, 0700) == 0 && symlink(d, l) == 0, "dirs: %s",
+          strerror(errno));
+    char cwd[512];
+    CHECK(getcwd(cwd, sizeof cwd) && chdir(p) == 0, "chdir");
+    cluster_config *cfg = cluster_config_new();
+    OK(cluster_config_set_workers(cfg, 1));
+    OK(cluster_config_set_signals(cfg, false));
+    OK(cluster_config_set_worker_main(cfg, worker_main, NULL));
+    CHECK(OK(cluster_config_listen_unix(cfg, cfgsock)) == 0, "the config's listener is index 0");
+    OK(cluster_primary_start(cfg, on_primary, NULL));
+    cluster_config_free(cfg);
+    dispatch_while(&paths_cfg, -100, 15000, "the worker's listens");
+    for (int i = 0; i < 10; i++) cluster_dispatch(10);
+    printf("listen_edges paths: rel.sock -> listener %d, %s -> listener %d; LISTENING %d\n", paths_rel, cfgsock,
+           paths_cfg, listenings);
+    CHECK(access(in_w, F_OK) == 0, "%s was not created", in_w);
+    CHECK(access(in_p, F_OK) != 0, "%s was created in the primary's directory", in_p);
+    CHECK(paths_cfg == 0, "the config's socket through a symlink gave listener %d", paths_cfg);
+    CHECK(listenings == 2, "%d LISTENING events, expected 2 (rel.sock, and the config's socket once)", listenings);
+    CHECK(total_stat("connections") == 0, "%ld connection(s) were handed out (a probe of our own socket?)",
+          total_stat("connections"));
+    stop_cluster();
+    CHECK(chdir(cwd) == 0, "chdir back");
+    unlink(in_w), unlink(l), rmdir(p), rmdir(w), rmdir(d);
+}
+
 int main(int argc, char **argv) {
     CHECK(argc >= 2, "usage: listen_edges <case> [rr|shared]");
     which = argv[1];
@@ -426,6 +531,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(which, "wake")) case_wake();
     else if (!strcmp(which, "churn")) case_churn();
     else if (!strcmp(which, "sticky")) case_sticky();
+    else if (!strcmp(which, "lowfd")) case_lowfd();
+    else if (!strcmp(which, "paths")) case_paths();
     else FAIL("unknown case %s", which);
     return 0;
 }

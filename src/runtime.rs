@@ -842,7 +842,8 @@ fn listen(spec: crate::config::ListenSpec) -> Result<u32> {
     if is_worker() {
         let key = match spec {
             crate::config::ListenSpec::Tcp { addr, .. } => crate::ipc::listen::ListenKey::Tcp(addr),
-            crate::config::ListenSpec::Unix { path, .. } => crate::ipc::listen::ListenKey::Unix(path),
+            // The primary binds it, in its own directory: a relative path is this worker's.
+            crate::config::ListenSpec::Unix { path, .. } => crate::ipc::listen::ListenKey::Unix(absolute(&path)?),
             crate::config::ListenSpec::Inherited { .. } => return fail(Code::Inval, "not an address to listen on"),
         };
         return with_worker(|w| w.listen(key));
@@ -852,6 +853,42 @@ fn listen(spec: crate::config::ListenSpec) -> Result<u32> {
         p.shared().wake();
         Ok(index)
     })
+}
+
+/// `path` made absolute against this process's working directory, `.` and `..` taken out
+/// lexically (as node:cluster's workers resolve a path before asking the primary); still
+/// short enough for a Unix socket address.
+fn absolute(path: &std::path::Path) -> Result<std::path::PathBuf> {
+    use std::path::Component;
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        let cwd = std::env::current_dir().map_err(|e| {
+            Error::new(Code::Sys, format!("listen unix:{}: the working directory: {e}", path.display()))
+        })?;
+        cwd.join(path)
+    };
+    let mut out = std::path::PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().len() >= 108 {
+        return fail(
+            Code::Inval,
+            format!(
+                "listen unix:{}: the absolute path {} is too long for a Unix socket",
+                path.display(),
+                out.display()
+            ),
+        );
+    }
+    Ok(out)
 }
 
 /// Worker: stops listening on `listener` (opened with `listen_*`); nothing on its way to this

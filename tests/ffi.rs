@@ -584,6 +584,16 @@ fn connections_waiting_for_a_busy_sticky_worker_do_not_make_the_primary_spin() {
 }
 
 #[test]
+fn a_worker_cannot_make_a_primary_with_few_fds_bind_until_it_cannot_fork() {
+    run_c("listen_edges", &["lowfd"], Duration::from_secs(60));
+}
+
+#[test]
+fn unix_paths_are_the_workers_and_another_spelling_of_an_open_socket_is_that_listener() {
+    run_c("listen_edges", &["paths"], Duration::from_secs(60));
+}
+
+#[test]
 fn a_worker_listening_and_unlistening_in_a_loop_leaves_no_listener_open() {
     run_c("listen_edges", &["churn"], Duration::from_secs(90));
 }

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 
 use crate::config::{ListenSpec, Policy};
 use crate::error::{fail, Code, Error, Result};
@@ -23,6 +24,8 @@ use crate::ipc::listen::{Answer, ListenKey, ANSWER_ALL_WORKERS, ANSWER_BIND_REUS
 use crate::ipc::outbox::Frame;
 use crate::net::listener::{self, Listener};
 use crate::sys;
+
+use super::fd_budget::FdBudget;
 
 use super::workers::WorkerState;
 use super::{Phase, Primary};
@@ -53,6 +56,9 @@ pub struct Entry {
     /// of them may listen again, the listener stays open with no worker (its clients wait in
     /// the backlog).
     pub awaiting: BTreeSet<u32>,
+    /// For a listener of every worker: the workers that asked for it too (each raises
+    /// LISTENING once).
+    pub asked: BTreeSet<u32>,
 }
 
 /// Who a connection on a listener may go to.
@@ -132,7 +138,10 @@ impl Listeners {
         self.next += 1;
         self.ports.insert(index, listener.port);
         let address = address_of(&listener);
-        self.entries.insert(index, Entry { listener, key, members, polled: false, address, awaiting: BTreeSet::new() });
+        self.entries.insert(
+            index,
+            Entry { listener, key, members, polled: false, address, awaiting: BTreeSet::new(), asked: BTreeSet::new() },
+        );
         Ok(index)
     }
 
@@ -158,6 +167,14 @@ impl Listeners {
             .iter()
             .find(|(_, e)| matches!(&e.listener.spec, ListenSpec::Tcp { addr: a, .. } if a.ip() == addr.ip() && e.listener.port == addr.port()))
             .map(|(i, _)| *i)
+    }
+
+    /// The open Unix listener whose socket file `path` is (by device and inode: another
+    /// spelling of its path).
+    pub fn find_socket_file(&self, path: &std::path::Path) -> Option<u32> {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        let inode = (meta.dev(), meta.ino());
+        self.entries.iter().find(|(_, e)| e.listener.unix_inode == Some(inode)).map(|(i, _)| *i)
     }
 
     /// Every listener, by index.
@@ -262,19 +279,34 @@ impl Primary {
         if self.slots.get(&id).is_none_or(|s| s.disconnect_requested || s.state == WorkerState::Disconnecting) {
             return fail(Code::State, format!("listen {what}: worker {id} is leaving"));
         }
-        if let Some(index) = self.listeners.find(key) {
+        // The key, or (a Unix path spelled another way: a symlink, `..`) the socket file of a
+        // listener that is open: that listener. Never a probe connecting to our own socket.
+        let found = self.listeners.find(key).or_else(|| match key {
+            ListenKey::Unix(path) => self.listeners.find_socket_file(path),
+            ListenKey::Tcp(_) => None,
+        });
+        if let Some(index) = found {
             let joined = match self.listeners.get(index).and_then(|e| e.members.as_ref()) {
                 Some(m) if !m.contains(&id) => {
                     self.check_held(id, &what)?;
                     true
                 }
-                _ => false,
+                Some(_) => false,
+                // Every worker's: LISTENING the first time this worker asks.
+                None => self.listeners.get(index).is_some_and(|e| !e.asked.contains(&id)),
             };
             let slot = self.slots.get(&id).map(|s| s.slot);
-            if let Some(e) = self.listeners.get_mut(index).filter(|e| e.members.is_some()) {
-                e.members.as_mut().expect("checked").insert(id);
-                if let Some(slot) = slot {
-                    e.awaiting.remove(&slot);
+            if let Some(e) = self.listeners.get_mut(index) {
+                match e.members.as_mut() {
+                    Some(m) => {
+                        m.insert(id);
+                        if let Some(slot) = slot {
+                            e.awaiting.remove(&slot);
+                        }
+                    }
+                    None => {
+                        e.asked.insert(id);
+                    }
                 }
             }
             return Ok((index, joined));
@@ -285,11 +317,23 @@ impl Primary {
         if owned >= MAX_WORKER_LISTENERS {
             return fail(Code::Inval, format!("listen {what}: {owned} listeners are open for workers already"));
         }
+        // A worker's listeners must not eat the fds the primary needs for its own work (a
+        // respawn, accepting for the others): none bound within twice the reserve.
+        let limit = self.fd_budget.limit();
+        if self.fd_budget.table_room() < FdBudget::reserve(limit) {
+            return fail(
+                Code::Sys,
+                format!(
+                    "listen {what}: the primary is short of fds (RLIMIT_NOFILE {limit}): no listener bound for workers"
+                ),
+            );
+        }
         let spec = match key {
             ListenKey::Tcp(addr) => ListenSpec::Tcp { host: addr.ip().to_string(), addr: *addr },
             ListenKey::Unix(path) => ListenSpec::Unix { path: path.clone(), mode: None },
         };
         let bound = listener::bind(&spec, self.cfg.backlog, self.cfg.policy == Policy::ReusePort)?;
+        self.fd_budget.took(1); // until the next count of the open fds
         let index = self.listeners.insert(bound, Some(key.clone()), Some(BTreeSet::from([id])))?;
         self.handoff_listener_added();
         Ok((index, true))
@@ -406,6 +450,7 @@ impl Primary {
             if e.members.as_mut().is_some_and(|m| m.remove(&id)) {
                 e.awaiting.insert(slot);
             }
+            e.asked.remove(&id);
         }
     }
 

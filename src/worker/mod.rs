@@ -583,8 +583,20 @@ impl Worker {
                     Err(e) => log::error!("worker {}: bad listen notice from the primary: {e}", self.env.id),
                 }
             }
-            // The answer to a listen that gave up waiting: nothing to do.
-            Kind::Listening => {}
+            // The answer to a listen that gave up waiting: the primary counts this worker in
+            // there, which the program never learnt (its listen failed): say it is not.
+            Kind::Listening => {
+                if let Ok(answer) = Answer::decode(&f.payload) {
+                    if answer.result >= 0 && !self.opened.contains_key(&(answer.result as u32)) {
+                        log::warn!(
+                            "worker {}: a late answer to a listen that timed out ({}): unlistening it",
+                            self.env.id,
+                            answer.text
+                        );
+                        self.send_unlisten(answer.result as u32);
+                    }
+                }
+            }
             Kind::Undeliverable => {
                 let to = f.header.aux as u32;
                 let sentence = if f.payload.is_empty() {
