@@ -239,7 +239,17 @@ pub struct Config {
     pub worker_process: WorkerProcess,
     /// Workers are Node programs spoken to on Node's own IPC channel (`NODE_CHANNEL_FD`) in
     /// this serialization, instead of rcluster's channel (EXEC mode only; see `ipc::nodechan`).
-    pub node_channel: Option<crate::ipc::nodechan::Serialization>,
+    pub node_channel: Option<NodeSerialization>,
+}
+
+/// How messages are encoded on a Node channel (`NODE_CHANNEL_SERIALIZATION_MODE`); the
+/// channel itself is `ipc::nodechan`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeSerialization {
+    /// `JSON.stringify` lines.
+    Json,
+    /// Length-prefixed V8 serializer output (`serialization: 'advanced'`).
+    Advanced,
 }
 
 /// Process settings applied in each worker before it runs (after the primary bound its

@@ -18,14 +18,9 @@ pub mod lines;
 pub mod stream;
 pub mod v8;
 
-/// How messages are encoded on a Node channel (`NODE_CHANNEL_SERIALIZATION_MODE`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Serialization {
-    /// `JSON.stringify` lines.
-    Json,
-    /// Length-prefixed V8 serializer output (`serialization: 'advanced'`).
-    Advanced,
-}
+/// How messages are encoded on a Node channel: the configuration's (plain data, at the
+/// bottom layer), encoded here.
+pub use crate::config::NodeSerialization as Serialization;
 
 impl Serialization {
     /// The value of `NODE_CHANNEL_SERIALIZATION_MODE`.
