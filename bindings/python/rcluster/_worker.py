@@ -117,7 +117,11 @@ class Worker(_events.Runtime):
             _lib.cdll.cluster_conn_done()
             return
         try:
-            sock = socket.socket(fileno=fd)
+            if isinstance(peer, tuple):  # TCP: say the family (no three getsockopt calls to learn it)
+                family = socket.AF_INET6 if len(peer) == 4 else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+            else:
+                sock = socket.socket(fileno=fd)
         except OSError:
             _events.close_fd(fd)
             _lib.cdll.cluster_conn_done()

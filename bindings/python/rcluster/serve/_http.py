@@ -29,6 +29,8 @@ SERVER_NAME = b"rcluster"
 REASONS: Dict[int, bytes] = {s.value: s.phrase.encode("latin-1") for s in http.HTTPStatus}
 #: Responses that never carry a body (RFC 9110 6.4.1).
 NO_BODY = frozenset({204, 304})
+#: How often the connections' timers are looked at (seconds).
+SWEEP_S = 0.25
 #: How many parsed requests may wait behind the one being answered before reading pauses.
 MAX_PIPELINE = 16
 
@@ -73,6 +75,25 @@ class Server:
         self.stopping = False
         self._date_sec = -1
         self._date = b""
+        self._sweep: Optional[asyncio.TimerHandle] = None
+
+    def start_timers(self) -> None:
+        """Starts the sweep that fires the connections' timers (every SWEEP_S: timeouts are
+        honoured to within that)."""
+        loop = asyncio.get_running_loop()
+
+        def sweep() -> None:
+            now = loop.time()
+            for conn in list(self.connections):
+                conn.check_deadline(now)
+            self._sweep = loop.call_later(SWEEP_S, sweep)
+
+        self._sweep = loop.call_later(SWEEP_S, sweep)
+
+    def stop_timers(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
 
     def date(self) -> bytes:
         """The Date header's value, computed once a second."""
@@ -195,7 +216,10 @@ class HttpConnection(asyncio.Protocol):
         self._paused_reading = False
         self._write_paused = False
         self._drain: Optional["asyncio.Future[None]"] = None
-        self._timer: Optional[asyncio.TimerHandle] = None
+        # The connection's one timer, as a deadline (loop time; 0: none) that Server's sweep
+        # checks: cheaper than an asyncio timer set and cancelled for every request.
+        self._deadline = 0.0
+        self._on_deadline: Callable[[], None] = self.close
 
     # ---- asyncio.Protocol ----
 
@@ -399,7 +423,6 @@ class HttpConnection(asyncio.Protocol):
         self.close()
 
     def _on_read_timeout(self) -> None:
-        self._timer = None
         if self.busy:
             return
         if self._in_head or self._parsing is not None:
@@ -408,13 +431,17 @@ class HttpConnection(asyncio.Protocol):
             self.close()
 
     def _set_timer(self, delay: float, fn: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self._timer = self.loop.call_later(delay, fn)
+        self._deadline = self.loop.time() + delay
+        self._on_deadline = fn
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = 0.0
+
+    def check_deadline(self, now: float) -> None:
+        """Runs the timer's action when its deadline passed (Server's sweep)."""
+        if self._deadline and now >= self._deadline:
+            self._deadline = 0.0
+            self._on_deadline()
 
     def close_if_idle(self) -> None:
         """Closes the connection when it has no request in progress (a new connection gets a

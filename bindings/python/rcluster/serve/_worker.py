@@ -82,6 +82,7 @@ async def _serve(opts: argparse.Namespace, app: Any) -> int:
 
         handler = WSGIHandler(app, opts.threads)
     server = Server(handler, limits, access_log=opts.access_log, on_closed=on_closed)
+    server.start_timers()
     factory: Callable[[], HttpConnection] = lambda: HttpConnection(server)  # noqa: E731
 
     async def adopt(sock: Any) -> None:
@@ -112,6 +113,7 @@ async def _serve(opts: argparse.Namespace, app: Any) -> int:
     finally:
         server.stop()
         await server.wait_closed(opts.graceful_timeout)
+        server.stop_timers()
         if lifespan is not None:
             await lifespan.shutdown(opts.graceful_timeout)
         await loop.run_in_executor(None, handler.close)
