@@ -462,3 +462,20 @@ def test_reload_signal_and_interface_option(served):
     s.wait_for(r"reload done", after=at)
     after = get(s.port, "/pid").body
     assert before != after  # another worker pid
+
+
+def test_preload_and_max_requests_recycle_workers_without_failures(served):
+    """--preload imports the app in the primary; --max-requests 20 replaces a worker after
+    about 20 connections, and the requests around each replacement all succeed."""
+    _need("flask")
+    s = served("-w", "1", "-b", "127.0.0.1:0", "--preload", "--max-requests", "20", "flask_app:app")
+    pids: List[bytes] = []
+    deadline = time.monotonic() + 20
+    # (the old worker serves on until its replacement is READY: a fast client sees more than
+    # 20 connections per pid)
+    while len(set(pids)) < 3 and time.monotonic() < deadline:
+        r = get(s.port, "/pid")
+        assert r.status == 200, r
+        pids.append(r.body)
+    assert len(set(pids)) >= 3, set(pids)  # at least two recycles
+    assert pids.count(pids[0]) >= 20

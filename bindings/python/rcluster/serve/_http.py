@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import http
-import socket
 import sys
 import time
 from collections import deque
@@ -229,12 +228,7 @@ class HttpConnection(asyncio.Protocol):
         self.server.connections.add(self)
         self.peer = transport.get_extra_info("peername")
         self.sockname = transport.get_extra_info("sockname")
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        # (asyncio and uvloop set TCP_NODELAY on TCP transports themselves)
         # (while the worker stops, a connection handed to it before the stop is still served:
         # its first request is answered with Connection: close)
         self._set_timer(self.limits.read_timeout, self._on_read_timeout)
