@@ -84,6 +84,10 @@ CLUSTER_POLICY_STICKY = 2
 CLUSTER_POLICY_SHARED = 3
 CLUSTER_POLICY_REUSEPORT = 4
 
+CLUSTER_CHANNEL_RCLUSTER = 0
+CLUSTER_CHANNEL_NODE_JSON = 1
+CLUSTER_CHANNEL_NODE_ADVANCED = 2
+
 CLUSTER_EVENT_FORK = 0
 CLUSTER_EVENT_ONLINE = 1
 CLUSTER_EVENT_READY = 2
@@ -205,6 +209,7 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "cluster_config_set_cwd": (I32, [CFG, c_char_p]),
     "cluster_config_add_env": (I32, [CFG, c_char_p]),
     "cluster_config_set_silent": (I32, [CFG, c_bool]),
+    "cluster_config_set_channel": (I32, [CFG, c_uint32]),  # (Node workers; declared for completeness)
     # logging
     "cluster_log_init": (I32, []),
     "cluster_set_log_callback": (I32, [LOG_CB, c_void_p]),
