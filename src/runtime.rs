@@ -762,6 +762,16 @@ pub fn worker_disconnect(id: u32) -> Result<()> {
     })
 }
 
+/// Closes the primary's end of worker `id`'s channel (Node's `subprocess.disconnect()`): the
+/// worker sees it close; a DISCONNECT event follows. The worker is not signalled.
+pub fn worker_close_channel(id: u32) -> Result<()> {
+    with_primary(|p| {
+        p.close_channel(id)?;
+        p.shared().wake();
+        Ok(())
+    })
+}
+
 /// Sets the number of workers: starts more, or stops the newest gracefully.
 pub fn scale(n: u32) -> Result<()> {
     ensure_primary_role()?;

@@ -265,6 +265,15 @@ pub extern "C" fn cluster_worker_disconnect(id: u32) -> i32 {
     guard(|| runtime::worker_disconnect(id).map(|()| 0))
 }
 
+/// Closes the primary's end of worker `id`'s channel, as Node's `subprocess.disconnect()` does:
+/// the worker sees its channel close (a Node worker then exits by itself), and a
+/// CLUSTER_EVENT_DISCONNECT follows. The worker is not signalled, and its exit is not counted
+/// as a stop on purpose. CLUSTER_E_NOWORKER for an unknown id.
+#[no_mangle]
+pub extern "C" fn cluster_worker_close_channel(id: u32) -> i32 {
+    guard(|| runtime::worker_close_channel(id).map(|()| 0))
+}
+
 /// Rolling restart of every worker, one slot at a time: the replacement starts, and the old
 /// worker drains only once the replacement is READY, so the ready count never drops. A
 /// replacement that fails aborts the reload and the old worker stays. CLUSTER_EVENT_RELOADED

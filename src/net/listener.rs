@@ -159,10 +159,12 @@ fn bind_unix(path: &Path, mode: Option<u32>, backlog: i32) -> Result<(OwnedFd, (
         }
         let meta = std::fs::symlink_metadata(path).map_err(|e| Error::sys(format!("stat {name}"), e))?;
         if !meta.file_type().is_socket() {
-            return fail(Code::Sys, format!("bind {name}: the path exists and is not a socket"));
+            let e = Error::new(Code::Sys, format!("bind {name}: the path exists and is not a socket"));
+            return Err(Error { os: Some(libc::EADDRINUSE), ..e });
         }
         if unix_server_listens(&addr) {
-            return fail(Code::Sys, format!("bind {name}: another server is listening there"));
+            let e = Error::new(Code::Sys, format!("bind {name}: another server is listening there"));
+            return Err(Error { os: Some(libc::EADDRINUSE), ..e });
         }
         log::info!("{name}: replacing a stale socket file");
         std::fs::remove_file(path).map_err(|e| Error::sys(format!("unlink stale {name}"), e))?;

@@ -543,6 +543,16 @@ impl Primary {
         Ok(())
     }
 
+    /// Closes the primary's end of worker `id`'s channel (both directions shut down, so the
+    /// worker reads EOF now); the loop then sees the channel end and reports DISCONNECT.
+    pub fn close_channel(&mut self, id: u32) -> Result<()> {
+        let slot = self.slot(id)?;
+        if slot.channel_open {
+            let _ = nix::sys::socket::shutdown(slot.outbox.fd(), nix::sys::socket::Shutdown::Both);
+        }
+        Ok(())
+    }
+
     /// Worker `id` is leaving: once nothing the primary holds no copy of is in flight to it,
     /// let go of its end of the channel, so that its closing shows as EOF even if it lingers
     /// (connections still sent to it keep the primary's copy until the ACK).

@@ -66,6 +66,9 @@ impl NodeSlot {
 pub struct NodeListeners {
     by_key: HashMap<String, u32>,
     key_of: BTreeMap<u32, String>,
+    /// dgram sockets by key, with the workers that bound them: UDP is always shared (every
+    /// worker reads the one socket), as in node:cluster.
+    udp: HashMap<String, (OwnedFd, BTreeSet<u32>)>,
 }
 
 /// A `queryServer` request, read from the worker's message.
@@ -76,9 +79,13 @@ struct Query {
     port: i64,
     /// 4, 6, or -1 (a pipe path).
     address_type: i64,
+    /// A dgram socket: "udp4" or "udp6".
+    udp: Option<String>,
     flags: u64,
     readable_all: bool,
     writable_all: bool,
+    /// `listen({ backlog })`, when given.
+    backlog: Option<i32>,
 }
 
 impl Query {
@@ -109,13 +116,15 @@ impl Query {
             address_type: address_type.as_i64().unwrap_or(0),
             flags: v.get("flags").and_then(Value::as_u64).unwrap_or(0),
             readable_all: v.get("readableAll").and_then(Value::as_bool).unwrap_or(false),
+            udp: address_type.as_str().map(str::to_string),
+            backlog: v.get("backlog").and_then(Value::as_i64).filter(|&b| b > 0).and_then(|b| i32::try_from(b).ok()),
             writable_all: v.get("writableAll").and_then(Value::as_bool).unwrap_or(false),
         };
-        if address_type.is_string() {
-            return Some(Err("dgram sockets in workers are not served by the rcluster primary yet"));
-        }
-        if fd.is_some() {
+        if fd.and_then(Value::as_i64).is_some_and(|fd| fd >= 0) {
             return Some(Err("listening on an fd in a worker is not served by the rcluster primary"));
+        }
+        if let Some(kind) = &q.udp {
+            return if kind == "udp4" || kind == "udp6" { Some(Ok(q)) } else { None };
         }
         if !matches!(q.address_type, 4 | 6 | -1) {
             return None;
@@ -163,6 +172,7 @@ impl Primary {
         let mode = node.reader.mode();
         let value = mode.decode(&body);
         let cmd = value.as_ref().and_then(|v| v.get("cmd")).and_then(Value::as_str);
+        log::trace!("worker {id}: {}", String::from_utf8_lossy(&body[..body.len().min(200)]));
         match cmd {
             Some("NODE_HANDLE_ACK") => self.node_ungate(id),
             Some("NODE_HANDLE_NACK") => {
@@ -241,6 +251,9 @@ impl Primary {
             },
             Some("close") => {
                 if let Some(key) = v.get("key").and_then(Value::as_str) {
+                    if self.node_udp_close(id, key) {
+                        return;
+                    }
                     if let Some(&index) = self.node_listeners.by_key.get(key) {
                         self.on_unlisten(id, index);
                     }
@@ -305,6 +318,9 @@ impl Primary {
         if self.slots.get(&id).is_none_or(|s| s.disconnect_requested) {
             return; // node:cluster ignores a leaving worker's requests too
         }
+        if q.udp.is_some() {
+            return self.node_udp(id, q);
+        }
         let reply = match self.node_listen(id, &q) {
             Ok(index) => {
                 let e = self.listeners.get(index).expect("just found or bound");
@@ -342,6 +358,56 @@ impl Primary {
         self.node_send(id, reply.0, reply.1);
     }
 
+    /// A dgram `bind()` in worker `id`: the shared socket for its key (bound on the first
+    /// request), sent as a `dgram.Native` handle, or the bind's error.
+    fn node_udp(&mut self, id: u32, q: Query) {
+        let fail =
+            |errno: i32| json!({"cmd": "NODE_CLUSTER", "errno": -errno, "key": q.key, "ack": q.seq, "data": null});
+        if self.phase != Phase::Running {
+            return self.node_send(id, fail(libc::ECANCELED), None);
+        }
+        let fd = match self.node_listeners.udp.get_mut(&q.key) {
+            Some((fd, members)) => {
+                members.insert(id);
+                sys::dup_cloexec(&*fd).map_err(|e| std::io::Error::from(e).raw_os_error().unwrap_or(libc::EMFILE))
+            }
+            None => match bind_udp(&q) {
+                Ok(fd) => {
+                    let dup = sys::dup_cloexec(&fd)
+                        .map_err(|e| std::io::Error::from(e).raw_os_error().unwrap_or(libc::EMFILE));
+                    self.node_listeners.udp.insert(q.key.clone(), (fd, BTreeSet::from([id])));
+                    dup
+                }
+                Err(errno) => Err(errno),
+            },
+        };
+        match fd {
+            Ok(fd) => {
+                let msg = json!({"cmd": "NODE_CLUSTER", "errno": 0, "key": q.key, "ack": q.seq, "data": null});
+                self.node_send(id, json!({"cmd": "NODE_HANDLE", "type": "dgram.Native", "msg": msg}), Some(fd));
+            }
+            Err(errno) => self.node_send(id, fail(errno), None),
+        }
+    }
+
+    /// Worker `id` no longer holds the dgram socket `key`: the last one closes it.
+    fn node_udp_close(&mut self, id: u32, key: &str) -> bool {
+        let Some((_, members)) = self.node_listeners.udp.get_mut(key) else { return false };
+        members.remove(&id);
+        if members.is_empty() {
+            self.node_listeners.udp.remove(key);
+        }
+        true
+    }
+
+    /// Worker `id`'s channel is gone: it holds no dgram socket any more.
+    pub(super) fn node_forget(&mut self, id: u32) {
+        self.node_listeners.udp.retain(|_, (_, members)| {
+            members.remove(&id);
+            !members.is_empty()
+        });
+    }
+
     /// The listener for `q`, worker `id` added to it; Err(errno) as node:cluster reports it.
     fn node_listen(&mut self, id: u32, q: &Query) -> Result<u32, i32> {
         if self.phase != Phase::Running {
@@ -359,6 +425,12 @@ impl Primary {
         }
         let bound = if q.address_type == -1 {
             let path = q.address.clone().ok_or(libc::EINVAL)?;
+            // The ~108-byte limit of socket paths: bind through the path relative to our
+            // directory when that is shorter, as node:cluster does.
+            let path = match std::env::current_dir().ok().and_then(|d| relative_to(&d, std::path::Path::new(&path))) {
+                Some(rel) if rel.as_os_str().len() < path.len() => rel.to_string_lossy().into_owned(),
+                _ => path,
+            };
             let mode = match (q.readable_all, q.writable_all) {
                 (false, false) => None,
                 (r, w) => Some(0o600 | if r { 0o044 } else { 0 } | if w { 0o022 } else { 0 }),
@@ -366,22 +438,15 @@ impl Primary {
             listener::bind(&ListenSpec::Unix { path: path.into(), mode }, self.cfg.backlog, false)
         } else {
             let port = u16::try_from(q.port).map_err(|_| libc::EINVAL)?;
-            let tcp = |ip: std::net::IpAddr| {
-                let addr = std::net::SocketAddr::new(ip, port);
-                let spec = ListenSpec::Tcp { host: ip.to_string(), addr };
-                listener::bind(&spec, self.cfg.backlog, false)
-            };
+            let v6only = q.flags & UV_TCP_IPV6ONLY != 0;
+            let backlog = q.backlog.unwrap_or(self.cfg.backlog);
             match q.address.as_deref() {
                 // No address: both stacks if IPv6 is there, else IPv4 (as node:cluster does).
-                None => {
-                    tcp(std::net::Ipv6Addr::UNSPECIFIED.into()).or_else(|_| tcp(std::net::Ipv4Addr::UNSPECIFIED.into()))
-                }
+                None => bind_tcp((std::net::Ipv6Addr::UNSPECIFIED, port).into(), false, backlog)
+                    .or_else(|_| bind_tcp((std::net::Ipv4Addr::UNSPECIFIED, port).into(), false, backlog)),
                 Some(a) => {
                     let ip: std::net::IpAddr = a.parse().map_err(|_| libc::EINVAL)?;
-                    if q.flags & UV_TCP_IPV6ONLY != 0 && ip.is_ipv6() {
-                        log::debug!("worker {id}: ipv6Only is not applied by the rcluster primary");
-                    }
-                    tcp(ip)
+                    bind_tcp((ip, port).into(), v6only, backlog)
                 }
             }
         };
@@ -459,4 +524,74 @@ impl Primary {
         }
         self.handoff.waiting.push_front(conn);
     }
+}
+
+/// `path` relative to `dir` (both absolute), with `..` as needed.
+fn relative_to(dir: &std::path::Path, path: &std::path::Path) -> Option<std::path::PathBuf> {
+    use std::path::Component;
+    if !path.is_absolute() {
+        return None;
+    }
+    let a: Vec<Component> = dir.components().collect();
+    let b: Vec<Component> = path.components().collect();
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out = std::path::PathBuf::new();
+    for _ in common..a.len() {
+        out.push("..");
+    }
+    for c in &b[common..] {
+        out.push(c.as_os_str());
+    }
+    Some(out)
+}
+
+/// A TCP listener as Node's `server.listen()` makes one: SO_REUSEADDR, and an IPv6 socket
+/// takes IPv4 too unless `v6only` (Node's `ipv6Only`).
+fn bind_tcp(addr: std::net::SocketAddr, v6only: bool, backlog: i32) -> crate::error::Result<listener::Listener> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage};
+    let what = |call: &str| format!("{call} {addr}");
+    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| crate::error::Error::sys(what("socket"), e))?;
+    let fd = sys::above_stdio(fd).map_err(|e| crate::error::Error::sys(what("fcntl"), e))?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| crate::error::Error::sys(what("setsockopt"), e))?;
+    if addr.is_ipv6() {
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &v6only)
+            .map_err(|e| crate::error::Error::sys(what("setsockopt(IPV6_V6ONLY)"), e))?;
+    }
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))
+        .map_err(|e| crate::error::Error::sys(what("bind"), e))?;
+    let backlog = Backlog::new(backlog).unwrap_or(Backlog::MAXCONN);
+    socket::listen(&fd, backlog).map_err(|e| crate::error::Error::sys(what("listen"), e))?;
+    let port = listener::bound_port(&fd).map_err(|e| crate::error::Error::sys(what("getsockname"), e))?;
+    Ok(listener::Listener { fd, spec: ListenSpec::Tcp { host: addr.ip().to_string(), addr }, port, unix_inode: None })
+}
+
+/// libuv's `UV_UDP_IPV6ONLY` and `UV_UDP_REUSEADDR` flags in a dgram `queryServer`.
+const UV_UDP_IPV6ONLY: u64 = 1;
+const UV_UDP_REUSEADDR: u64 = 4;
+
+/// A dgram socket as Node's `bind()` makes one in node:cluster's primary; Err(errno).
+fn bind_udp(q: &Query) -> Result<OwnedFd, i32> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let v6 = q.udp.as_deref() == Some("udp6");
+    let ip: std::net::IpAddr = match q.address.as_deref() {
+        Some(a) => a.parse().map_err(|_| libc::EINVAL)?,
+        None if v6 => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        None => std::net::Ipv4Addr::UNSPECIFIED.into(),
+    };
+    let port = u16::try_from(q.port).map_err(|_| libc::EINVAL)?;
+    let errno = |e: nix::errno::Errno| e as i32;
+    let family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = socket::socket(family, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
+        .map_err(errno)?;
+    let fd = sys::above_stdio(fd).map_err(errno)?;
+    if q.flags & UV_UDP_REUSEADDR != 0 {
+        socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(errno)?;
+    }
+    if ip.is_ipv6() {
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &(q.flags & UV_UDP_IPV6ONLY != 0)).map_err(errno)?;
+    }
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(std::net::SocketAddr::new(ip, port))).map_err(errno)?;
+    Ok(fd)
 }

@@ -605,6 +605,7 @@ impl Primary {
         if let Some(r) = reason {
             log::warn!("worker {id}: {r}");
         }
+        self.node_forget(id);
         let requeued = self.handoff.worker_gone(id);
         if requeued > 0 {
             log::info!("worker {id} gone with {requeued} connection(s) in flight: handing them to others");

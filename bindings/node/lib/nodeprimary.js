@@ -201,16 +201,61 @@ module.exports = function installNodePrimary(cluster, native) {
       return true;
     }
 
+    /** Sends a message as it is (internal messages included), no checks. */
+    _send(message) {
+      if (!this.connected) return false;
+      const bytes = serialization === 'advanced' ? encodeAdvanced(message) : JSON.stringify(message);
+      try {
+        native.send(this.id, -1, bytes, undefined);
+      } catch {
+        return false;
+      }
+      return true;
+    }
+
+    /** A socket of a worker's server, received with its key: counted as Node's
+     * SocketListReceive does, so that the worker's server.close() can learn when the
+     * primary's copies are closed (NODE_SOCKET_NOTIFY_CLOSE / NODE_SOCKET_GET_COUNT). */
+    _socketList(key) {
+      if (!this._lists) this._lists = new Map();
+      let list = this._lists.get(key);
+      if (!list) {
+        list = { connections: 0, waiting: false };
+        this._lists.set(key, list);
+      }
+      return list;
+    }
+
+    _onSocketListMessage(msg) {
+      const list = this._socketList(msg.key);
+      if (msg.cmd === 'NODE_SOCKET_NOTIFY_CLOSE') {
+        if (list.connections === 0) this._send({ cmd: 'NODE_SOCKET_ALL_CLOSED', key: msg.key });
+        else list.waiting = true;
+      } else if (msg.cmd === 'NODE_SOCKET_GET_COUNT') {
+        this._send({ cmd: 'NODE_SOCKET_COUNT', key: msg.key, count: list.connections });
+      }
+    }
+
+    _addSocket(key, socket) {
+      const list = this._socketList(key);
+      list.connections++;
+      socket.once('close', () => {
+        list.connections--;
+        if (list.connections === 0 && list.waiting) {
+          list.waiting = false;
+          this._send({ cmd: 'NODE_SOCKET_ALL_CLOSED', key });
+        }
+      });
+    }
+
     /** Closes the channel from this side; the worker sees it close. */
     disconnect() {
       if (!this.connected) {
         this.emit('error', ipcClosed());
         return;
       }
-      // The core closes its end once the worker has closed its servers (Node's disconnect
-      // sequence): the worker sees its channel close either way.
       try {
-        native.disconnect(this.id);
+        native.closeChannel(this.id);
       } catch {
         // gone meanwhile
       }
@@ -229,73 +274,61 @@ module.exports = function installNodePrimary(cluster, native) {
 
   // ---- Worker -----------------------------------------------------------------------------
 
-  class Worker extends EventEmitter {
-    constructor(options) {
-      super();
-      options = options || {};
-      this.exitedAfterDisconnect = undefined;
-      this.state = options.state || 'none';
-      this.id = options.id | 0;
-      if (options.process) {
-        this.process = options.process;
-        this.process.on('error', (code, signal) => this.emit('error', code, signal));
-        this.process.on('message', (message, handle) => this.emit('message', message, handle));
-      }
-    }
-
-    get suicide() {
-      return this.exitedAfterDisconnect;
-    }
-
-    set suicide(v) {
-      this.exitedAfterDisconnect = v;
-    }
-
-    kill(...args) {
-      return this.destroy(...args);
-    }
-
-    send(...args) {
-      return this.process.send(...args);
-    }
-
-    isDead() {
-      return this.process.exitCode != null || this.process.signalCode != null;
-    }
-
-    isConnected() {
-      return this.process.connected;
-    }
-
-    /** Node's graceful stop: the worker closes its servers, then its channel, and leaves. */
-    disconnect() {
-      this.exitedAfterDisconnect = true;
-      if (this.process.connected) {
-        try {
-          native.disconnect(this.id);
-        } catch (err) {
-          if (err.code !== 'CLUSTER_E_NOWORKER' && err.code !== 'CLUSTER_E_CLOSED') throw err;
-        }
-      }
-      removeWorker(this);
-      return this;
-    }
-
-    destroy(signo) {
-      const signal = signo || 'SIGTERM';
-      const proc = this.process;
-      if (this.isConnected()) {
-        this.once('disconnect', () => proc.kill(signal));
-        this.disconnect();
-        return;
-      }
-      proc.kill(signal);
+  // A function, as Node's: `cluster.Worker.call({}, options)` and `new cluster.Worker()` both work.
+  function Worker(options) {
+    if (!(this instanceof Worker)) return new Worker(options);
+    EventEmitter.call(this);
+    options = options || {};
+    this.exitedAfterDisconnect = undefined;
+    this.state = options.state || 'none';
+    this.id = options.id | 0;
+    if (options.process) {
+      this.process = options.process;
+      this.process.on('error', (code, signal) => this.emit('error', code, signal));
+      this.process.on('message', (message, handle) => this.emit('message', message, handle));
     }
   }
+  Object.setPrototypeOf(Worker.prototype, EventEmitter.prototype);
+  Object.setPrototypeOf(Worker, EventEmitter);
+  Object.defineProperty(Worker.prototype, 'suicide', {
+    get() {
+      return this.exitedAfterDisconnect;
+    },
+    set(v) {
+      this.exitedAfterDisconnect = v;
+    },
+  });
+  Worker.prototype.kill = function kill(...args) {
+    return this.destroy(...args);
+  };
+  Worker.prototype.send = function send(...args) {
+    return this.process.send(...args);
+  };
+  Worker.prototype.isDead = function isDead() {
+    return this.process.exitCode != null || this.process.signalCode != null;
+  };
+  Worker.prototype.isConnected = function isConnected() {
+    return this.process.connected;
+  };
+  /** Node's graceful stop: the worker closes its servers, then its channel, and leaves. */
+  Worker.prototype.disconnect = function disconnect() {
+    this.exitedAfterDisconnect = true;
+    if (this.process.connected) {
+      try {
+        native.disconnect(this.id);
+      } catch (err) {
+        if (err.code !== 'CLUSTER_E_NOWORKER' && err.code !== 'CLUSTER_E_CLOSED') throw err;
+      }
+    }
+    removeWorker(this);
+    return this;
+  };
+  Worker.prototype.destroy = function destroy(signo) {
+    this.process.kill(signo || 'SIGTERM');
+  };
   cluster.Worker = Worker;
 
   function removeWorker(worker) {
-    if (cluster.workers[worker.id] !== worker) return;
     delete cluster.workers[worker.id];
     if (Object.keys(cluster.workers).length === 0) intercom.emit('disconnect');
   }
@@ -365,6 +398,11 @@ module.exports = function installNodePrimary(cluster, native) {
     if (!running) startRuntime();
     const id = vars.length > 0 ? native.fork(vars) : native.fork();
     const workerProcess = new WorkerProcess(id, cluster.settings);
+    try {
+      workerProcess.pid = native.workerInfo(id).pid; // started already (on this thread)
+    } catch {
+      // failed to start: its ERROR event says why
+    }
     const worker = new Worker({ id, process: workerProcess });
     worker.on('message', function onMessage(message, handle) {
       cluster.emit('message', this, message, handle);
@@ -455,7 +493,11 @@ module.exports = function installNodePrimary(cluster, native) {
     let handle;
     if (message && message.cmd === 'NODE_HANDLE' && fd !== undefined) {
       handle = toHandle(message.type, message.msg, fd);
+      if (message.type === 'net.Socket' && message.key) proc._addSocket(message.key, handle);
       message = message.msg;
+    }
+    if (message && (message.cmd === 'NODE_SOCKET_NOTIFY_CLOSE' || message.cmd === 'NODE_SOCKET_GET_COUNT')) {
+      proc._onSocketListMessage(message);
     }
     if (isInternal(message)) {
       proc.emit('internalMessage', message, handle);

@@ -1015,6 +1015,14 @@ static napi_value js_disconnect(napi_env env, napi_callback_info info) {
     return rc_result(env, cluster_worker_disconnect(id));
 }
 
+static napi_value js_close_channel(napi_env env, napi_callback_info info) {
+    napi_value argv[1];
+    uint32_t id;
+    if (!owner(env) || !get_args(env, info, 1, argv, NULL)) return NULL;
+    if (!get_u32(env, argv[0], &id)) return throw_type(env, "worker id must be a non-negative integer");
+    return rc_result(env, cluster_worker_close_channel(id));
+}
+
 static napi_value js_reload(napi_env env, napi_callback_info info) {
     (void)info;
     if (!owner(env)) return NULL;
@@ -1370,6 +1378,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
         !set_fn(env, exports, "setRef", js_set_ref) || !set_fn(env, exports, "fork", js_fork) ||
         !set_fn(env, exports, "workers", js_workers) || !set_fn(env, exports, "workerInfo", js_worker_info) ||
         !set_fn(env, exports, "kill", js_kill) || !set_fn(env, exports, "disconnect", js_disconnect) ||
+        !set_fn(env, exports, "closeChannel", js_close_channel) ||
         !set_fn(env, exports, "reload", js_reload) || !set_fn(env, exports, "scale", js_scale) ||
         !set_fn(env, exports, "shutdown", js_shutdown) || !set_fn(env, exports, "localPort", js_local_port) ||
         !set_fn(env, exports, "stats", js_stats) || !set_fn(env, exports, "send", js_send) ||
