@@ -45,6 +45,8 @@ test-python:
 	$(CARGO) build --lib --quiet
 	RCLUSTER_LIB=$(DEBUG_LIB)/librcluster.so python3 -m pytest -q bindings/python/tests
 
+# npm install also brings the devDependencies the Node drop-in tests run unchanged (express,
+# fastify: test/node_channel.test.js).
 test-node:
 	$(CARGO) build --lib --quiet
 	cd bindings/node && RCLUSTER_LIB_DIR=$(DEBUG_LIB) npm install --no-audit --no-fund --loglevel=error

@@ -358,6 +358,7 @@ module.exports = function installNodePrimary(cluster, native) {
     if (s.silent) ops.push(['silent', true]);
     if (s.uid !== undefined || s.gid !== undefined) ops.push(['user', s.uid, s.gid === undefined ? s.uid : s.gid]);
     if (s.grace !== undefined) ops.push(['grace', s.grace]);
+    if (s.maxMessage !== undefined) ops.push(['max_message', s.maxMessage]);
     native.primaryStart(ops);
     running = true;
   }

@@ -49,3 +49,42 @@ test('an unchanged program shares a port, exchanges messages and leaves as under
     assert.deepEqual(await waitGone(pids), [], `${label}: nothing left behind`);
   });
 });
+
+for (const framework of ['express', 'fastify']) {
+  test(`an unchanged ${framework} app shares its port across 2 workers as under node:cluster`, async () => {
+    for (const [label, mod] of Object.entries(MODULES)) {
+      const run = runFixture(path.join('node', 'frameworks.js'), {
+        env: { CLUSTER_MODULE: mod, FRAMEWORK: framework, RCLUSTER_CHANNEL: '' },
+      });
+      try {
+        const answers = await run.waitFor('answers');
+        assert.deepEqual(Object.keys(answers.by).sort(), ['1', '2'], `${label}: both workers answer`);
+        await run.waitFor('disconnected');
+        const exit = await run.waitExit();
+        assert.equal(exit.code, 0, `${label}${run.describe()}`);
+        const exits = run.all('exit');
+        assert.deepEqual(exits.map((e) => [e.code, e.signal]), [[0, null], [0, null]], label);
+        assert.deepEqual(await waitGone(run.messages.map((m) => m.pid)), [], `${label}: nothing left behind`);
+      } finally {
+        await run.kill();
+      }
+    }
+  });
+}
+
+test('garbage and an endless line on the channel: the worker is reported and dropped, the primary and the others carry on', async () => {
+  const run = runFixture(path.join('node', 'hostile.js'), { env: { RCLUSTER_CHANNEL: '' } });
+  try {
+    const h = await run.waitFor('hostile-exit');
+    assert.deepEqual([h.code, h.signal], [null, 'SIGKILL'], run.describe());
+    assert.ok(h.errors.some((m) => /could not be decoded/.test(m)), `garbage reported: ${h.errors}`);
+    assert.ok(h.errors.some((m) => /without a newline/.test(m)), `the endless line reported: ${h.errors}`);
+    assert.equal((await run.waitFor('good-answers')).body, 'still here');
+    const g = await run.waitFor('good-exit');
+    assert.deepEqual([g.code, g.signal], [0, null]);
+    assert.equal((await run.waitExit()).code, 0);
+    assert.deepEqual(await waitGone(run.messages.map((m) => m.pid)), [], 'nothing left behind');
+  } finally {
+    await run.kill();
+  }
+});
