@@ -55,6 +55,9 @@ c_shared()    { exec "$out/rcluster_server" "$1" "$2" shared "$3"; }
 c_reuseport() { exec "$out/rcluster_server" "$1" "$2" reuseport "$3"; }
 c_node()      { if [ "$3" = keepalive ]; then exec node bench/node_cluster.js "$1" "$2" keepalive; else exec node bench/node_cluster.js "$1" "$2"; fi; }
 c_node_none() { exec node bench/node_cluster.js "$1" "$2" "$3" none; }
+c_express()   { exec node bench/node_express.js cluster "$1" "$2"; }
+c_express_rc() { exec node bench/node_express.js rcluster "$1" "$2"; }
+c_express_rc_none() { NODE_CLUSTER_SCHED_POLICY=none exec node bench/node_express.js rcluster "$1" "$2"; }
 c_node_rc()   { if [ "$3" = keepalive ]; then exec node bench/node_rcluster.js "$1" "$2" keepalive; else exec node bench/node_rcluster.js "$1" "$2"; fi; }
 # Python: the same WSGI app (bench/py_app.py) on rcluster's example server and on gunicorn's
 # sync workers (which close every connection: their keep-alive row measures that).
@@ -91,6 +94,9 @@ for mode in close keepalive; do
   [ $have_node = 1 ] && measure $mode node-cluster-rr c_node
   [ $have_node = 1 ] && measure $mode node-cluster-none c_node_none
   [ $have_node_rc = 1 ] && measure $mode node-rcluster-rr c_node_rc
+  [ $have_node_rc = 1 ] && measure $mode express-node-cluster c_express
+  [ $have_node_rc = 1 ] && measure $mode express-rcluster c_express_rc
+  [ $have_node_rc = 1 ] && measure $mode express-rcluster-none c_express_rc_none
   [ $have_py = 1 ] && measure $mode python-rcluster-wsgi c_pywsgi
   [ $have_py = 1 ] && measure $mode gunicorn-sync c_gunicorn
 done
@@ -186,6 +192,10 @@ for mode in close keepalive; do
     row "$label rcluster-$pol req/s" "${v[$mode/rcluster-$pol]:-}" plain-reuseport "${v[$mode/plain-reuseport]:-}" "(info)" ""
   done
   row "$label node-rcluster-rr req/s (same JS)" "${v[$mode/node-rcluster-rr]:-}" node-cluster-rr "${v[$mode/node-cluster-rr]:-}" "$(target '>= 1.3x')" "$(check 'r >= 1.3')"
+  # The drop-in row: the same unchanged Express app, require('rcluster') against
+  # require('cluster'), both round-robin (the default); SCHED_NONE on rcluster for information.
+  row "$label express unchanged, rcluster req/s" "${v[$mode/express-rcluster]:-}" "express on node:cluster" "${v[$mode/express-node-cluster]:-}" "$( [ $mode = close ] && echo '>= 1.4x' || echo '>= 1.0x')" "$( [ $mode = close ] && echo 'r >= 1.4' || echo 'r >= 1.0')"
+  row "$label express unchanged, rcluster SCHED_NONE req/s" "${v[$mode/express-rcluster-none]:-}" "express on node:cluster" "${v[$mode/express-node-cluster]:-}" "(info)" ""
   row "$label python-rcluster-wsgi req/s (same app)" "${v[$mode/python-rcluster-wsgi]:-}" gunicorn-sync "${v[$mode/gunicorn-sync]:-}" "$(target '>= 1.0x')" "$(check 'r >= 1.0')"
 done
 row "ipc 64 B windowed msg/s (batching on)" "${v[ipc/rcluster-batched/64/rate]:-}" raw-seqpacket "${v[ipc/raw-seqpacket/64/rate]:-}" ">= 0.8x" "r >= 0.8"

@@ -6,6 +6,7 @@
 const which = process.argv[2];
 const secs = Number(process.argv[3] || 3);
 const rc = which === 'rcluster';
+if (rc) process.env.RCLUSTER_CHANNEL = 'rcluster'; // rcluster's own channel: the binding's raw IPC
 const cluster = rc ? require('../bindings/node') : require('node:cluster');
 const size = Number(process.argv[4] || 64);
 const rtt = process.argv[5] === 'rtt';

@@ -1,6 +1,7 @@
 // The same raw net handler as node_cluster.js, on rcluster (require('rcluster') instead of
 // node:cluster): the "same JavaScript handler" comparison.   node node_rcluster.js PORT WORKERS [keepalive]
 'use strict';
+process.env.RCLUSTER_CHANNEL = 'rcluster'; // rcluster's own API (setupPrimary({ listen }), 'connection')
 const cluster = require('../bindings/node');
 const net = require('node:net');
 const RESPONSE = 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok';

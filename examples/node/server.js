@@ -1,11 +1,9 @@
 // server.js: a plain `http` server on rcluster: 4 workers, each answer says which worker
-// answered. server_node_cluster.js beside it is the same program on node:cluster.
+// answered. server_node_cluster.js beside it is the same program on node:cluster: only the
+// require differs (the Rust primary answers the workers' server.listen() and hands them the
+// connections).
 //
 //   node server.js [port]      (default 8080; 0 picks a free port)
-//
-// On start the primary sends 8 requests to itself and prints who answered them, then keeps
-// serving: try `curl http://127.0.0.1:8080/`. Ctrl-C or SIGTERM: a graceful stop (requests in
-// flight finish), exit 0. SIGHUP: a rolling reload (every worker replaced, never fewer ready).
 'use strict';
 const http = require('http');
 const cluster = require('rcluster'); // <- the switch: require('node:cluster')
@@ -14,8 +12,7 @@ const PORT = Number(process.argv[2] || process.env.PORT || 8080);
 const WORKERS = 4;
 
 if (cluster.isPrimary) {
-  // rcluster: the primary binds the port and hands each connection to a worker in turn.
-  cluster.setupPrimary({ listen: [{ host: '127.0.0.1', port: PORT }] });
+  // Nothing to bind here; each worker's server.listen() asks the primary.
   for (let i = 0; i < WORKERS; i++) cluster.fork();
 
   let listening = 0;
@@ -30,8 +27,8 @@ if (cluster.isPrimary) {
     res.setHeader('content-type', 'text/plain');
     res.end(`Hello from worker ${cluster.worker.id} (pid ${process.pid})\n`);
   });
-  // rcluster: connections come from the primary, as net.Sockets.
-  cluster.worker.on('connection', (socket) => server.emit('connection', socket));
+  // Listen in the worker; the primary owns the socket behind the scenes.
+  server.listen(PORT, '127.0.0.1');
 }
 
 // Eight requests, one after the other, each on a new connection: who answered?

@@ -1,5 +1,5 @@
-// server_node_cluster.js: server.js on node:cluster, for comparison. Same program; the lines
-// that differ are marked.
+// server_node_cluster.js: server.js on node:cluster, for comparison. Same program; only the
+// require differs.
 //
 //   node server_node_cluster.js [port]      (default 8080; 0 picks a free port)
 'use strict';

@@ -368,6 +368,15 @@ module.exports = function installNodePrimary(cluster, native) {
   }
 
   cluster.setupPrimary = function setupPrimary(options) {
+    if (options && (options.listen !== undefined || options.workers !== undefined)) {
+      const err = new Error(
+        "rcluster: setupPrimary({ listen, workers }) is rcluster's own API, whose workers use this module's " +
+          "worker API ('connection' events): start the primary with RCLUSTER_CHANNEL=rcluster for it. By " +
+          'default rcluster runs node:cluster programs unchanged: workers call server.listen() themselves.'
+      );
+      err.code = 'ERR_RCLUSTER_CHANNEL';
+      throw err;
+    }
     const settings = {
       args: process.argv.slice(2),
       exec: process.argv[1],

@@ -88,3 +88,104 @@ test('garbage and an endless line on the channel: the worker is reported and dro
     await run.kill();
   }
 });
+
+/** Runs scenario `name` on both modules; `check(run, label)` per module. */
+async function scenario(name, check, env = {}) {
+  for (const [label, mod] of Object.entries(MODULES)) {
+    const run = runFixture(path.join('node', 'scenarios.js'), {
+      env: { CLUSTER_MODULE: mod, SCENARIO: name, RCLUSTER_CHANNEL: '', ...env },
+    });
+    try {
+      await check(run, label);
+      assert.deepEqual(await waitGone(run.messages.map((m) => m.pid)), [], `${label}: nothing left behind`);
+    } finally {
+      await run.kill();
+    }
+  }
+}
+
+test('worker.kill() sends SIGTERM, the worker is not replaced, exitedAfterDisconnect is false', () =>
+  scenario('kill', async (run, label) => {
+    const e = await run.waitFor('exit');
+    assert.deepEqual([e.code, e.signal, e.exitedAfterDisconnect, e.workers], [null, 'SIGTERM', false, 0], label);
+    assert.equal((await run.waitExit()).code, 0, label);
+  }));
+
+test('a worker that exits by itself keeps its code and is not restarted', () =>
+  scenario('selfExit', async (run, label) => {
+    const e = await run.waitFor('exit');
+    assert.deepEqual([e.code, e.signal, e.exitedAfterDisconnect], [3, null, false], label);
+    assert.equal((await run.waitFor('workers')).n, 0, label);
+    assert.equal((await run.waitExit()).code, 0, label);
+  }));
+
+test('fork(env), settings.args; the channel variables are gone from the worker environment', () =>
+  scenario('env', async (run, label) => {
+    const m = await run.waitFor('worker-env');
+    assert.deepEqual(
+      [m.greeting, m.uniqueId, m.channelFd, m.args, m.id, m.connected],
+      ['hi', true, true, ['--flag'], 1, true],
+      label
+    );
+    assert.equal((await run.waitExit()).code, 0, label);
+  }));
+
+test("serialization 'advanced' carries Buffers, Maps, typed arrays and circular values", () =>
+  scenario('advanced', async (run, label) => {
+    const m = await run.waitFor('echo');
+    assert.deepEqual([m.buf, m.map, m.u16, m.circular], ['ab', [['k', 1]], [7, 8], true], label);
+    assert.equal((await run.waitExit()).code, 0, label);
+  }));
+
+test("'json': a circular message fails as process.send fails", () =>
+  scenario('jsonCircular', async (run, label) => {
+    const m = await run.waitFor('send');
+    assert.deepEqual(m.error, { name: 'TypeError', circular: true }, label);
+    assert.equal((await run.waitExit()).code, 0, label);
+  }));
+
+test('a net.Socket sent to a worker arrives as a net.Socket and comes back as one', () =>
+  scenario('handles', async (run, label) => {
+    const c = await run.waitFor('client');
+    assert.equal(c.got, 'hello from worker\nand back\n', label);
+    const b = await run.waitFor('back');
+    assert.deepEqual([b.m, b.isSocket], ['back to you', true], label);
+    assert.equal((await run.waitExit()).code, 0, label);
+  }));
+
+test('SCHED_NONE: the workers share the listening socket and both serve', () =>
+  scenario('schedNone', async (run, label) => {
+    const a = await run.waitFor('answers');
+    assert.equal(a.total, 40, label);
+    assert.ok(a.workers >= 1, label); // the kernel balances: usually both, never guaranteed
+    assert.equal((await run.waitExit()).code, 0, label);
+  }));
+
+test('messages keep their order both ways', () =>
+  scenario('ordering', async (run, label) => {
+    assert.equal((await run.waitFor('order')).inOrder, true, label);
+    assert.equal((await run.waitExit()).code, 0, label);
+  }));
+
+test("when the primary dies, its workers see the channel close, run their 'exit' handlers and leave", async () => {
+  const fs = require('fs');
+  const os = require('os');
+  for (const [label, mod] of Object.entries(MODULES)) {
+    const mark = path.join(os.tmpdir(), `rcluster-primary-dies-${process.pid}-${label.replace(/:/g, '')}`);
+    for (const f of [mark, `${mark}.disconnect`]) fs.rmSync(f, { force: true });
+    const run = runFixture(path.join('node', 'scenarios.js'), {
+      env: { CLUSTER_MODULE: mod, SCENARIO: 'primaryDies', RCLUSTER_CHANNEL: '', EXIT_MARK: mark },
+    });
+    try {
+      const { pid } = await run.waitFor('worker');
+      run.child.kill('SIGKILL');
+      await run.waitExit();
+      assert.deepEqual(await waitGone([pid], 10000), [], `${label}: the worker left by itself`);
+      assert.match(fs.readFileSync(mark, 'utf8'), /exit handler ran/, label);
+      assert.equal(fs.readFileSync(`${mark}.disconnect`, 'utf8'), 'x', `${label}: 'disconnect' in the worker`);
+    } finally {
+      await run.kill();
+      for (const f of [mark, `${mark}.disconnect`]) fs.rmSync(f, { force: true });
+    }
+  }
+});
