@@ -692,6 +692,23 @@ int32_t cluster_fork(void);
 int32_t cluster_fork_env(const char *const *env, size_t n);
 
 /**
+ * Like `cluster_fork_env`, with this worker's own argv (`argc` strings, argv[0] included: the
+ * program stays the configured one) and directory (`cwd`, NULL: the configured one). EXEC
+ * mode only (CLUSTER_E_INVAL otherwise): Node's `cluster.fork()` after `setupPrimary()`
+ * changed `exec`, `args`, `execArgv` or `cwd`. Only this start: a respawn of its slot runs the
+ * configured argv.
+ *
+ * # Safety
+ * `argv` points at `argc` NUL-terminated strings; `env` is NULL or points at `n` of them;
+ * `cwd` is NULL or NUL-terminated.
+ */
+int32_t cluster_fork_exec(const char *const *argv,
+                          size_t argc,
+                          const char *const *env,
+                          size_t n,
+                          const char *cwd);
+
+/**
  * Listens on a TCP address (an IPv4/IPv6 literal or a host name, resolved by the caller);
  * port 0 picks a free port. In a worker (after `cluster_worker_start`): asks the primary,
  * which binds the address the first time and shares that socket with every worker that asks

@@ -258,6 +258,20 @@ pub fn fork() -> Result<u32> {
 /// `fork` with extra `NAME=value` variables in the new worker's environment (checked with
 /// `config::env_entry`); respawns and reloads of its slot get them again.
 pub fn fork_env(vars: Vec<std::ffi::CString>) -> Result<u32> {
+    fork_with(vars, None)
+}
+
+/// `fork_env` with this worker's own argv and directory (EXEC mode: Node's `cluster.fork()`
+/// after `setupPrimary({ exec, args, execArgv, cwd })` changed them).
+pub fn fork_exec(
+    vars: Vec<std::ffi::CString>,
+    argv: Vec<std::ffi::CString>,
+    cwd: Option<std::ffi::CString>,
+) -> Result<u32> {
+    fork_with(vars, Some(crate::primary::spawn::ExecOverride { argv, cwd }))
+}
+
+fn fork_with(vars: Vec<std::ffi::CString>, exec: Option<crate::primary::spawn::ExecOverride>) -> Result<u32> {
     ensure_primary_role()?;
     let mut rt = runtime()?;
     let p = as_primary(&mut rt)?;
@@ -269,11 +283,16 @@ pub fn fork_env(vars: Vec<std::ffi::CString>) -> Result<u32> {
             LOOP_THREAD.store(this_thread(), Ordering::SeqCst);
         } else {
             let id = p.request_spawn_with_env(vars)?;
+            p.set_exec_override(id, exec)?;
             p.shared().wake();
             return Ok(id);
         }
     }
     let id = p.request_spawn_with_env(vars)?;
+    if let Err(e) = p.set_exec_override(id, exec) {
+        p.unqueue_spawn(id);
+        return Err(e);
+    }
     p.unqueue_spawn(id);
     match p.spawn(id) {
         Ok(None) => {

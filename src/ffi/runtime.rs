@@ -153,6 +153,57 @@ pub unsafe extern "C" fn cluster_fork_env(env: *const *const libc::c_char, n: us
     })
 }
 
+/// Like `cluster_fork_env`, with this worker's own argv (`argc` strings, argv[0] included: the
+/// program stays the configured one) and directory (`cwd`, NULL: the configured one). EXEC
+/// mode only (CLUSTER_E_INVAL otherwise): Node's `cluster.fork()` after `setupPrimary()`
+/// changed `exec`, `args`, `execArgv` or `cwd`. Only this start: a respawn of its slot runs the
+/// configured argv.
+///
+/// # Safety
+/// `argv` points at `argc` NUL-terminated strings; `env` is NULL or points at `n` of them;
+/// `cwd` is NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_fork_exec(
+    argv: *const *const libc::c_char,
+    argc: usize,
+    env: *const *const libc::c_char,
+    n: usize,
+    cwd: *const libc::c_char,
+) -> i32 {
+    guard(|| {
+        non_null(argv, "argv")?;
+        let mut args = Vec::with_capacity(argc.min(4096));
+        for i in 0..argc {
+            // SAFETY: the caller's contract: `argc` string pointers at `argv`.
+            let a = unsafe { str_arg(*argv.add(i), "argv entry") }?;
+            args.push(
+                std::ffi::CString::new(a)
+                    .map_err(|_| crate::error::Error::new(crate::error::Code::Inval, "argv entry with a NUL"))?,
+            );
+        }
+        let mut vars = Vec::with_capacity(n.min(1024));
+        if n > 0 {
+            non_null(env, "env")?;
+            for i in 0..n {
+                // SAFETY: the caller's contract: `n` string pointers at `env`.
+                let kv = unsafe { str_arg(*env.add(i), "env entry") }?;
+                vars.push(crate::config::env_entry(kv)?);
+            }
+        }
+        let dir = if cwd.is_null() {
+            None
+        } else {
+            // SAFETY: the caller's contract: a NUL-terminated string.
+            let d = unsafe { str_arg(cwd, "cwd") }?;
+            Some(
+                std::ffi::CString::new(d)
+                    .map_err(|_| crate::error::Error::new(crate::error::Code::Inval, "cwd with a NUL"))?,
+            )
+        };
+        runtime::fork_exec(vars, args, dir).map(|id| id as i32)
+    })
+}
+
 /// Listens on a TCP address (an IPv4/IPv6 literal or a host name, resolved by the caller);
 /// port 0 picks a free port. In a worker (after `cluster_worker_start`): asks the primary,
 /// which binds the address the first time and shares that socket with every worker that asks

@@ -130,6 +130,8 @@ pub struct Primary {
     slot_for: BTreeMap<u32, u32>,
     /// Extra environment of queued starts (`fork_env`), by worker id...
     spawn_env: BTreeMap<u32, Vec<std::ffi::CString>>,
+    /// Queued starts with an argv and directory of their own (`cluster_fork_exec`).
+    spawn_exec: BTreeMap<u32, spawn::ExecOverride>,
     /// ...and of the slots they went into: a respawn or a reload's replacement gets it again.
     slot_env: BTreeMap<u32, Vec<std::ffi::CString>>,
     /// The rolling reload (or max-requests recycle) in progress.
@@ -213,6 +215,7 @@ impl Primary {
             pending_respawns: std::collections::BTreeSet::new(),
             slot_for: BTreeMap::new(),
             spawn_env: BTreeMap::new(),
+            spawn_exec: BTreeMap::new(),
             slot_env: BTreeMap::new(),
             reload: None,
             notifier: crate::net::notify::Notifier::from_env(|k| std::env::var(k).ok()),
@@ -304,6 +307,19 @@ impl Primary {
         Ok(id)
     }
 
+    /// Gives queued start `id` an argv and directory of its own (EXEC mode only).
+    pub fn set_exec_override(&mut self, id: u32, exec: Option<spawn::ExecOverride>) -> Result<()> {
+        let Some(exec) = exec else { return Ok(()) };
+        if self.exec_plan.is_none() {
+            return fail(Code::Inval, "a worker's own argv needs EXEC mode");
+        }
+        if exec.argv.is_empty() {
+            return fail(Code::Inval, "a worker's argv needs at least argv[0]");
+        }
+        self.spawn_exec.insert(id, exec);
+        Ok(())
+    }
+
     /// Takes a queued worker start.
     pub fn next_spawn(&mut self) -> Option<u32> {
         self.spawn_queue.pop_front()
@@ -343,7 +359,13 @@ impl Primary {
                 std::borrow::Cow::Borrowed(&self.cfg.worker_process)
             }
         };
-        let spawned = match &self.exec_plan {
+        let mut process = process;
+        let own = self.spawn_exec.remove(&id);
+        if let Some(cwd) = own.as_ref().and_then(|o| o.cwd.clone()) {
+            process.to_mut().cwd = Some(cwd);
+        }
+        let own_plan = own.and_then(|o| self.exec_plan.as_ref().map(|plan| plan.with_argv(o.argv)));
+        let spawned = match own_plan.as_ref().or(self.exec_plan.as_ref()) {
             Some(plan) => spawn::exec_worker(plan, template, &process, self.cfg.node_channel)?,
             None => spawn::fork_worker(template, &process)?,
         };

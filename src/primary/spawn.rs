@@ -103,6 +103,14 @@ pub fn ensure_single_threaded() -> Result<()> {
     Ok(())
 }
 
+/// One worker's own argv and directory, instead of the config's (`cluster_fork_exec`).
+pub struct ExecOverride {
+    /// The whole argv (argv[0] included); the program stays the config's.
+    pub argv: Vec<CString>,
+    /// The directory it starts in.
+    pub cwd: Option<CString>,
+}
+
 /// The program, argv and environment of EXEC-mode workers, prepared once.
 pub struct ExecPlan {
     path: CString,
@@ -111,6 +119,11 @@ pub struct ExecPlan {
 }
 
 impl ExecPlan {
+    /// The same program and environment with another argv.
+    pub fn with_argv(&self, argv: Vec<CString>) -> ExecPlan {
+        ExecPlan { path: self.path.clone(), argv, base_env: self.base_env.clone() }
+    }
+
     /// `exec` (program, argv) or, when None, this program with this process's argv. The
     /// program path is resolved now, so a reload runs the binary on disk at that path.
     pub fn new(exec: Option<&(CString, Vec<CString>)>) -> Result<ExecPlan> {

@@ -90,6 +90,7 @@ module.exports = function installNodePrimary(cluster, native) {
   let initialized = false; // setupPrimary ran (the policy is frozen)
   let running = false; // the rcluster runtime is started
   let serialization = 'json';
+  let started = null; // the argv and cwd the runtime was started with
   const intercom = new EventEmitter();
 
   // ---- ChildProcess-like worker.process -------------------------------------------------
@@ -361,6 +362,16 @@ module.exports = function installNodePrimary(cluster, native) {
     if (s.maxMessage !== undefined) ops.push(['max_message', s.maxMessage]);
     native.primaryStart(ops);
     running = true;
+    started = { argv, cwd: s.cwd };
+  }
+
+  /** This fork's argv and directory when setupPrimary() changed them since the start. */
+  function ownExec() {
+    const s = cluster.settings;
+    const argv = [process.execPath, ...s.execArgv, path.resolve(String(s.exec)), ...s.args].map(String);
+    const same = argv.length === started.argv.length && argv.every((a, i) => a === started.argv[i]);
+    if (same && s.cwd === started.cwd) return null;
+    return { argv, cwd: s.cwd === undefined ? null : String(s.cwd) };
   }
 
   function setupSettingsNT(settings) {
@@ -406,7 +417,10 @@ module.exports = function installNodePrimary(cluster, native) {
     const vars = [];
     for (const [k, v] of Object.entries({ ...cluster.settings.env, ...env })) if (v !== undefined) vars.push(`${k}=${v}`);
     if (!running) startRuntime();
-    const id = vars.length > 0 ? native.fork(vars) : native.fork();
+    const own = ownExec();
+    let id;
+    if (own) id = native.forkExec(own.argv, vars, own.cwd);
+    else id = vars.length > 0 ? native.fork(vars) : native.fork();
     const workerProcess = new WorkerProcess(id, cluster.settings);
     try {
       workerProcess.pid = native.workerInfo(id).pid; // started already (on this thread)

@@ -907,6 +907,48 @@ static napi_value js_worker_id(napi_env env, napi_callback_info info) {
     return make_int(env, cluster_worker_id());
 }
 
+/* A malloc'd array of malloc'd copies of the strings of JS array `arr` (*n of them); NULL
+ * on a non-string element or out of memory. */
+static char **get_cstrs(napi_env env, napi_value arr, uint32_t *n) {
+    if (napi_get_array_length(env, arr, n) != napi_ok) return NULL;
+    char **out = calloc(*n ? *n : 1, sizeof *out);
+    if (!out) return NULL;
+    for (uint32_t i = 0; i < *n; i++) {
+        napi_value item;
+        if (napi_get_element(env, arr, i, &item) != napi_ok || !(out[i] = get_cstr(env, item))) {
+            for (uint32_t j = 0; j < i; j++) free(out[j]);
+            free(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static void free_cstrs(char **v, uint32_t n) {
+    if (!v) return;
+    for (uint32_t i = 0; i < n; i++) free(v[i]);
+    free(v);
+}
+
+/* forkExec(argvArray, envArray, cwd|null): a worker with its own argv, env and directory. */
+static napi_value js_fork_exec(napi_env env, napi_callback_info info) {
+    napi_value argv[3];
+    if (!owner(env) || !get_args(env, info, 3, argv, NULL)) return NULL;
+    uint32_t argc = 0, n = 0;
+    char **args = get_cstrs(env, argv[0], &argc);
+    char **vars = args ? get_cstrs(env, argv[1], &n) : NULL;
+    napi_valuetype t;
+    char *cwd = NULL;
+    bool ok = args && vars && napi_typeof(env, argv[2], &t) == napi_ok;
+    if (ok && t == napi_string) ok = (cwd = get_cstr(env, argv[2])) != NULL;
+    int32_t rc = ok ? cluster_fork_exec((const char *const *)args, argc, (const char *const *)vars, n, cwd) : CLUSTER_E_INVAL;
+    free_cstrs(args, argc);
+    free_cstrs(vars, n);
+    free(cwd);
+    if (!ok) return throw_type(env, "forkExec(argv, env, cwd): arrays of strings and a string or null");
+    return rc_result(env, rc);
+}
+
 /* fork([envArray]): with an array of "NAME=value" strings, that worker's extra environment. */
 static napi_value js_fork(napi_env env, napi_callback_info info) {
     size_t argc = 1;
@@ -1379,6 +1421,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
         !set_fn(env, exports, "workers", js_workers) || !set_fn(env, exports, "workerInfo", js_worker_info) ||
         !set_fn(env, exports, "kill", js_kill) || !set_fn(env, exports, "disconnect", js_disconnect) ||
         !set_fn(env, exports, "closeChannel", js_close_channel) ||
+        !set_fn(env, exports, "forkExec", js_fork_exec) ||
         !set_fn(env, exports, "reload", js_reload) || !set_fn(env, exports, "scale", js_scale) ||
         !set_fn(env, exports, "shutdown", js_shutdown) || !set_fn(env, exports, "localPort", js_local_port) ||
         !set_fn(env, exports, "stats", js_stats) || !set_fn(env, exports, "send", js_send) ||

@@ -189,3 +189,11 @@ test("when the primary dies, its workers see the channel close, run their 'exit'
     }
   }
 });
+
+test('setupPrimary() between forks: the next worker starts with the new cwd and args', () =>
+  scenario('settingsChange', async (run, label) => {
+    const { seen } = await run.waitFor('settings');
+    assert.deepEqual(seen[0], { id: 1, cwd: process.cwd(), args: [] }, label);
+    assert.deepEqual(seen[1], { id: 2, cwd: require('fs').realpathSync(require('os').tmpdir()), args: ['second'] }, label);
+    assert.equal((await run.waitExit()).code, 0, label);
+  }));

@@ -221,6 +221,7 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "cluster_primary_start": (I32, [CFG, EVENT_CB, c_void_p]),
     "cluster_fork": (I32, []),
     "cluster_fork_env": (I32, [POINTER(c_char_p), c_size_t]),
+    "cluster_fork_exec": (I32, [POINTER(c_char_p), c_size_t, POINTER(c_char_p), c_size_t, c_char_p]),  # (Node workers; declared for completeness)
     "cluster_listen_tcp": (I32, [c_char_p, c_uint16]),
     "cluster_listen_unix": (I32, [c_char_p]),
     "cluster_unlisten": (I32, [c_uint32]),
