@@ -702,3 +702,13 @@ fn systemd_sockets_serve_one_start_and_a_reused_config_leaves_fd_3_alone() {
 fn a_reaped_worker_is_never_signalled_by_pid() {
     run_c("stale_fds", &["kill-after-reap"], Duration::from_secs(100));
 }
+
+#[test]
+fn node_channel_protocol_spoken_to_a_worker_that_is_not_node() {
+    run_c("node_channel", &["protocol"], Duration::from_secs(60));
+}
+
+#[test]
+fn node_channel_fd_floods_endless_lines_and_garbage_from_a_worker() {
+    run_c("node_channel", &["hostile"], Duration::from_secs(60));
+}
