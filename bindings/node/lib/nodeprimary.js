@@ -91,6 +91,7 @@ module.exports = function installNodePrimary(cluster, native) {
   let running = false; // the rcluster runtime is started
   let serialization = 'json';
   let started = null; // the argv and cwd the runtime was started with
+  let stopping = false; // cluster.disconnect() or shutdown() was called
   const intercom = new EventEmitter();
 
   // ---- ChildProcess-like worker.process -------------------------------------------------
@@ -421,24 +422,31 @@ module.exports = function installNodePrimary(cluster, native) {
     let id;
     if (own) id = native.forkExec(own.argv, vars, own.cwd);
     else id = vars.length > 0 ? native.fork(vars) : native.fork();
-    const workerProcess = new WorkerProcess(id, cluster.settings);
+    const worker = adopt(id);
     try {
-      workerProcess.pid = native.workerInfo(id).pid; // started already (on this thread)
+      worker.process.pid = native.workerInfo(id).pid; // started already (on this thread)
     } catch {
       // failed to start: its ERROR event says why
     }
-    const worker = new Worker({ id, process: workerProcess });
-    worker.on('message', function onMessage(message, handle) {
-      cluster.emit('message', this, message, handle);
-    });
-    byId.set(id, worker);
-    cluster.workers[worker.id] = worker;
     process.nextTick(() => cluster.emit('fork', worker));
     updateRef();
     return worker;
   };
 
+  /** A Worker object for worker `id` of the library, in cluster.workers. */
+  function adopt(id) {
+    const worker = new Worker({ id, process: new WorkerProcess(id, cluster.settings) });
+    worker.on('message', function onMessage(message, handle) {
+      cluster.emit('message', this, message, handle);
+    });
+    byId.set(id, worker);
+    cluster.workers[worker.id] = worker;
+    return worker;
+  }
+
   cluster.disconnect = function disconnect(cb) {
+    stopping = true;
+    process.nextTick(updateRef);
     const workers = Object.values(cluster.workers);
     if (workers.length === 0) process.nextTick(() => intercom.emit('disconnect'));
     else for (const w of workers) if (w.isConnected()) w.disconnect();
@@ -456,6 +464,7 @@ module.exports = function installNodePrimary(cluster, native) {
       return;
     }
     if (typeof cb === 'function') intercom.once('closed', cb);
+    stopping = true;
     native.shutdown(grace);
   };
 
@@ -471,6 +480,9 @@ module.exports = function installNodePrimary(cluster, native) {
     // A worker whose channel is closed but that still runs keeps node:cluster's primary alive
     // too (its ChildProcess handle is ref'd until it exits).
     for (const w of byId.values()) if (!w.isDead() && !w.process.connected) want = true;
+    // With restarts on, a replacement may be on its way (after a backoff): stay up until
+    // cluster.disconnect() or shutdown().
+    if (cluster.settings.restart && !stopping) want = true;
     native.setRef(want);
   }
 
@@ -578,6 +590,11 @@ module.exports = function installNodePrimary(cluster, native) {
         if (worker) {
           worker.process.pid = ev.pid;
           worker.process.emit('spawn');
+        } else {
+          // A replacement the library started (setupPrimary({ restart: true })).
+          const w = adopt(id);
+          w.process.pid = ev.pid;
+          cluster.emit('fork', w);
         }
         break;
       case K.CLUSTER_EVENT_ONLINE:

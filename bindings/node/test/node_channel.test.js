@@ -197,3 +197,18 @@ test('setupPrimary() between forks: the next worker starts with the new cwd and 
     assert.deepEqual(seen[1], { id: 2, cwd: require('fs').realpathSync(require('os').tmpdir()), args: ['second'] }, label);
     assert.equal((await run.waitExit()).code, 0, label);
   }));
+
+test("rcluster's extra setupPrimary({ restart: true }) replaces a worker that exits unasked", async () => {
+  const run = runFixture(path.join('node', 'scenarios.js'), {
+    env: { CLUSTER_MODULE: MODULES.rcluster, SCENARIO: 'restart', RCLUSTER_CHANNEL: '' },
+  });
+  try {
+    const r = await run.waitFor('restart');
+    assert.deepEqual(r.forks, [1, 2]);
+    assert.deepEqual(r.exits, [[1, 5], [2, 0]]);
+    assert.equal((await run.waitExit()).code, 0);
+    assert.deepEqual(await waitGone(run.messages.map((m) => m.pid)), [], 'nothing left behind');
+  } finally {
+    await run.kill();
+  }
+});
