@@ -52,14 +52,14 @@ measure() {
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 rows=()
-# row NAME CONN TARGET APP_SPEC PEER_NAME PEER_CMD (PORT in the commands is replaced)
+# row NAME CONN TARGET APP_SPEC PEER_NAME PEER_CMD [RC_OPTIONS] (PORT in the commands is replaced)
 row() {
-  local name=$1 conn=$2 target=$3 app=$4 peer=$5 peer_cmd=$6
+  local name=$1 conn=$2 target=$3 app=$4 peer=$5 peer_cmd=$6 rc_opts=${7:-}
   case " ${ROWS:-$name} " in *" $name "*) ;; *) return 0 ;; esac  # ROWS="flask django": only those
   local a=() b=() p
   for _ in $(seq 1 "$rounds"); do
     p=$(free_port)
-    a+=("$(measure "target/bench-py-rc.log" "$conn" "$p" python3 -m rcluster.serve -w 2 -b "127.0.0.1:$p" "$app")")
+    a+=("$(measure "target/bench-py-rc.log" "$conn" "$p" python3 -m rcluster.serve -w 2 $rc_opts -b "127.0.0.1:$p" "$app")")
     p=$(free_port)
     # shellcheck disable=SC2086
     b+=("$(measure "target/bench-py-peer.log" "$conn" "$p" ${peer_cmd//PORT/$p})")
@@ -68,9 +68,11 @@ row() {
   ma=$(echo "${a[*]}" | median)
   mb=$(echo "${b[*]}" | median)
   echo "  $name $conn rounds: rcluster-serve ${a[*]} | $peer ${b[*]}" >&2
+  [ -n "$rc_opts" ] && conn="$conn $rc_opts"
   rows+=("$(awk -v n="$name" -v c="$conn" -v a="$ma" -v p="$peer" -v b="$mb" -v t="$target" 'BEGIN {
     r = (b > 0) ? a / b : 0
-    printf "%-10s %-6s rcluster-serve %9.0f  %-18s %9.0f  %5.2fx  (target >= %s: %s)", n, c, a, p, b, r, t, (r >= t) ? "met" : "NOT met" }')")
+    verdict = (t ~ /info/) ? "(information, no target)" : sprintf("(target >= %s: %s)", t, (r >= t + 0) ? "met" : "NOT met")
+    printf "%-10s %-22s rcluster-serve %9.0f  %-16s %9.0f  %5.2fx  %s", n, c, a, p, b, r, verdict }')")
   echo "${rows[-1]}"
 }
 
@@ -81,6 +83,14 @@ row django close 1.3 django_app:application "gunicorn sync" "python3 -m gunicorn
 row django keep 1.5 django_app:application "gunicorn gthread" "python3 -m gunicorn -w 2 -k gthread --threads 4 -b 127.0.0.1:PORT django_app:application"
 row starlette keep 1.2 starlette_app:app "uvicorn" "python3 -m uvicorn --workers 2 --port PORT --log-level warning --no-access-log starlette_app:app"
 row starlette close 1.5 starlette_app:app "uvicorn" "python3 -m uvicorn --workers 2 --port PORT --log-level warning --no-access-log starlette_app:app"
+# (information) Connection: close with the workers accepting on the shared socket themselves,
+# as gunicorn's and uvicorn's do: no handoff by the primary (--policy shared)
+if [ -z "${ROWS:-}" ] || [ "${ROWS:-}" = shared ]; then
+  ROWS_SAVED=${ROWS:-}; ROWS=
+  row starlette close "(info)" starlette_app:app "uvicorn" "python3 -m uvicorn --workers 2 --port PORT --log-level warning --no-access-log starlette_app:app" "--policy shared"
+  row flask close "(info)" flask_app:app "gunicorn sync" "python3 -m gunicorn -w 2 -b 127.0.0.1:PORT flask_app:app" "--policy shared"
+  ROWS=$ROWS_SAVED
+fi
 echo
 echo "summary:"
 printf '%s\n' "${rows[@]}"
