@@ -479,3 +479,40 @@ def test_preload_and_max_requests_recycle_workers_without_failures(served):
         pids.append(r.body)
     assert len(set(pids)) >= 3, set(pids)  # at least two recycles
     assert pids.count(pids[0]) >= 20
+
+
+def test_timeouts_and_upgrade(served):
+    """--read-timeout counts a client's silence while a request comes in (408 for a head that
+    stops, the connection closed for a body that stops; a slow but steady body is served);
+    --keep-alive closes an idle connection; an Upgrade the server does not do is answered, then
+    the connection closes."""
+    _need("flask")
+    s = served("-w", "1", "-b", "127.0.0.1:0", "--read-timeout", "1", "--keep-alive", "0.5", "flask_app:app")
+    port = s.port
+    c = Conn(port)
+    c.send(b"GET / HTTP/1.1\r\nHost: t\r\n")  # and nothing more
+    t0 = time.monotonic()
+    r = c.response()
+    assert r.status == 408 and 0.8 < time.monotonic() - t0 < 5
+    assert c.at_eof()
+    c.close()
+    c = Conn(port)
+    c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n01234")  # half a body, then silence
+    assert c.at_eof(timeout=5)
+    c.close()
+    c = Conn(port)
+    c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\n")
+    for i in range(3):  # 1.8 s in all, never 1 s of silence
+        time.sleep(0.6)
+        c.send(b"%02d" % i)
+    r = c.response("POST")
+    assert (r.status, r.body) == (200, b"000102")
+    t0 = time.monotonic()
+    assert c.at_eof(timeout=5)  # idle keep-alive: closed after about 0.5 s
+    assert time.monotonic() - t0 < 3
+    c.close()
+    c = Conn(port)
+    r = c.roundtrip(path="/", headers={"Connection": "Upgrade", "Upgrade": "h2c"})
+    assert r.status in (200, 400), r  # the app's answer (werkzeug refuses some upgrades itself)
+    assert c.at_eof()
+    c.close()

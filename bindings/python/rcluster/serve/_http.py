@@ -236,6 +236,8 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._in_head:
             self._head_bytes += len(data)
+        if self._parsing is not None:  # a body on its way: the read timeout counts silence
+            self._deadline = self.loop.time() + self.limits.read_timeout
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -308,7 +310,9 @@ class HttpConnection(asyncio.Protocol):
         if version not in ("1.1", "1.0"):
             self._error = HTTPError(505, "only HTTP/1.0 and HTTP/1.1")
             raise self._error
-        req = Request(p.get_method(), self._url, version, self._headers, p.should_keep_alive())
+        # (an Upgrade this server does not do is answered as a plain request, then closed:
+        # what follows its head is not HTTP/1.1)
+        req = Request(p.get_method(), self._url, version, self._headers, p.should_keep_alive() and not p.should_upgrade())
         for name, value in req.headers:
             if name == b"content-length":
                 try:
@@ -321,6 +325,7 @@ class HttpConnection(asyncio.Protocol):
             elif name == b"expect" and value.lower() == b"100-continue" and version == "1.1":
                 req.expect_continue = True
         self._parsing = req
+        self._set_timer(self.limits.read_timeout, self._on_read_timeout)
         self.queue.append(req)
         if not self.busy:
             self._start_next()
@@ -345,7 +350,7 @@ class HttpConnection(asyncio.Protocol):
             req.complete = True
             req._wake()
         if self.busy or self.queue:
-            self._cancel_timer()
+            self._cancel_timer()  # (the keep-alive timer starts when the answers are done)
 
     # ---- answering ----
 
@@ -373,6 +378,8 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.queue:
             self._start_next()
+        elif self._in_head or self._parsing is not None:  # the next request is on its way
+            self._set_timer(self.limits.read_timeout, self._on_read_timeout)
         else:
             self._set_timer(self.limits.keep_alive, self.close_if_idle)
         if self._paused_reading and len(self.queue) <= MAX_PIPELINE // 2:
@@ -417,11 +424,12 @@ class HttpConnection(asyncio.Protocol):
         self.close()
 
     def _on_read_timeout(self) -> None:
-        if self.busy:
-            return
         if self._in_head or self._parsing is not None:
-            self._fail(HTTPError(408, "request not received in time"))
-        else:
+            if self.busy:
+                self.close()  # the app waits for a body that stopped coming: it sees the close
+            else:
+                self._fail(HTTPError(408, "request not received in time"))
+        elif not self.busy:
             self.close()
 
     def _set_timer(self, delay: float, fn: Callable[[], None]) -> None:
