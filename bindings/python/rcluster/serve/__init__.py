@@ -97,7 +97,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--keep-alive", type=float, default=5.0,
                    help="seconds an idle keep-alive connection is kept (default 5)")
     p.add_argument("--read-timeout", type=float, default=30.0,
-                   help="seconds a client gets to send a whole request (default 30; then 408)")
+                   help="seconds a client may stay silent in the middle of a request (default 30; then 408)")
     p.add_argument("--max-requests", type=int, default=0,
                    help="recycle a worker after about this many connections (0: never)")
     p.add_argument("--limit-request-line", type=int, default=8190, help="longest request target and header field (414/431)")
