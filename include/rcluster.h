@@ -448,6 +448,27 @@ int32_t cluster_config_set_policy(struct cluster_config *cfg, cluster_policy pol
 int32_t cluster_config_listen_tcp(struct cluster_config *cfg, const char *host, uint16_t port);
 
 /**
+ * Serves the cluster's numbers from the primary at `addr` (`"127.0.0.1:9100"`,
+ * `"[::1]:9100"`, a host name resolved now; port 0 picks one, see `cluster_metrics_port`):
+ * `GET /metrics` answers Prometheus text (workers by state; per worker connections, in
+ * flight, messages both ways, queued frames, uptime; per slot restarts and crash-loop
+ * give-ups; connections waiting and dropped; accept pauses; send retries), and
+ * `GET /healthz` answers 200 while at least `cluster_config_set_healthy_workers` workers are
+ * READY (default 1) and 503 otherwise, and from the moment a shutdown starts (a load
+ * balancer's or a readiness probe's signal to take the host out before it stops). Served
+ * from the primary's loop: at most 32 scrapes at a time, 5 s each, `Connection: close`.
+ *
+ * # Safety
+ * `addr` is a NUL-terminated string.
+ */
+int32_t cluster_config_set_metrics(struct cluster_config *cfg, const char *addr);
+
+/**
+ * How many workers must be READY for `/healthz` to answer 200 (1..; default 1).
+ */
+int32_t cluster_config_set_healthy_workers(struct cluster_config *cfg, uint32_t n);
+
+/**
  * Adds a Unix stream socket listener at `path`. Returns the listener's index. A socket file
  * left by a dead server is replaced; one a live server listens on is an error. The file is
  * removed when the cluster stops.
@@ -747,6 +768,11 @@ int32_t cluster_unlisten(uint32_t listener);
  * listener it listens on (`cluster_listen_*`) or accepts on itself (SHARED, REUSEPORT).
  */
 int32_t cluster_local_port(uint32_t listener);
+
+/**
+ * Primary: the port its metrics endpoint is bound to (`cluster_config_set_metrics`).
+ */
+int32_t cluster_metrics_port(void);
 
 /**
  * Writes up to `cap` live worker ids (ascending) to `ids`; returns how many workers there are

@@ -240,6 +240,10 @@ pub struct Config {
     /// Workers are Node programs spoken to on Node's own IPC channel (`NODE_CHANNEL_FD`) in
     /// this serialization, instead of rcluster's channel (EXEC mode only; see `ipc::nodechan`).
     pub node_channel: Option<NodeSerialization>,
+    /// Where the primary serves `/metrics` and `/healthz` (`cluster_config_set_metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Workers READY for `/healthz` to answer 200 (default 1).
+    pub healthy_workers: u32,
 }
 
 /// How messages are encoded on a Node channel (`NODE_CHANNEL_SERIALIZATION_MODE`); the
@@ -312,6 +316,8 @@ impl Default for Config {
             max_requests_jitter: 0,
             worker_process: WorkerProcess::default(),
             node_channel: None,
+            metrics: None,
+            healthy_workers: 1,
         }
     }
 }
@@ -321,6 +327,20 @@ impl Config {
     pub fn listen_tcp(&mut self, host: &str, port: u16) -> Result<u32> {
         self.listeners.push(ListenSpec::tcp(host, port)?);
         Ok(self.listeners.len() as u32 - 1)
+    }
+
+    /// Serves `/metrics` and `/healthz` at `addr`: `host:port` or `[v6]:port` (a host name is
+    /// resolved now; port 0 picks one).
+    pub fn set_metrics(&mut self, addr: &str) -> Result<()> {
+        let (host, port) = addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_start_matches('[').trim_end_matches(']'), p.parse::<u16>().ok()?)))
+            .ok_or_else(|| Error::new(Code::Inval, format!("metrics address {addr:?} is not host:port")))?;
+        if host.is_empty() {
+            return fail(Code::Inval, format!("metrics address {addr:?} has no host"));
+        }
+        self.metrics = Some(resolve(host, port)?);
+        Ok(())
     }
 
     /// Adds a Unix stream socket listener at `path`; returns its index.

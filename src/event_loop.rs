@@ -25,6 +25,8 @@ pub enum Source {
     Child(u32),
     /// A listening socket (by listener index).
     Listener(u32),
+    /// The primary's metrics endpoint: its listener (0) or a scrape (by id).
+    Metrics(u32),
 }
 
 impl Source {
@@ -36,6 +38,7 @@ impl Source {
             Source::Channel(id) => (4, id),
             Source::Child(id) => (5, id),
             Source::Listener(id) => (6, id),
+            Source::Metrics(id) => (7, id),
         };
         tag << 32 | u64::from(id)
     }
@@ -49,6 +52,7 @@ impl Source {
             4 => Source::Channel(id),
             5 => Source::Child(id),
             6 => Source::Listener(id),
+            7 => Source::Metrics(id),
             _ => return None,
         })
     }

@@ -757,6 +757,11 @@ pub fn local_port(index: u32) -> Result<u16> {
     with_primary(|p| p.local_port(index))
 }
 
+/// The port of the primary's metrics endpoint.
+pub fn metrics_port() -> Result<u16> {
+    with_primary(|p| p.metrics_port())
+}
+
 /// Ids of the live workers, ascending.
 pub fn workers() -> Result<Vec<u32>> {
     with_primary(|p| Ok(p.worker_ids()))

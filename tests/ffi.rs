@@ -622,6 +622,11 @@ fn five_hundred_twelve_workers_start_serve_evenly_reload_and_stop() {
 }
 
 #[test]
+fn metrics_and_healthz_follow_the_cluster_and_survive_idle_and_bad_scrapers() {
+    run_c("metrics", &[], Duration::from_secs(90));
+}
+
+#[test]
 fn a_worker_listening_on_a_held_port_gets_eaddrinuse_naming_it() {
     run_c("worker_listen", &["inuse", "fork"], Duration::from_secs(60));
 }

@@ -166,6 +166,40 @@ pub unsafe extern "C" fn cluster_config_listen_tcp(cfg: *mut cluster_config, hos
     })
 }
 
+/// Serves the cluster's numbers from the primary at `addr` (`"127.0.0.1:9100"`,
+/// `"[::1]:9100"`, a host name resolved now; port 0 picks one, see `cluster_metrics_port`):
+/// `GET /metrics` answers Prometheus text (workers by state; per worker connections, in
+/// flight, messages both ways, queued frames, uptime; per slot restarts and crash-loop
+/// give-ups; connections waiting and dropped; accept pauses; send retries), and
+/// `GET /healthz` answers 200 while at least `cluster_config_set_healthy_workers` workers are
+/// READY (default 1) and 503 otherwise, and from the moment a shutdown starts (a load
+/// balancer's or a readiness probe's signal to take the host out before it stops). Served
+/// from the primary's loop: at most 32 scrapes at a time, 5 s each, `Connection: close`.
+///
+/// # Safety
+/// `addr` is a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_config_set_metrics(cfg: *mut cluster_config, addr: *const c_char) -> i32 {
+    guard(|| {
+        let cfg = cfg_mut(cfg)?;
+        // SAFETY: the caller's contract above.
+        let addr = unsafe { str_arg(addr, "addr") }?;
+        cfg.set_metrics(addr).map(|()| 0)
+    })
+}
+
+/// How many workers must be READY for `/healthz` to answer 200 (1..; default 1).
+#[no_mangle]
+pub extern "C" fn cluster_config_set_healthy_workers(cfg: *mut cluster_config, n: u32) -> i32 {
+    guard(|| {
+        if n == 0 {
+            return fail(Code::Inval, "healthy workers must be at least 1");
+        }
+        cfg_mut(cfg)?.healthy_workers = n;
+        Ok(0)
+    })
+}
+
 /// Adds a Unix stream socket listener at `path`. Returns the listener's index. A socket file
 /// left by a dead server is replaced; one a live server listens on is an error. The file is
 /// removed when the cluster stops.

@@ -256,6 +256,12 @@ pub extern "C" fn cluster_local_port(listener: u32) -> i32 {
     guard(|| runtime::local_port(listener).map(i32::from))
 }
 
+/// Primary: the port its metrics endpoint is bound to (`cluster_config_set_metrics`).
+#[no_mangle]
+pub extern "C" fn cluster_metrics_port() -> i32 {
+    guard(|| runtime::metrics_port().map(i32::from))
+}
+
 /// Writes up to `cap` live worker ids (ascending) to `ids`; returns how many workers there are
 /// (which may exceed `cap`). `ids` may be NULL when `cap` is 0.
 ///

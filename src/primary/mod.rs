@@ -13,6 +13,7 @@ pub mod harness;
 mod lifecycle;
 pub mod listeners;
 pub mod loglimit;
+mod metrics;
 pub mod nodeworker;
 mod relay;
 pub mod restart;
@@ -56,6 +57,8 @@ pub enum Timer {
     /// A listener whose workers exited waited long enough for their replacements to listen
     /// again (see `listeners::LISTEN_AGAIN_MS`).
     ListenAgain,
+    /// Scrape `id` of the metrics endpoint ran out of time.
+    Metrics(u32),
     /// Start a worker in this slot again (after its backoff).
     Respawn(u32),
     /// Worker `id` must be READY by now.
@@ -100,6 +103,8 @@ pub struct Primary {
     shared: Arc<Shared>,
     signals: Option<SignalPipe>,
     listeners: Listeners,
+    /// The metrics endpoint (`cluster_config_set_metrics`).
+    metrics: Option<metrics::MetricsServer>,
     /// CPUs this process may run on (workers inherit that): how many workers a turn's
     /// connections are spread over (see `accept::group_size`).
     cpus: usize,
@@ -184,6 +189,7 @@ impl Primary {
                 .map(|spec| listener::bind(spec, cfg.backlog, cfg.policy == Policy::ReusePort))
                 .collect::<Result<Vec<_>>>()?,
         )?;
+        let metrics = cfg.metrics.map(metrics::MetricsServer::bind).transpose()?;
         let signals = if cfg.signals { Some(SignalPipe::install(&PRIMARY_SIGNALS)?) } else { None };
         if let Some(s) = &signals {
             reactor.add(s.fd(), Source::Signals, true, false)?;
@@ -196,6 +202,7 @@ impl Primary {
             shared,
             signals,
             listeners,
+            metrics,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             accept_paused: false,
             accept_pauses: 0,
@@ -231,6 +238,7 @@ impl Primary {
             p._sched = sched::Batch::enter();
         }
         p.start_timers();
+        p.metrics_poll();
         // Node's channel: workers start only when the host forks them (node:cluster's
         // `fork()`), each maybe with an environment of its own.
         let initial = if p.cfg.node_channel.is_some() { 0 } else { p.cfg.effective_workers() };
@@ -250,6 +258,14 @@ impl Primary {
     /// at least one listener; workers that listen add them later, see `listeners`).
     fn hands_off_connections(&self) -> bool {
         self.balance.is_some() && !self.listeners.is_empty()
+    }
+
+    /// The port the metrics endpoint is bound to.
+    pub fn metrics_port(&self) -> Result<u16> {
+        self.metrics
+            .as_ref()
+            .map(|m| m.addr.port())
+            .ok_or_else(|| Error::new(Code::State, "no metrics endpoint (cluster_config_set_metrics)"))
     }
 
     /// State other threads use (sending).

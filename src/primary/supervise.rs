@@ -54,6 +54,7 @@ impl Primary {
                 }
                 Source::Child(id) => self.reap(id),
                 Source::Listener(index) => self.accept_from(index),
+                Source::Metrics(id) => self.on_metrics(id),
             }
         }
         self.after_turn();
@@ -96,6 +97,7 @@ impl Primary {
             Timer::ResumeAccept => self.accept_paused = false,
             // The turn's end closes the listeners whose replacements had their chance.
             Timer::ListenAgain => {}
+            Timer::Metrics(id) => self.metrics_timeout(id),
             Timer::RetryFlush(id) => {
                 // Try again: its queue through the loop's watch, connections at the next pump.
                 if let Some(slot) = self.slots.get_mut(&id) {

@@ -305,7 +305,7 @@ impl Worker {
                     }
                 }
                 Source::Listener(index) => self.accept_from(index),
-                Source::Child(_) => {}
+                Source::Child(_) | Source::Metrics(_) => {}
             }
         }
         if !self.inbox.is_empty() && self.phase != Phase::Disconnected {
