@@ -20,6 +20,8 @@ from conftest import PKG_ROOT, REPO
 def test_wheel_carries_the_library_and_imports_anywhere(tmp_path: Path) -> None:
     if shutil.which(os.environ.get("CARGO", "cargo")) is None:
         pytest.skip("cargo is not installed")
+    if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True, timeout=60).returncode != 0:
+        pytest.skip("pip is not installed")
     env = dict(os.environ)
     env.pop("RCLUSTER_LIB", None)
     env.pop("PYTHONPATH", None)
@@ -54,6 +56,12 @@ def test_wheel_carries_the_library_and_imports_anywhere(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr.decode(errors="replace")
     lib_path, primary = out.stdout.decode().split()
     assert lib_path == str(site / "rcluster" / "librcluster.so") and primary == "True"
+    # the console script is installed and runs
+    script = site / "bin" / "rcluster-serve"
+    assert script.exists()
+    out = subprocess.run([sys.executable, str(script), "--help"], env=env, capture_output=True, timeout=60,
+                         cwd=str(elsewhere))
+    assert out.returncode == 0 and b"module:attribute" in out.stdout, out.stderr.decode(errors="replace")
     # RCLUSTER_LIB still overrides the bundled copy
     other = tmp_path / "librcluster.so"
     shutil.copyfile(site / "rcluster" / "librcluster.so", other)
