@@ -210,6 +210,8 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "cluster_config_add_env": (I32, [CFG, c_char_p]),
     "cluster_config_set_silent": (I32, [CFG, c_bool]),
     "cluster_config_set_channel": (I32, [CFG, c_uint32]),  # (Node workers; declared for completeness)
+    "cluster_config_set_metrics": (I32, [CFG, c_char_p]),
+    "cluster_config_set_healthy_workers": (I32, [CFG, c_uint32]),
     # logging
     "cluster_log_init": (I32, []),
     "cluster_set_log_callback": (I32, [LOG_CB, c_void_p]),
@@ -225,6 +227,7 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "cluster_listen_tcp": (I32, [c_char_p, c_uint16]),
     "cluster_listen_unix": (I32, [c_char_p]),
     "cluster_unlisten": (I32, [c_uint32]),
+    "cluster_metrics_port": (I32, []),
     "cluster_local_port": (I32, [c_uint32]),
     "cluster_workers": (I32, [POINTER(c_uint32), c_size_t]),
     "cluster_worker_info": (I32, [c_uint32, POINTER(cluster_worker_info)]),
