@@ -176,6 +176,10 @@ impl Primary {
         if cfg.node_channel.is_some() {
             // Node's worker code sends no heartbeats: the watchdog would take it for stuck.
             cfg.heartbeat_timeout_ms = 0;
+            // Node's round-robin: one connection at a time per worker, the next once it said
+            // {accepted}. A deeper window gains nothing (Node takes one fd per ACK round trip
+            // anyway) and hands a burst of new connections to one worker while the others idle.
+            cfg.window = 1;
         }
         let balance = balance::for_policy(cfg.policy);
         let exec_plan = match cfg.mode {
