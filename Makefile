@@ -8,7 +8,7 @@ CFLAGS ?= -std=gnu11 -O2 -g -Wall -Wextra -Werror
 PORT ?= 8080
 LIB := target/release/librcluster.so
 
-.PHONY: all lib demo test test-rust test-sanitize test-valgrind test-python test-node test-fuzz lint header examples bench bench-full bench-python install doc clean
+.PHONY: all lib demo test test-rust test-sanitize test-valgrind test-python test-node test-fuzz test-multihost lint header examples bench bench-full bench-python install doc clean
 
 all: lib examples
 
@@ -26,7 +26,7 @@ demo: target/examples/http_server
 
 DEBUG_LIB := $(CURDIR)/target/debug
 
-test: lint test-rust test-sanitize test-valgrind test-python test-node test-fuzz
+test: lint test-rust test-sanitize test-valgrind test-python test-node test-fuzz test-multihost
 
 test-rust:
 	$(CARGO) test
@@ -51,6 +51,11 @@ test-node:
 	$(CARGO) build --lib --quiet
 	cd bindings/node && RCLUSTER_LIB_DIR=$(DEBUG_LIB) npm install --no-audit --no-fund --loglevel=error
 	cd bindings/node && RCLUSTER_LIB_DIR=$(DEBUG_LIB) node --test test/
+
+# Three hosts in network namespaces behind HAProxy, rolling deploys under load (needs root:
+# says SKIPPED otherwise).
+test-multihost:
+	tests/multihost.sh 3
 
 # A short deterministic libFuzzer run of every fuzz target (fuzz/run.sh; `fuzz/run.sh primary
 # 600` fuzzes one target for 10 minutes).

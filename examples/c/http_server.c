@@ -10,6 +10,9 @@
  * Ctrl-C or SIGTERM: a graceful stop (in-flight requests finish), exit 0. SIGHUP: a rolling
  * reload (every worker replaced, never fewer ready). A crashed worker is replaced.
  * Try it: curl http://127.0.0.1:8080/   (RCLUSTER_LOG=debug shows the library's view)
+ * Environment: HOST (the address to bind, default 127.0.0.1); METRICS=host:port serves
+ * /metrics and /healthz there (a load balancer's health check; see docs/GUIDE.md "Past one
+ * machine"), with HEALTHY_WORKERS (default 1) READY workers for /healthz to say 200.
  *
  * A connection arrives as a blocking socket, and this worker serves one at a time: a client
  * that sends nothing, or reads nothing, holds the worker for as long as a read or a write
@@ -143,15 +146,21 @@ int main(int argc, char **argv) {
     cluster_config_set_policy(cfg, policy);
     /* Under systemd socket activation (examples/systemd/) the socket comes from systemd. */
     int inherited = cluster_config_listen_systemd(cfg);
-    if ((inherited <= 0 && cluster_config_listen_tcp(cfg, "127.0.0.1", (uint16_t)port) < 0) ||
+    const char *host = getenv("HOST") ? getenv("HOST") : "127.0.0.1";
+    const char *metrics = getenv("METRICS");
+    const char *healthy = getenv("HEALTHY_WORKERS");
+    if ((inherited <= 0 && cluster_config_listen_tcp(cfg, host, (uint16_t)port) < 0) ||
+        (metrics && cluster_config_set_metrics(cfg, metrics) < 0) ||
+        (healthy && cluster_config_set_healthy_workers(cfg, (uint32_t)atoi(healthy)) < 0) ||
         cluster_primary_start(cfg, on_primary, NULL) < 0) {
         fprintf(stderr, "http_server: %s\n", cluster_last_error());
         cluster_config_free(cfg);
         return 1;
     }
     cluster_config_free(cfg);
-    printf("primary %d: serving http://127.0.0.1:%d/ with %d workers (%s mode, %s); Ctrl-C stops\n", (int)getpid(),
+    printf("primary %d: serving http://%s:%d/ with %d workers (%s mode, %s); Ctrl-C stops\n", (int)getpid(), host,
            cluster_local_port(0), workers, exec_mode ? "exec" : "fork", names[policy]);
+    if (metrics) printf("primary %d: metrics on http://%s/metrics and /healthz\n", (int)getpid(), metrics);
     fflush(stdout);
     int rc = cluster_run();
     if (rc < 0) fprintf(stderr, "http_server: %s\n", cluster_last_error());
