@@ -8,6 +8,7 @@
 #include <rcluster.h>
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -346,6 +347,24 @@ static inline long vm_rss_kb(pid_t pid) { return proc_status_kb(pid, "VmRSS"); }
 
 /* VmHWM (the peak RSS so far, shared memory included) of process `pid` (0: this process) in KiB. */
 static inline long vm_hwm_kb(pid_t pid) { return proc_status_kb(pid, "VmHWM"); }
+
+/* One HTTP request to host:port made by a child while the loop turns here (at most
+ * timeout_ms); returns the id of the worker that answered, or -1. `what` names it in failures. */
+static inline int http_worker_in_child(const char *host, int port, int timeout_ms, const char *what) {
+    int p[2];
+    CHECK(pipe2(p, O_CLOEXEC) == 0, "pipe");
+    pid_t pid = fork_client((const int[]){p[1], -1});
+    if (pid == 0) {
+        int w = http_worker(host, port);
+        _exit(write(p[1], &w, sizeof w) == sizeof w ? 0 : 1);
+    }
+    close(p[1]);
+    int status = dispatch_until_exit(pid, timeout_ms, what);
+    int w = -1;
+    CHECK(WIFEXITED(status) && read(p[0], &w, sizeof w) == sizeof w, "%s: the client reported nothing", what);
+    close(p[0]);
+    return w;
+}
 
 /* A client process's work: `conns` TCP connections to 127.0.0.1:port, `batch` open at a time
  * (batch <= 64), each writing a line and reading its answer to EOF; the answer must start with

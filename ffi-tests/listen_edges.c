@@ -334,18 +334,7 @@ static void case_starve(void) {
     dispatch_while(&exits, 0, 10000, "worker 1's EXIT");
     int forks_then = forks;
     /* The config's listener is worker 2's too: answered now, not after the respawn. */
-    int p[2];
-    CHECK(pipe2(p, O_CLOEXEC) == 0, "pipe");
-    pid_t pid = fork_client((const int[]){p[1], -1});
-    if (pid == 0) {
-        int w = http_worker("127.0.0.1", config_port);
-        _exit(write(p[1], &w, sizeof w) == sizeof w ? 0 : 1);
-    }
-    close(p[1]);
-    int status = dispatch_until_exit(pid, 20000, "the request on the config's listener");
-    int w = -1;
-    CHECK(WIFEXITED(status) && read(p[0], &w, sizeof w) == sizeof w, "the client reported nothing");
-    close(p[0]);
+    int w = http_worker_in_child("127.0.0.1", config_port, 20000, "the request on the config's listener");
     printf("listen_edges starve: answered by worker %d with %d fork(s) since worker 1 died\n", w, forks - forks_then);
     CHECK(w == 2, "the request on the config's listener was answered by %d", w);
     CHECK(forks == forks_then, "the request waited for worker 1's replacement (starved by its 64 connections)");

@@ -368,18 +368,7 @@ static void case_respawn(void) {
     }
     CHECK(exited[0] == first, "worker %u exited, not %u", exited[0], first);
     /* A client connects while no worker lives: the backlog holds it for the replacement. */
-    int p[2];
-    CHECK(pipe2(p, O_CLOEXEC) == 0, "pipe");
-    pid_t pid = fork_client((const int[]){p[1], -1});
-    if (pid == 0) {
-        int w = http_worker("127.0.0.1", port);
-        _exit(write(p[1], &w, sizeof w) == sizeof w ? 0 : 1);
-    }
-    close(p[1]);
-    int status = dispatch_until_exit(pid, 20000, "the request sent while the worker was dead");
-    int w = -1;
-    CHECK(WIFEXITED(status) && read(p[0], &w, sizeof w) == sizeof w, "the client reported nothing");
-    close(p[0]);
+    int w = http_worker_in_child("127.0.0.1", port, 20000, "the request sent while the worker was dead");
     CHECK(w > 0 && (uint32_t)w != first, "the request during the respawn was answered by %d", w);
     wait_listening(2, 15000);
     CHECK(listened_of[w] > 0 && index_of[w] == index && port_of[w] == port,

@@ -130,6 +130,24 @@ pub extern "C" fn cluster_fork() -> i32 {
     guard(|| runtime::fork().map(|id| id as i32))
 }
 
+/// `n` `NAME=value` strings at `env` (NULL when `n` is 0), checked, as a worker's extra
+/// environment.
+///
+/// # Safety
+/// `env` is NULL with `n` 0, or points to `n` NUL-terminated strings.
+unsafe fn env_entries(env: *const *const libc::c_char, n: usize) -> crate::error::Result<Vec<std::ffi::CString>> {
+    let mut vars = Vec::with_capacity(n.min(1024));
+    if n > 0 {
+        non_null(env, "env")?;
+        for i in 0..n {
+            // SAFETY: the caller's contract: `n` string pointers at `env`.
+            let kv = unsafe { str_arg(*env.add(i), "env entry") }?;
+            vars.push(crate::config::env_entry(kv)?);
+        }
+    }
+    Ok(vars)
+}
+
 /// Starts one more worker with `n` extra `NAME=value` variables in its environment (Node's
 /// `cluster.fork(env)`); a respawn or reload of its slot gets them again. Returns its id, as
 /// `cluster_fork` does. A variable rcluster sets for workers (`RCLUSTER_WORKER_ID`...) is
@@ -140,15 +158,8 @@ pub extern "C" fn cluster_fork() -> i32 {
 #[no_mangle]
 pub unsafe extern "C" fn cluster_fork_env(env: *const *const libc::c_char, n: usize) -> i32 {
     guard(|| {
-        let mut vars = Vec::with_capacity(n.min(1024));
-        if n > 0 {
-            non_null(env, "env")?;
-            for i in 0..n {
-                // SAFETY: the caller's contract: `n` string pointers at `env`.
-                let kv = unsafe { str_arg(*env.add(i), "env entry") }?;
-                vars.push(crate::config::env_entry(kv)?);
-            }
-        }
+        // SAFETY: the caller's contract: `n` string pointers at `env`.
+        let vars = unsafe { env_entries(env, n) }?;
         runtime::fork_env(vars).map(|id| id as i32)
     })
 }
@@ -181,15 +192,8 @@ pub unsafe extern "C" fn cluster_fork_exec(
                     .map_err(|_| crate::error::Error::new(crate::error::Code::Inval, "argv entry with a NUL"))?,
             );
         }
-        let mut vars = Vec::with_capacity(n.min(1024));
-        if n > 0 {
-            non_null(env, "env")?;
-            for i in 0..n {
-                // SAFETY: the caller's contract: `n` string pointers at `env`.
-                let kv = unsafe { str_arg(*env.add(i), "env entry") }?;
-                vars.push(crate::config::env_entry(kv)?);
-            }
-        }
+        // SAFETY: the caller's contract: `n` string pointers at `env`.
+        let vars = unsafe { env_entries(env, n) }?;
         let dir = if cwd.is_null() {
             None
         } else {
