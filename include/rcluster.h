@@ -805,6 +805,18 @@ int32_t cluster_worker_kill(uint32_t id, int32_t signal);
 int32_t cluster_worker_disconnect(uint32_t id);
 
 /**
+ * A silent Node worker's stdio (`cluster_config_set_silent` with `CLUSTER_CHANNEL_NODE_*`:
+ * pipes, as node:cluster's `silent: true` gives, instead of /dev/null): writes the primary's
+ * ends into `fds` (stdin to write, stdout and stderr to read), which the caller owns from
+ * then on and must close. Once per worker; CLUSTER_E_INVAL for a worker without pipes or
+ * whose pipes were taken, CLUSTER_E_NOWORKER for an unknown id.
+ *
+ * # Safety
+ * `fds` points at 3 writable `int32_t`.
+ */
+int32_t cluster_worker_take_stdio(uint32_t id, int32_t *fds);
+
+/**
  * Closes the primary's end of worker `id`'s channel, as Node's `subprocess.disconnect()` does:
  * the worker sees its channel close (a Node worker then exits by itself), and a
  * CLUSTER_EVENT_DISCONNECT follows. The worker is not signalled, and its exit is not counted

@@ -786,6 +786,11 @@ pub fn worker_disconnect(id: u32) -> Result<()> {
     })
 }
 
+/// Takes a silent Node worker's stdio pipes (the primary's ends, owned by the caller now).
+pub fn worker_take_stdio(id: u32) -> Result<[OwnedFd; 3]> {
+    with_primary(|p| p.take_stdio(id))
+}
+
 /// Closes the primary's end of worker `id`'s channel (Node's `subprocess.disconnect()`): the
 /// worker sees it close; a DISCONNECT event follows. The worker is not signalled.
 pub fn worker_close_channel(id: u32) -> Result<()> {

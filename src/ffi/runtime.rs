@@ -326,6 +326,27 @@ pub extern "C" fn cluster_worker_disconnect(id: u32) -> i32 {
     guard(|| runtime::worker_disconnect(id).map(|()| 0))
 }
 
+/// A silent Node worker's stdio (`cluster_config_set_silent` with `CLUSTER_CHANNEL_NODE_*`:
+/// pipes, as node:cluster's `silent: true` gives, instead of /dev/null): writes the primary's
+/// ends into `fds` (stdin to write, stdout and stderr to read), which the caller owns from
+/// then on and must close. Once per worker; CLUSTER_E_INVAL for a worker without pipes or
+/// whose pipes were taken, CLUSTER_E_NOWORKER for an unknown id.
+///
+/// # Safety
+/// `fds` points at 3 writable `int32_t`.
+#[no_mangle]
+pub unsafe extern "C" fn cluster_worker_take_stdio(id: u32, fds: *mut i32) -> i32 {
+    guard(|| {
+        non_null(fds, "fds")?;
+        let pipes = runtime::worker_take_stdio(id)?;
+        for (i, fd) in pipes.into_iter().enumerate() {
+            // SAFETY: the caller's contract: 3 writable int32_t at `fds`.
+            unsafe { *fds.add(i) = std::os::fd::IntoRawFd::into_raw_fd(fd) };
+        }
+        Ok(0)
+    })
+}
+
 /// Closes the primary's end of worker `id`'s channel, as Node's `subprocess.disconnect()` does:
 /// the worker sees its channel close (a Node worker then exits by itself), and a
 /// CLUSTER_EVENT_DISCONNECT follows. The worker is not signalled, and its exit is not counted

@@ -391,8 +391,11 @@ impl Primary {
         };
         match spawned {
             Spawned::Child(env) => Ok(Some(env)),
-            Spawned::Parent { pid, channel, recovery } => {
+            Spawned::Parent { pid, channel, recovery, stdio } => {
                 self.adopt(id, slot, pid, channel, Some(recovery));
+                if let Some(s) = self.slots.get_mut(&id) {
+                    s.stdio = stdio;
+                }
                 Ok(None)
             }
         }
@@ -583,6 +586,16 @@ impl Primary {
         self.arm_if_queued(id);
         self.let_go_of_recovery(id);
         Ok(())
+    }
+
+    /// Takes a silent Node worker's stdio pipes (the primary's ends: stdin to write, stdout and
+    /// stderr to read), once. `Inval` for a worker that has none (or whose pipes were taken).
+    pub fn take_stdio(&mut self, id: u32) -> Result<[std::os::fd::OwnedFd; 3]> {
+        let slot =
+            self.slots.get_mut(&id).ok_or_else(|| Error::new(Code::NoWorker, format!("no worker with id {id}")))?;
+        slot.stdio.take().ok_or_else(|| {
+            Error::new(Code::Inval, format!("worker {id} has no stdio pipes (only silent Node workers do, once)"))
+        })
     }
 
     /// Closes the primary's end of worker `id`'s channel (both directions shut down, so the

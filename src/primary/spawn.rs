@@ -33,6 +33,8 @@ pub enum Spawned {
         channel: OwnedFd,
         /// The worker's end, kept to recover what it never received (see `Slot::recovery`).
         recovery: OwnedFd,
+        /// A silent Node worker's stdin, stdout and stderr: the primary's ends of the pipes.
+        stdio: Option<[OwnedFd; 3]>,
     },
     /// FORK mode, and we are the new worker: tear the primary down and run the worker main.
     Child(WorkerEnv),
@@ -88,7 +90,7 @@ pub fn fork_worker(template: WorkerEnv, process: &WorkerProcess) -> Result<Spawn
         let channel = std::os::fd::IntoRawFd::into_raw_fd(theirs);
         return Ok(Spawned::Child(WorkerEnv { channel, ..template }));
     }
-    Ok(Spawned::Parent { pid, channel: ours, recovery: theirs })
+    Ok(Spawned::Parent { pid, channel: ours, recovery: theirs, stdio: None })
 }
 
 /// `Threads` when this process has more than one thread (FORK mode cannot be used).
@@ -193,7 +195,12 @@ pub fn exec_worker(
     process: &WorkerProcess,
     node: Option<Serialization>,
 ) -> Result<Spawned> {
-    let setup = Setup::new(process)?;
+    // A silent Node worker's stdio goes to pipes the host reads (node:cluster's
+    // `worker.process.stdout`), not to /dev/null.
+    let piped = node.is_some() && process.silent;
+    let setup =
+        if piped { Setup::new(&WorkerProcess { silent: false, ..process.clone() })? } else { Setup::new(process)? };
+    let pipes = if piped { Some(stdio_pipes()?) } else { None };
     let (ours, theirs) = match node {
         Some(_) => crate::ipc::nodechan::stream::pair()?,
         None => sys::seqpacket_pair()?,
@@ -243,6 +250,7 @@ pub fn exec_worker(
         argv: argv_ptrs.as_ptr(),
         envp: env_ptrs.as_ptr(),
         die_with_parent: node.is_none(),
+        stdio: pipes.as_ref().map(|p| [p[0].0.as_raw_fd(), p[1].0.as_raw_fd(), p[2].0.as_raw_fd()]),
         failure: [0; 2],
     };
     sys::flush_stdio();
@@ -278,7 +286,20 @@ pub fn exec_worker(
         };
         return Err(Error::sys(what, io::Error::from_raw_os_error(failure[1])));
     }
-    Ok(Spawned::Parent { pid, channel: ours, recovery: theirs })
+    let stdio = pipes.map(|[a, b, c]| [a.1, b.1, c.1]);
+    Ok(Spawned::Parent { pid, channel: ours, recovery: theirs, stdio })
+}
+
+/// Three pipes for a silent Node worker's stdin, stdout and stderr: (the child's end, ours),
+/// CLOEXEC, above stdio (dup2 onto 0-2 must never find its source there).
+fn stdio_pipes() -> Result<[(OwnedFd, OwnedFd); 3]> {
+    let pipe = |child_reads: bool| -> Result<(OwnedFd, OwnedFd)> {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
+        let up = |fd| sys::above_stdio(fd).map_err(|e| Error::sys("fcntl(F_DUPFD_CLOEXEC)", e));
+        let (r, w) = (up(r)?, up(w)?);
+        Ok(if child_reads { (r, w) } else { (w, r) })
+    };
+    Ok([pipe(true)?, pipe(false)?, pipe(false)?])
 }
 
 /// What the EXEC-mode child needs, all prepared before the clone; `failure` is its answer.
@@ -292,6 +313,8 @@ struct ExecChild<'a> {
     envp: *const *const libc::c_char,
     /// Set PR_SET_PDEATHSIG (rcluster workers; Node workers leave when their channel closes).
     die_with_parent: bool,
+    /// The child's ends of a silent Node worker's stdio pipes, for 0, 1 and 2.
+    stdio: Option<[RawFd; 3]>,
     /// (Stage, errno) when the child failed before or at exec; zeros when it exec'd.
     failure: [libc::c_int; 2],
 }
@@ -324,6 +347,11 @@ extern "C" fn exec_child(arg: *mut libc::c_void) -> libc::c_int {
                 // Changing the uid or gid clears the parent-death signal: set it again.
                 if c.die_with_parent {
                     die_with_parent(c.parent);
+                }
+                if let Some(pipes) = c.stdio {
+                    for (target, fd) in pipes.into_iter().enumerate() {
+                        libc::dup2(fd, target as RawFd); // the copy on 0-2 is not close-on-exec
+                    }
                 }
                 libc::execve(c.path, c.argv, c.envp);
                 [Stage::Exec as libc::c_int, *libc::__errno_location()]

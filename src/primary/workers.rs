@@ -125,6 +125,8 @@ pub struct Slot {
     pub send_retry_logged_ms: u64,
     /// A Node worker on Node's own channel (`nodeworker`): its receive state.
     pub node: Option<Box<super::nodeworker::NodeSlot>>,
+    /// A silent Node worker's stdio pipes, until the host takes them (`take_stdio`).
+    pub stdio: Option<[OwnedFd; 3]>,
 }
 
 impl Slot {
@@ -175,6 +177,7 @@ impl Slot {
             send_retry: false,
             send_retry_logged_ms: 0,
             node: None,
+            stdio: None,
         }
     }
 

@@ -339,7 +339,19 @@ module.exports = function installNodePrimary(cluster, native) {
 
   const byId = new Map(); // core id -> Worker (until its exit)
 
+  // The channel's cluster messages are Node internals: pinned by test/node_channel.test.js and
+  // Node's own cluster tests against the majors listed here. Another major is warned about
+  // once (its workers run its own cluster code, which has kept this protocol for many majors).
+  const TESTED_MAJORS = [20];
+
   function startRuntime() {
+    const major = Number(process.versions.node.split('.')[0]);
+    if (!TESTED_MAJORS.includes(major)) {
+      process.emitWarning(
+        `rcluster speaks Node's cluster protocol as tested with Node ${TESTED_MAJORS.join(', ')}; this is Node ${process.versions.node}`,
+        { code: 'RCLUSTER_NODE_UNTESTED' }
+      );
+    }
     const s = cluster.settings;
     serialization = s.serialization === 'advanced' ? 'advanced' : 'json';
     const exec = s.exec;
@@ -428,10 +440,25 @@ module.exports = function installNodePrimary(cluster, native) {
     } catch {
       // failed to start: its ERROR event says why
     }
+    if (cluster.settings.silent) attachStdio(worker.process, id);
     process.nextTick(() => cluster.emit('fork', worker));
     updateRef();
     return worker;
   };
+
+  /** silent: true: the worker's stdin, stdout and stderr are pipes, as ChildProcess gives. */
+  function attachStdio(proc, id) {
+    let fds;
+    try {
+      fds = native.takeStdio(id);
+    } catch {
+      return; // it failed to start
+    }
+    proc.stdin = new net.Socket({ fd: fds[0], readable: false, writable: true });
+    proc.stdout = new net.Socket({ fd: fds[1], readable: true, writable: false });
+    proc.stderr = new net.Socket({ fd: fds[2], readable: true, writable: false });
+    proc.stdio = [proc.stdin, proc.stdout, proc.stderr];
+  }
 
   /** A Worker object for worker `id` of the library, in cluster.workers. */
   function adopt(id) {

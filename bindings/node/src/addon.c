@@ -1065,6 +1065,23 @@ static napi_value js_close_channel(napi_env env, napi_callback_info info) {
     return rc_result(env, cluster_worker_close_channel(id));
 }
 
+/* takeStdio(id): [stdin, stdout, stderr] fds of a silent Node worker (the caller owns them). */
+static napi_value js_take_stdio(napi_env env, napi_callback_info info) {
+    napi_value argv[1];
+    uint32_t id;
+    if (!owner(env) || !get_args(env, info, 1, argv, NULL)) return NULL;
+    if (!get_u32(env, argv[0], &id)) return throw_type(env, "worker id must be a non-negative integer");
+    int32_t fds[3] = {-1, -1, -1};
+    int32_t rc = cluster_worker_take_stdio(id, fds);
+    if (rc < 0) return throw_rc(env, rc, NULL);
+    napi_value arr, v;
+    if (napi_create_array_with_length(env, 3, &arr) != napi_ok) return NULL;
+    for (uint32_t i = 0; i < 3; i++) {
+        if (napi_create_int32(env, fds[i], &v) != napi_ok || napi_set_element(env, arr, i, v) != napi_ok) return NULL;
+    }
+    return arr;
+}
+
 static napi_value js_reload(napi_env env, napi_callback_info info) {
     (void)info;
     if (!owner(env)) return NULL;
@@ -1422,6 +1439,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
         !set_fn(env, exports, "kill", js_kill) || !set_fn(env, exports, "disconnect", js_disconnect) ||
         !set_fn(env, exports, "closeChannel", js_close_channel) ||
         !set_fn(env, exports, "forkExec", js_fork_exec) ||
+        !set_fn(env, exports, "takeStdio", js_take_stdio) ||
         !set_fn(env, exports, "reload", js_reload) || !set_fn(env, exports, "scale", js_scale) ||
         !set_fn(env, exports, "shutdown", js_shutdown) || !set_fn(env, exports, "localPort", js_local_port) ||
         !set_fn(env, exports, "stats", js_stats) || !set_fn(env, exports, "send", js_send) ||

@@ -212,3 +212,10 @@ test("rcluster's extra setupPrimary({ restart: true }) replaces a worker that ex
     await run.kill();
   }
 });
+
+test('silent: true gives the worker pipes for stdin, stdout and stderr', () =>
+  scenario('silent', async (run, label) => {
+    const m = await run.waitFor('silent');
+    assert.deepEqual([m.code, m.stdout, m.stderr], [0, 'got ping\n', 'to stderr\n'], label);
+    assert.equal((await run.waitExit()).code, 0, label);
+  }));

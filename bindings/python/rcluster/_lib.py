@@ -234,6 +234,7 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "cluster_worker_kill": (I32, [c_uint32, c_int32]),
     "cluster_worker_disconnect": (I32, [c_uint32]),
     "cluster_worker_close_channel": (I32, [c_uint32]),  # (Node workers; declared for completeness)
+    "cluster_worker_take_stdio": (I32, [c_uint32, POINTER(c_int32)]),  # (Node workers; declared for completeness)
     "cluster_reload": (I32, []),
     "cluster_stats": (I32, [c_char_p, c_size_t]),
     "cluster_scale": (I32, [c_uint32]),
