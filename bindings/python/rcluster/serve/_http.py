@@ -133,7 +133,7 @@ class Request:
         "chunks",
         "body_size",
         "complete",
-        "_waiter",
+        "_waiters",
         "started",
     )
 
@@ -147,7 +147,7 @@ class Request:
         self.chunks: List[bytes] = []
         self.body_size = 0
         self.complete = False
-        self._waiter: Optional["asyncio.Future[None]"] = None
+        self._waiters: Optional[List["asyncio.Future[None]"]] = None  # (an app may wait in several tasks)
         self.started = time.monotonic()
 
     def wake(self) -> None:
@@ -155,23 +155,27 @@ class Request:
         self._wake()
 
     def _wake(self) -> None:
-        w = self._waiter
-        if w is not None:
-            self._waiter = None
-            if not w.done():
-                w.set_result(None)
+        ws = self._waiters
+        if ws:
+            self._waiters = None
+            for w in ws:
+                if not w.done():
+                    w.set_result(None)
 
     async def wait_body(self) -> None:
         """Waits until more body arrived, the body is complete, or the connection closed."""
         if self.chunks or self.complete:
             return
-        self._waiter = asyncio.get_running_loop().create_future()
-        await self._waiter
+        await self.wait()
 
     async def wait(self) -> None:
         """Waits for the next change: more body, its end, the connection's end, or ``wake()``."""
-        self._waiter = asyncio.get_running_loop().create_future()
-        await self._waiter
+        fut: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = [fut]
+        else:
+            self._waiters.append(fut)
+        await fut
 
     def take(self) -> bytes:
         """The body bytes buffered so far (and forgets them)."""
