@@ -376,6 +376,10 @@ def test_asgi_disconnect_lifespan_unix_socket_exec_mode(served, tmp_path):
     time.sleep(0.1)
     c.close()
     c = Conn(unix=sock_path)
+    c.request(path="/two-waiters")
+    time.sleep(0.1)
+    c.close()
+    c = Conn(unix=sock_path)
     c.request(path="/forever")
     assert c.reader.readline().startswith(b"HTTP/1.1 200")
     c.close()
@@ -384,9 +388,11 @@ def test_asgi_disconnect_lifespan_unix_socket_exec_mode(served, tmp_path):
         return marks.exists() and text in marks.read_text()
 
     deadline = time.monotonic() + 10
-    while not (marked("disconnect seen") and marked("stream stopped")) and time.monotonic() < deadline:
+    while not (marked("disconnect seen") and marked("stream stopped") and marked("two waiters")) \
+            and time.monotonic() < deadline:
         time.sleep(0.02)
     assert marked("disconnect seen") and marked("stream stopped"), marks.read_text()
+    assert marked("two waiters: http.disconnect http.disconnect"), marks.read_text()
     s.signal(signal.SIGTERM)
     assert s.wait_exit(15) == 0
     assert marked("shutdown")

@@ -31,6 +31,15 @@ async def app(scope, receive, send):
             pass
         mark("disconnect seen")
         return
+    if path == "/two-waiters":  # two tasks wait in receive() at once: both hear the client leave
+        await receive()  # the (empty) body
+
+        async def waiter():
+            return (await receive())["type"]
+
+        kinds = await asyncio.gather(waiter(), waiter())
+        mark("two waiters: " + " ".join(kinds))
+        return
     if path == "/forever":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         async def wait_gone():
