@@ -10,6 +10,8 @@
 #      checked, each at its own exit, and a worker with errors exits 99, which fails the run.
 #   3. ffi-tests/messages.c in FORK and EXEC mode (messages both ways, relay, broadcast, a
 #      graceful stop; the program checks every worker's exit itself).
+#   4. ffi-tests/node_channel.c: Node's IPC channel (the protocol, and hostile workers: an fd
+#      flood, an endless line, garbage); its workers are exec'd, only the primary is checked.
 #
 # valgrind 3.19 does not know pidfd_open (syscall 434: "unhandled amd64-linux syscall" in the
 # logs); the library then polls for its workers' exits instead, so under valgrind that
@@ -28,6 +30,7 @@ rm -f "$dir"/*.log "$dir"/*.out
 cflags=(-std=gnu11 -O1 -g -Wall -Wextra -Werror -Iinclude -Iffi-tests -Ltarget/debug "-Wl,-rpath,$PWD/target/debug")
 "$CC" "${cflags[@]}" examples/c/http_server.c -o "$dir/http_server" -lrcluster
 "$CC" "${cflags[@]}" ffi-tests/messages.c -o "$dir/messages" -lrcluster -lpthread
+"$CC" "${cflags[@]}" ffi-tests/node_channel.c -o "$dir/node_channel" -lrcluster
 
 vg=(valgrind --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99 --trace-children=no)
 failed=0
@@ -114,9 +117,22 @@ messages_run() { # $1 = fork|exec
   echo "valgrind: $run: $clean process(es) checked, $((SECONDS - start)) s"
 }
 
+node_channel_run() { # $1 = protocol|hostile: Node's channel (workers exec'd, not checked)
+  run=node_channel-$1
+  local start=$SECONDS rc=0
+  "${vg[@]}" --log-file="$dir/$run.%p.log" "$dir/node_channel" "$1" >"$dir/$run.out" 2>&1 &
+  local pid=$!
+  wait "$pid" || rc=$?
+  [ "$rc" = 0 ] || fail "exited with $rc (99: memcheck errors or leaks), output: $dir/$run.out"
+  check_logs "$pid"
+  echo "valgrind: $run: $clean process(es) checked, $((SECONDS - start)) s"
+}
+
 http_run exec
 http_run fork
 messages_run exec
 messages_run fork
+node_channel_run protocol
+node_channel_run hostile
 if [ "$failed" = 0 ]; then echo "valgrind: ok (no memcheck error, nothing definitely or indirectly lost)"; fi
 exit "$failed"
