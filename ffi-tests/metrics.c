@@ -3,7 +3,8 @@
  *   2 FORK workers, round-robin, healthy_workers 2. Checked:
  *   - /healthz: 200 once both are READY; 503 ("need 2") while one is dead and its replacement
  *     waits its backoff; 200 again when it is back; 503 ("shutting down") from the moment a
- *     shutdown starts while a worker still drains;
+ *     graceful shutdown is asked: "draining" for the drain delay (1.5 s) while requests are
+ *     still served, then "shutting down" while a worker still drains;
  *   - /metrics: 200, text/plain; version=0.0.4, workers by state, per-worker connection counts
  *     that match the requests served (round-robin: 3 each of 6), restarts of the slot;
  *   - HEAD (no body), 404, 405, a malformed request (400), a 9 KiB header (431);
@@ -102,6 +103,7 @@ int main(void) {
     EXPECT_ERR(cluster_config_set_healthy_workers(cfg, 0), CLUSTER_E_INVAL);
     OK(cluster_config_set_metrics(cfg, "127.0.0.1:0"));
     OK(cluster_config_set_healthy_workers(cfg, 2));
+    OK(cluster_config_set_drain_delay(cfg, 1500));
     /* Deaths wait 3 s for their replacement: long enough to see /healthz say 503. */
     OK(cluster_config_set_min_uptime(cfg, 600000));
     OK(cluster_config_set_backoff(cfg, 3000, 3000, 600000));
@@ -178,13 +180,22 @@ int main(void) {
     wait_for(&ready, 3, 15000, "the replacement's READY");
     expect(mport, "GET", "/healthz", 200, NULL);
 
-    /* A shutdown with a worker still busy: 503 from its start. A client holds a worker in
-     * its callback (connected, request not sent yet). */
+    /* A graceful shutdown waits out the drain delay first: 503 "draining" while it still
+     * serves everything. */
+    OK(cluster_shutdown(10000));
+    expect(mport, "GET", "/healthz", 503, "draining");
+    CHECK(probe(port, 4, ids) == 4, "requests served during the drain delay");
+    /* Then it stops, with a worker still busy: a client holds it in its callback (connected,
+     * request not sent yet); 503 "shutting down" until it is done. */
     int hold = tcp_connect("127.0.0.1", port);
     CHECK(hold >= 0, "connect");
-    for (int i = 0; i < 10; i++) cluster_dispatch(20);
-    OK(cluster_shutdown(10000));
-    expect(mport, "GET", "/healthz", 503, "shutting down");
+    end = now_ms() + 10000;
+    for (;;) {
+        get(mport, "GET", "/healthz", resp, sizeof resp);
+        if (strstr(resp, "shutting down")) break;
+        CHECK(now_ms() < end, "the drain delay did not end: %.300s", resp);
+        CHECK(status_of(resp) == 503, "/healthz during the drain delay: %.300s", resp);
+    }
     CHECK(write(hold, "GET / HTTP/1.0\r\n\r\n", 18) == 18, "write");
     close(hold);
     end = now_ms() + 15000;

@@ -514,6 +514,16 @@ int32_t cluster_config_set_signals(struct cluster_config *cfg, bool on);
 int32_t cluster_config_set_grace(struct cluster_config *cfg, uint32_t grace_ms);
 
 /**
+ * Before a graceful shutdown (a signal, `cluster_shutdown` with a grace) starts, the primary
+ * goes on serving for `ms` with `/healthz` (`cluster_config_set_metrics`) already answering
+ * 503 "draining", so that load balancers take the host out while it still answers everything
+ * they send; then the shutdown proceeds as usual. A second request to stop, or one with no
+ * grace, does not wait. Default 0 (no delay): the role of Kubernetes' `preStop` sleep, for
+ * load balancers that do not retry a refused connection elsewhere.
+ */
+int32_t cluster_config_set_drain_delay(struct cluster_config *cfg, uint32_t ms);
+
+/**
  * Bounds of each send queue: at most `max_bytes` of payload and `max_messages` messages
  * queued (a single larger message is still taken when the queue is empty). Defaults: 8 MiB,
  * 4096.

@@ -209,6 +209,9 @@ pub struct Config {
     pub signals: bool,
     /// Grace period of a signal-initiated shutdown, in ms (default 30 s).
     pub grace_ms: u32,
+    /// Before a graceful shutdown starts, the primary goes on serving this long with its
+    /// health check saying 503 (`cluster_config_set_drain_delay`; default 0).
+    pub drain_delay_ms: u32,
     /// Bounds of each send queue.
     pub send_limits: Limits,
     /// Connections handed to one worker and not yet acknowledged, at most.
@@ -302,6 +305,7 @@ impl Default for Config {
             max_message: DEFAULT_MAX_MESSAGE,
             signals: true,
             grace_ms: 30_000,
+            drain_delay_ms: 0,
             send_limits: Limits::default(),
             window: 64,
             max_pending: 4096,

@@ -292,6 +292,9 @@ impl Primary {
             .filter(|s| s.state == WorkerState::Ready && s.channel_open && !s.disconnect_requested)
             .count();
         let need = self.cfg.healthy_workers as usize;
+        if let (Phase::Running, Some(_)) = (self.phase, self.drain_pending) {
+            return (false, "draining: a shutdown was asked".to_string());
+        }
         match self.phase {
             Phase::Running if ready >= need => (true, format!("ok: {ready} workers ready (need {need})")),
             Phase::Running => (false, format!("not ready: {ready} workers ready, need {need}")),

@@ -59,6 +59,8 @@ pub enum Timer {
     ListenAgain,
     /// Scrape `id` of the metrics endpoint ran out of time.
     Metrics(u32),
+    /// The drain delay before a graceful shutdown is over.
+    DrainDelay,
     /// Start a worker in this slot again (after its backoff).
     Respawn(u32),
     /// Worker `id` must be READY by now.
@@ -124,6 +126,8 @@ pub struct Primary {
     balance: Option<Box<dyn Balance>>,
     phase: Phase,
     grace_timer: Option<TimerId>,
+    /// A graceful shutdown asked for and waiting out the drain delay: its grace.
+    drain_pending: Option<u32>,
     reap_poll: bool,
     exec_plan: Option<ExecPlan>,
     reader: Reader,
@@ -220,6 +224,7 @@ impl Primary {
             balance,
             phase: Phase::Running,
             grace_timer: None,
+            drain_pending: None,
             reap_poll: false,
             exec_plan,
             histories: BTreeMap::new(),

@@ -98,6 +98,11 @@ impl Primary {
             // The turn's end closes the listeners whose replacements had their chance.
             Timer::ListenAgain => {}
             Timer::Metrics(id) => self.metrics_timeout(id),
+            Timer::DrainDelay => {
+                if let Some(grace) = self.drain_pending {
+                    self.shutdown_now(grace);
+                }
+            }
             Timer::RetryFlush(id) => {
                 // Try again: its queue through the loop's watch, connections at the next pump.
                 if let Some(slot) = self.slots.get_mut(&id) {
@@ -628,6 +633,21 @@ impl Primary {
     }
 
     pub(super) fn begin_shutdown(&mut self, grace_ms: u32) {
+        if self.phase == Phase::Running && grace_ms > 0 && self.cfg.drain_delay_ms > 0 && self.drain_pending.is_none() {
+            // Serve on, while /healthz already says 503, before stopping (see
+            // `cluster_config_set_drain_delay`).
+            log::info!("shutdown asked: draining for {} ms first (health says 503)", self.cfg.drain_delay_ms);
+            self.drain_pending = Some(grace_ms);
+            self.reactor.add_timer(sys::monotonic_ms() + u64::from(self.cfg.drain_delay_ms), Timer::DrainDelay);
+            return;
+        }
+        // A second request to stop does not wait for the rest of the delay.
+        self.shutdown_now(grace_ms);
+    }
+
+    /// The shutdown itself, once any drain delay is over (see `begin_shutdown`).
+    pub(super) fn shutdown_now(&mut self, grace_ms: u32) {
+        self.drain_pending = None;
         match self.phase {
             Phase::Finished => return,
             Phase::Draining { .. } => {

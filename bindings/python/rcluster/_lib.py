@@ -212,6 +212,7 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "cluster_config_set_channel": (I32, [CFG, c_uint32]),  # (Node workers; declared for completeness)
     "cluster_config_set_metrics": (I32, [CFG, c_char_p]),
     "cluster_config_set_healthy_workers": (I32, [CFG, c_uint32]),
+    "cluster_config_set_drain_delay": (I32, [CFG, c_uint32]),
     # logging
     "cluster_log_init": (I32, []),
     "cluster_set_log_callback": (I32, [LOG_CB, c_void_p]),
