@@ -2,12 +2,15 @@
 //! timers so that fd also wakes for them, and an eventfd that other threads use to wake it.
 
 use std::collections::BTreeMap;
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::timerfd::TimerFd;
+
 use crate::error::{Error, Result};
-use crate::sys::{self, cvt, owned};
+use crate::sys;
 
 /// Where a readiness event comes from. Encoded into epoll's u64 so a stale event (for a source
 /// that went away while the loop was blocked) decodes to an id that is simply not found.
@@ -78,10 +81,8 @@ pub struct Waker {
 impl Waker {
     /// Makes the loop's next (or current) wait return.
     pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a live u64 to an eventfd; EAGAIN (counter full) is fine,
-        // the loop is already due to wake.
-        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        // EAGAIN (counter full) is fine: the loop is already due to wake.
+        nix::unistd::write(&self.fd, &1u64.to_ne_bytes()).ok();
     }
 
     /// The eventfd (for `requests`, which writes to it from signal handlers).
@@ -96,8 +97,8 @@ pub struct TimerId(u64, u64);
 
 /// The epoll set, its timers and its waker. `T` is what a timer carries back when it fires.
 pub struct Reactor<T> {
-    epfd: OwnedFd,
-    timerfd: nix::sys::timerfd::TimerFd,
+    epoll: Epoll,
+    timerfd: TimerFd,
     waker: std::sync::Arc<Waker>,
     timers: BTreeMap<TimerId, T>,
     next_timer: u64,
@@ -106,26 +107,24 @@ pub struct Reactor<T> {
 impl<T> Reactor<T> {
     /// A new reactor with its timerfd and waker registered.
     pub fn new() -> Result<Reactor<T>> {
-        // SAFETY: epoll_create1 takes a flag.
-        let epfd =
-            owned(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }).map_err(|e| Error::sys("epoll_create1", e))?;
+        let epoll = new_epoll().map_err(|e| Error::sys("epoll_create1", e))?;
         let timerfd = sys::timerfd().map_err(|e| Error::sys("timerfd_create", e))?;
         let wake = sys::eventfd().map_err(|e| Error::sys("eventfd", e))?;
         let r = Reactor {
-            epfd,
+            epoll,
             timerfd,
             waker: std::sync::Arc::new(Waker { fd: wake }),
             timers: BTreeMap::new(),
             next_timer: 0,
         };
-        r.add(r.timerfd.as_fd().as_raw_fd(), Source::Timer, true, false)?;
-        r.add(r.waker.fd.as_raw_fd(), Source::Waker, true, false)?;
+        r.add(&r.timerfd, Source::Timer, true, false)?;
+        r.add(&r.waker.fd, Source::Waker, true, false)?;
         Ok(r)
     }
 
     /// The pollable fd: readable whenever `wait` has something to report (`cluster_fd`).
-    pub fn fd(&self) -> RawFd {
-        self.epfd.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.epoll.0.as_fd()
     }
 
     /// The cross-thread waker.
@@ -133,47 +132,36 @@ impl<T> Reactor<T> {
         self.waker.clone()
     }
 
-    fn ctl(&self, op: libc::c_int, fd: RawFd, source: Source, readable: bool, writable: bool) -> io::Result<()> {
-        let mut events = 0u32;
-        if readable {
-            events |= libc::EPOLLIN as u32;
-        }
-        if writable {
-            events |= libc::EPOLLOUT as u32;
-        }
-        let mut ev = libc::epoll_event { events, u64: source.token() };
-        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
-        cvt(unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), op, fd, &mut ev) }).map(drop)
+    fn event(source: Source, readable: bool, writable: bool) -> EpollEvent {
+        let mut flags = EpollFlags::empty();
+        flags.set(EpollFlags::EPOLLIN, readable);
+        flags.set(EpollFlags::EPOLLOUT, writable);
+        EpollEvent::new(flags, source.token())
     }
 
     /// Watches `fd` (level-triggered).
-    pub fn add(&self, fd: RawFd, source: Source, readable: bool, writable: bool) -> Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, source, readable, writable)
+    pub fn add(&self, fd: impl AsFd, source: Source, readable: bool, writable: bool) -> Result<()> {
+        self.epoll
+            .add(fd, Self::event(source, readable, writable))
             .map_err(|e| Error::sys(format!("epoll_ctl(ADD, {source:?})"), e))
     }
 
     /// Watches a listening socket shared with other processes, waking only one of them per
     /// connection (EPOLLEXCLUSIVE: no thundering herd).
-    pub fn add_exclusive(&self, fd: RawFd, source: Source) -> Result<()> {
-        let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32, u64: source.token() };
-        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
-        cvt(unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })
-            .map(drop)
-            .map_err(|e| Error::sys(format!("epoll_ctl(ADD|EXCLUSIVE, {source:?})"), e))
+    pub fn add_exclusive(&self, fd: impl AsFd, source: Source) -> Result<()> {
+        let ev = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, source.token());
+        self.epoll.add(fd, ev).map_err(|e| Error::sys(format!("epoll_ctl(ADD|EXCLUSIVE, {source:?})"), e))
     }
 
     /// Changes what `fd` is watched for.
-    pub fn modify(&self, fd: RawFd, source: Source, readable: bool, writable: bool) -> Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, fd, source, readable, writable)
-            .map_err(|e| Error::sys(format!("epoll_ctl(MOD, {source:?})"), e))
+    pub fn modify(&self, fd: impl AsFd, source: Source, readable: bool, writable: bool) -> Result<()> {
+        let mut ev = Self::event(source, readable, writable);
+        self.epoll.modify(fd, &mut ev).map_err(|e| Error::sys(format!("epoll_ctl(MOD, {source:?})"), e))
     }
 
     /// Stops watching `fd` (before it is closed, or to pause a listener).
-    pub fn remove(&self, fd: RawFd) {
-        // SAFETY: EPOLL_CTL_DEL ignores the event pointer on modern kernels; we pass a valid one.
-        let mut ev = libc::epoll_event { events: 0, u64: 0 };
-        // SAFETY: as above.
-        unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut ev) };
+    pub fn remove(&self, fd: impl AsFd) {
+        self.epoll.delete(fd).ok(); // ENOENT: it was not watched
     }
 
     /// Fires `value` once at `at_ms` on the monotonic clock.
@@ -211,15 +199,12 @@ impl<T> Reactor<T> {
     /// Ends the reactor but keeps its epoll fd, emptied: a host may still be polling that
     /// number, and must never see it reused by an unrelated descriptor.
     pub fn into_silent_fd(self) -> OwnedFd {
-        let Reactor { epfd, .. } = self;
-        // SAFETY: epoll_create1 takes a flag; dup3 replaces `epfd`'s number atomically with a
-        // new, empty epoll instance, and the old instance goes away with its registrations.
-        unsafe {
-            let empty = libc::epoll_create1(libc::EPOLL_CLOEXEC);
-            if empty >= 0 {
-                libc::dup3(empty, epfd.as_raw_fd(), libc::O_CLOEXEC);
-                libc::close(empty);
-            }
+        let Reactor { epoll, .. } = self;
+        let mut epfd = epoll.0;
+        // dup3 replaces `epfd`'s number atomically with a new, empty epoll instance, and the old
+        // instance goes away with its registrations.
+        if let Ok(empty) = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
+            nix::unistd::dup3(&empty.0, &mut epfd, nix::fcntl::OFlag::O_CLOEXEC).ok();
         }
         epfd
     }
@@ -230,26 +215,31 @@ impl<T> Reactor<T> {
     }
 }
 
-/// Waits on an epoll fd without needing the reactor (the caller may not hold the runtime lock
-/// while it blocks). `timeout_ms` < 0 waits forever.
-pub fn wait(epfd: RawFd, timeout_ms: i32, out: &mut Vec<Ready>) -> io::Result<()> {
+/// A CLOEXEC epoll instance numbered above stdio.
+fn new_epoll() -> nix::Result<Epoll> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    Ok(Epoll(sys::above_stdio(epoll.0)?))
+}
+
+/// Waits on the loop's epoll fd without holding the reactor (the caller may not hold the
+/// runtime lock while it blocks; the number stays an epoll instance for as long as the host
+/// may poll it, see `Reactor::into_silent_fd`). `timeout_ms` < 0 waits forever.
+pub fn wait(epfd: BorrowedFd<'_>, timeout_ms: i32, out: &mut Vec<Ready>) -> nix::Result<()> {
     out.clear();
-    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 256];
-    // SAFETY: `events` is a writable array of 256 epoll_event.
-    let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), events.len() as i32, timeout_ms) };
-    if n < 0 {
-        let err = io::Error::last_os_error();
-        return if err.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(err) };
-    }
-    for ev in &events[..n as usize] {
-        let bits = ev.events;
-        let token = ev.u64;
-        if let Some(source) = Source::from_token(token) {
-            let hup = bits & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
+    let mut events = [EpollEvent::empty(); 256];
+    let n = match sys::raw::epoll_wait(epfd, &mut events, timeout_ms) {
+        Ok(n) => n,
+        Err(Errno::EINTR) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for ev in &events[..n] {
+        let bits = ev.events();
+        if let Some(source) = Source::from_token(ev.data()) {
+            let hup = bits.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR);
             out.push(Ready {
                 source,
-                readable: hup || bits & libc::EPOLLIN as u32 != 0,
-                writable: bits & libc::EPOLLOUT as u32 != 0,
+                readable: hup || bits.contains(EpollFlags::EPOLLIN),
+                writable: bits.contains(EpollFlags::EPOLLOUT),
             });
         }
     }

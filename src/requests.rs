@@ -47,14 +47,8 @@ pub fn ask_shutdown(grace_ms: u32) -> bool {
         let want = u64::from(grace_ms) + 1;
         // An Err only means a shorter grace is already asked for.
         let _ = SHUTDOWN.fetch_update(SeqCst, SeqCst, |cur| (cur == 0 || want < cur).then_some(want));
-        let one: u64 = 1;
-        // SAFETY: write(2) of 8 bytes from a live u64 to the eventfd, which `withdraw` keeps
-        // open while USERS counts us; errno is saved and restored, as a signal handler must.
-        unsafe {
-            let errno = *libc::__errno_location();
-            libc::write(fd, (&one as *const u64).cast(), 8);
-            *libc::__errno_location() = errno;
-        }
+        // SAFETY: the eventfd, which `withdraw` keeps open while USERS counts us.
+        unsafe { crate::sys::raw::signal_safe_write(fd, &1u64.to_ne_bytes()) };
     }
     USERS.fetch_sub(1, SeqCst);
     fd >= 0

@@ -7,7 +7,7 @@
 //! without touching `RUNTIME` at all.
 
 use std::cell::Cell;
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -58,8 +58,7 @@ static LOOP_THREAD: AtomicI32 = AtomicI32::new(0);
 static DISPATCHING: AtomicI32 = AtomicI32::new(0);
 
 fn this_thread() -> i32 {
-    // SAFETY: gettid(2) has no arguments and cannot fail.
-    unsafe { libc::gettid() }
+    nix::unistd::gettid().as_raw()
 }
 
 /// True on the loop thread (or when no thread is the loop thread yet).
@@ -82,9 +81,11 @@ extern "C" fn detect_role_at_load() {
     if env.is_some() {
         *sync::lock(&WORKER_ENV) = env;
     }
-    // SAFETY: registers a plain function for the child side of fork(2); it only takes a
-    // try-lock and stores an atomic (async-signal-safe, as a child of a threaded fork needs).
-    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    // SAFETY: `after_fork_in_child` only takes a try-lock and stores an atomic
+    // (async-signal-safe, as a child of a threaded fork needs).
+    if let Err(e) = unsafe { sys::raw::atfork_child(after_fork_in_child) } {
+        log::warn!("pthread_atfork: {e}: a fork of this process by the host is not detected");
+    }
 }
 
 /// In every child of fork(2): a running runtime (or one another thread held at the fork) is
@@ -346,8 +347,8 @@ fn become_worker(mut rt: Rt, mut env: WorkerEnv) -> ! {
         *rt = Runtime::Idle;
     }
     sys::flush_stdio();
-    // SAFETY: exit(3) runs the C atexit handlers and flushes stdio, as returning from main would.
-    unsafe { libc::exit(code) }
+    // exit(3): the C atexit handlers run and stdio is flushed, as returning from main would.
+    std::process::exit(code)
 }
 
 /// Starts this worker's runtime: connects to the primary and reports ONLINE (and READY unless
@@ -456,8 +457,8 @@ pub fn ready() -> Result<()> {
 /// The loop's pollable fd: readable when `dispatch` has work.
 pub fn fd() -> Result<RawFd> {
     match &*runtime()? {
-        Runtime::Primary(p) => Ok(p.poll_fd()),
-        Runtime::Worker(w) => Ok(w.poll_fd()),
+        Runtime::Primary(p) => Ok(p.poll_fd().as_raw_fd()),
+        Runtime::Worker(w) => Ok(w.poll_fd().as_raw_fd()),
         Runtime::Finished(Some(fd)) => Ok(std::os::fd::AsRawFd::as_raw_fd(fd)),
         Runtime::Finished(None) => fail(Code::Closed, "the runtime has stopped"),
         Runtime::Idle => fail(Code::State, "not started"),
@@ -493,12 +494,16 @@ pub fn dispatch(timeout_ms: i32) -> Result<usize> {
         let mut rt = runtime()?;
         finish_if_done(&mut rt)?;
         match &*rt {
-            Runtime::Primary(p) => (p.poll_fd(), if p.has_events() { 0 } else { timeout_ms }),
-            Runtime::Worker(w) => (w.poll_fd(), if w.has_events() { 0 } else { timeout_ms }),
+            Runtime::Primary(p) => (p.poll_fd().as_raw_fd(), if p.has_events() { 0 } else { timeout_ms }),
+            Runtime::Worker(w) => (w.poll_fd().as_raw_fd(), if w.has_events() { 0 } else { timeout_ms }),
             _ => return fail(Code::State, "not started"),
         }
     };
     let mut ready: Vec<Ready> = Vec::new();
+    // SAFETY: the loop's epoll fd, waited on without the lock (taken above to read it): it
+    // stays open while this dispatch runs, since one thread at a time dispatches and a runtime
+    // that finishes meanwhile keeps its number open, silent (`Runtime::Finished`).
+    let epfd = unsafe { BorrowedFd::borrow_raw(epfd) };
     event_loop::wait(epfd, timeout, &mut ready).map_err(|e| Error::sys("epoll_wait", e))?;
     let events = {
         let mut rt = runtime()?;

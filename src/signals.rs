@@ -5,25 +5,25 @@
 //! writes the signal number into a non-blocking pipe works whatever the thread masks are, and
 //! the previous dispositions are restored when the runtime ends.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
+use nix::fcntl::OFlag;
+use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+
 use crate::error::{Error, Result};
-use crate::sys::{cvt, owned};
+use crate::sys;
 
 static WRITE_END: AtomicI32 = AtomicI32::new(-1);
 
+/// The handler: the signal number into the pipe, nothing else (async-signal-safe). A full pipe
+/// (EAGAIN) only loses a duplicate of a signal already pending in it.
 extern "C" fn on_signal(signo: libc::c_int) {
     let fd = WRITE_END.load(Ordering::Relaxed);
     if fd >= 0 {
-        // SAFETY: errno is saved and restored around write(2), which is async-signal-safe; a full
-        // pipe (EAGAIN) only loses a duplicate of a signal already pending in it.
-        unsafe {
-            let errno = *libc::__errno_location();
-            let byte = signo as u8;
-            libc::write(fd, (&byte as *const u8).cast(), 1);
-            *libc::__errno_location() = errno;
-        }
+        // SAFETY: the pipe's write end, which `SignalPipe` keeps open until `restore` has set
+        // WRITE_END back to -1 and put the old handlers back.
+        unsafe { sys::raw::signal_safe_write(fd, &[signo as u8]) };
     }
 }
 
@@ -31,53 +31,40 @@ extern "C" fn on_signal(signo: libc::c_int) {
 pub struct SignalPipe {
     read: OwnedFd,
     _write: OwnedFd,
-    saved: Vec<(libc::c_int, libc::sigaction)>,
+    saved: Vec<(Signal, SigAction)>,
 }
 
 impl SignalPipe {
     /// Catches `signals` into a new pipe.
     pub fn install(signals: &[libc::c_int]) -> Result<SignalPipe> {
-        let mut fds = [-1; 2];
-        // SAFETY: `fds` is a writable array of two ints.
-        cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })
-            .map_err(|e| Error::sys("pipe2 for signals", e))?;
-        let read = owned(fds[0]).map_err(|e| Error::sys("pipe2", e))?;
-        let write = owned(fds[1]).map_err(|e| Error::sys("pipe2", e))?;
+        let (read, write) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| Error::sys("pipe2 for signals", e))?;
+        let read = sys::above_stdio(read).map_err(|e| Error::sys("pipe2", e))?;
+        let write = sys::above_stdio(write).map_err(|e| Error::sys("pipe2", e))?;
         WRITE_END.store(write.as_raw_fd(), Ordering::Relaxed);
         let mut saved = Vec::new();
+        let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
         for &sig in signals {
-            // SAFETY: all-zero sigaction values are valid; we fill handler, mask and flags.
-            let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
-            // SAFETY: as above.
-            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-            new.sa_sigaction = on_signal as *const () as usize;
-            new.sa_flags = libc::SA_RESTART;
-            // SAFETY: sa_mask is a valid sigset_t to initialise.
-            unsafe { libc::sigemptyset(&mut new.sa_mask) };
-            // SAFETY: both pointers are valid sigaction structs.
-            cvt(unsafe { libc::sigaction(sig, &new, &mut old) })
-                .map_err(|e| Error::sys(format!("sigaction({sig})"), e))?;
+            let sig = Signal::try_from(sig).map_err(|e| Error::sys(format!("signal {sig}"), e))?;
+            // SAFETY: `on_signal` is async-signal-safe (see it).
+            let old =
+                unsafe { signal::sigaction(sig, &action) }.map_err(|e| Error::sys(format!("sigaction({sig})"), e))?;
             saved.push((sig, old));
         }
         Ok(SignalPipe { read, _write: write, saved })
     }
 
     /// The fd to poll.
-    pub fn fd(&self) -> RawFd {
-        self.read.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
     }
 
     /// The signals caught since the last call, in arrival order.
     pub fn take(&self) -> Vec<libc::c_int> {
         let mut out = Vec::new();
         let mut buf = [0u8; 64];
-        loop {
-            // SAFETY: `buf` is writable for its length.
-            let n = unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                break;
-            }
-            out.extend(buf[..n as usize].iter().map(|&b| libc::c_int::from(b)));
+        while let Ok(n @ 1..) = nix::unistd::read(&self.read, &mut buf) {
+            out.extend(buf[..n].iter().map(|&b| libc::c_int::from(b)));
         }
         out
     }
@@ -86,8 +73,9 @@ impl SignalPipe {
     fn restore(&self) {
         WRITE_END.store(-1, Ordering::Relaxed);
         for (sig, old) in &self.saved {
-            // SAFETY: `old` is the sigaction the kernel gave us for this signal.
-            unsafe { libc::sigaction(*sig, old, std::ptr::null_mut()) };
+            // SAFETY: `old` is the action the kernel gave us for this signal: it was installed
+            // before, by whoever installed it.
+            unsafe { signal::sigaction(*sig, old) }.ok();
         }
     }
 }
@@ -101,16 +89,13 @@ impl Drop for SignalPipe {
 /// Sets `signals` back to their default action and unblocks every signal, in a freshly forked
 /// child (async-signal-safe: only sigaction and sigprocmask).
 pub fn reset_in_child(signals: &[libc::c_int]) {
-    for &sig in signals {
-        // SAFETY: signal(2) with SIG_DFL is async-signal-safe.
-        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    for sig in signals.iter().filter_map(|&s| Signal::try_from(s).ok()) {
+        // SAFETY: SIG_DFL runs no code of ours; nix's signal is one sigaction call, which is
+        // async-signal-safe.
+        unsafe { signal::signal(sig, SigHandler::SigDfl) }.ok();
     }
-    // SAFETY: an empty set is valid; sigprocmask is async-signal-safe.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    }
+    // One rt_sigprocmask call on a set on the stack: async-signal-safe.
+    signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).ok();
 }
 
 /// The signals the primary handles when the config lets it take them over.

@@ -70,7 +70,9 @@ pub fn send(fd: impl AsFd, header: &[u8], payload: &[u8], fds: &[RawFd]) -> nix:
 pub fn recv(fd: impl AsFd, buf: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> nix::Result<Recv> {
     let fds_before = fds.len();
     let (n, flags) = loop {
-        match raw::recv_with_fds(fd.as_fd(), buf, CMSG_BUF, fds) {
+        buf.clear();
+        let cap = buf.capacity();
+        match raw::recv_with_fds(fd.as_fd(), buf, cap, CMSG_BUF, fds) {
             Ok(got) => break got,
             Err(Errno::EINTR) => continue,
             Err(Errno::EAGAIN) => return Ok(Recv::WouldBlock),

@@ -8,7 +8,7 @@
 //! empties.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -440,8 +440,8 @@ impl Outbox {
     }
 
     /// The channel socket.
-    pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
@@ -690,6 +690,7 @@ mod tests {
     use super::*;
     use crate::ipc::reader::Read;
     use crate::sys;
+    use std::os::fd::AsRawFd;
 
     fn msg(n: usize) -> Frame {
         Frame::message(0, 1, &vec![7u8; n], None, 64 << 20).unwrap()

@@ -151,7 +151,7 @@ impl Primary {
         }
         for e in self.listeners.take_all() {
             if e.polled {
-                self.reactor.remove(e.listener.fd.as_raw_fd());
+                self.reactor.remove(&e.listener.fd);
             }
             e.listener.unlink_socket_file();
         }
@@ -367,7 +367,7 @@ impl Primary {
             if want == e.polled {
                 continue;
             }
-            let fd = e.listener.fd.as_raw_fd();
+            let fd = e.listener.fd.as_fd();
             if want {
                 if let Err(err) = self.reactor.add(fd, Source::Listener(index), true, false) {
                     log::error!("listener {index}: {err}");

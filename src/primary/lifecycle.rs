@@ -489,9 +489,8 @@ mod tests {
         let exit = events.iter().find(|e| e.kind == EventKind::Exit).expect("an EXIT");
         assert_eq!((exit.worker_id, exit.pid, exit.signal), (id, pid, libc::SIGKILL));
         // Reaped by the primary: no zombie left for anyone to wait for.
-        // SAFETY: waitpid on our own child's pid with a valid status pointer.
-        let r = unsafe { libc::waitpid(pid, &mut 0, libc::WNOHANG) };
-        assert_eq!(r, -1, "the worker was reaped");
+        let r = crate::sys::raw::waitpid_nohang(pid);
+        assert_eq!(r, Err(nix::errno::Errno::ECHILD), "the worker was reaped");
     }
 
     #[test]

@@ -13,7 +13,6 @@
 //! Indexes are never reused: a closed listener's index stays invalid.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 
 use crate::config::{ListenSpec, Policy};
@@ -515,7 +514,7 @@ impl Primary {
     fn close_listener(&mut self, index: u32, why: &str) {
         let Some(e) = self.listeners.remove(index) else { return };
         if e.polled {
-            self.reactor.remove(e.listener.fd.as_raw_fd());
+            self.reactor.remove(&e.listener.fd);
         }
         e.listener.unlink_socket_file();
         let dropped = self.handoff.drop_waiting_from(index);

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
 use crate::error::{Error, Result};
 use crate::event_loop::{Source, TimerId};
@@ -90,7 +90,7 @@ impl Primary {
         if want == m.polled {
             return;
         }
-        let fd = m.listener.as_raw_fd();
+        let fd = m.listener.as_fd();
         if !want {
             self.reactor.remove(fd);
             m.polled = false;
@@ -151,7 +151,7 @@ impl Primary {
             }
             m.next = m.next.wrapping_add(1).max(1);
             let id = m.next;
-            if let Err(e) = self.reactor.add(stream.as_raw_fd(), Source::Metrics(id), true, false) {
+            if let Err(e) = self.reactor.add(&stream, Source::Metrics(id), true, false) {
                 log::warn!("metrics: {e}");
                 return true;
             }
@@ -251,7 +251,7 @@ impl Primary {
                 Ok(0) => return self.metrics_close(id),
                 Ok(n) => *written += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    let fd = s.stream.as_raw_fd();
+                    let fd = s.stream.as_fd();
                     if let Err(e) = self.reactor.modify(fd, Source::Metrics(id), false, true) {
                         log::warn!("metrics: {e}");
                         return self.metrics_close(id);
@@ -278,7 +278,7 @@ impl Primary {
     fn metrics_close(&mut self, id: u32) {
         let Some(m) = self.metrics.as_mut() else { return };
         if let Some(s) = m.scrapes.remove(&id) {
-            self.reactor.remove(s.stream.as_raw_fd());
+            self.reactor.remove(&s.stream);
             self.reactor.cancel_timer(s.timer);
         }
         self.metrics_poll();

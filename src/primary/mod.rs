@@ -283,7 +283,7 @@ impl Primary {
     }
 
     /// The pollable fd of the loop.
-    pub fn poll_fd(&self) -> i32 {
+    pub fn poll_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.reactor.fd()
     }
 
@@ -416,7 +416,6 @@ impl Primary {
         channel: std::os::fd::OwnedFd,
         recovery: Option<std::os::fd::OwnedFd>,
     ) {
-        let fd = channel.as_raw_fd();
         let outbox = Arc::new(match self.cfg.node_channel {
             Some(mode) => Outbox::new_stream(channel, self.cfg.send_limits, mode),
             None => Outbox::new(channel, self.cfg.send_limits),
@@ -425,15 +424,14 @@ impl Primary {
         // channel cannot be watched is killed below, and must still be reaped (a zombie left
         // in the slots would hold up the shutdown for ever). Without a watched pidfd, the reap
         // poll finds it.
-        let pidfd =
-            sys::pidfd_open(pid).filter(|p| match self.reactor.add(p.as_raw_fd(), Source::Child(id), true, false) {
-                Ok(()) => true,
-                Err(e) => {
-                    log::warn!("worker {id} (pid {pid}): {e}; polling for its exit instead");
-                    false
-                }
-            });
-        let registered = self.reactor.add(fd, Source::Channel(id), true, false);
+        let pidfd = sys::pidfd_open(pid).filter(|p| match self.reactor.add(p, Source::Child(id), true, false) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("worker {id} (pid {pid}): {e}; polling for its exit instead");
+                false
+            }
+        });
+        let registered = self.reactor.add(outbox.fd(), Source::Channel(id), true, false);
         if pidfd.is_none() {
             self.start_reap_poll();
         }
@@ -608,7 +606,7 @@ impl Primary {
     pub fn close_channel(&mut self, id: u32) -> Result<()> {
         let slot = self.slot(id)?;
         if slot.channel_open {
-            let _ = nix::sys::socket::shutdown(slot.outbox.fd(), nix::sys::socket::Shutdown::Both);
+            let _ = nix::sys::socket::shutdown(slot.outbox.fd().as_raw_fd(), nix::sys::socket::Shutdown::Both);
         }
         Ok(())
     }

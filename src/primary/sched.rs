@@ -16,6 +16,8 @@
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
+use crate::sys::raw::child::{sched_get, sched_set};
+
 /// The class to give back to forked children; -1 when nothing was switched.
 static BEFORE: AtomicI32 = AtomicI32::new(-1);
 
@@ -30,33 +32,26 @@ impl Batch {
     /// Switches the calling thread from SCHED_OTHER to SCHED_BATCH. None when it runs under
     /// another class, or the switch is refused (a seccomp profile, say: not worth failing for).
     pub fn enter() -> Option<Batch> {
-        // SAFETY: sched_getscheduler(2) takes a pid (0: the calling thread).
-        let before = unsafe { libc::sched_getscheduler(0) };
+        let before = sched_get();
         if before != libc::SCHED_OTHER {
             return None;
         }
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: `param` is a valid sched_param; 0 names the calling thread.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
-            log::debug!("SCHED_BATCH refused: {}", std::io::Error::last_os_error());
+        if let Err(e) = sched_set(libc::SCHED_BATCH) {
+            log::debug!("SCHED_BATCH refused: {e}");
             return None;
         }
         BEFORE.store(before, Ordering::Relaxed);
-        // SAFETY: gettid(2) has no arguments and cannot fail.
-        Some(Batch { tid: unsafe { libc::gettid() }, before })
+        Some(Batch { tid: nix::unistd::gettid().as_raw(), before })
     }
 }
 
 impl Drop for Batch {
     fn drop(&mut self) {
         BEFORE.store(-1, Ordering::Relaxed);
-        // SAFETY: as in `enter`; only the thread that switched switches back (a runtime that
-        // finishes on another thread leaves that one alone).
-        unsafe {
-            if libc::gettid() == self.tid {
-                let param = libc::sched_param { sched_priority: 0 };
-                libc::sched_setscheduler(0, self.before, &param);
-            }
+        // Only the thread that switched switches back (a runtime that finishes on another
+        // thread leaves that one alone).
+        if nix::unistd::gettid().as_raw() == self.tid {
+            sched_set(self.before).ok();
         }
     }
 }
@@ -65,13 +60,17 @@ impl Drop for Batch {
 /// (only if it runs under SCHED_BATCH: a child forked from another thread keeps that thread's
 /// class). Async-signal-safe (an atomic load and system calls).
 pub fn reset_in_child() {
-    let before = BEFORE.load(Ordering::Relaxed);
-    // SAFETY: sched_getscheduler takes a pid (0: the calling thread).
-    if before >= 0 && unsafe { libc::sched_getscheduler(0) } == libc::SCHED_BATCH {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: `param` is valid; 0 names the calling thread.
-        unsafe { libc::sched_setscheduler(0, before, &param) };
+    if let Some(before) = before() {
+        if sched_get() == libc::SCHED_BATCH {
+            sched_set(before).ok();
+        }
     }
+}
+
+/// The class a child started now goes back to if it runs under SCHED_BATCH (None: nothing
+/// was switched). Read in the parent for an EXEC-mode child (`sys::raw::child::ExecChild`).
+pub fn before() -> Option<libc::c_int> {
+    Some(BEFORE.load(Ordering::Relaxed)).filter(|&b| b >= 0)
 }
 
 #[cfg(test)]
@@ -81,8 +80,7 @@ mod tests {
     #[test]
     fn switches_this_thread_and_back() {
         std::thread::spawn(|| {
-            // SAFETY: as above.
-            let class = || unsafe { libc::sched_getscheduler(0) };
+            let class = sched_get;
             assert_eq!(class(), libc::SCHED_OTHER);
             let Some(batch) = Batch::enter() else { return }; // refused here: nothing to test
             assert_eq!(class(), libc::SCHED_BATCH);

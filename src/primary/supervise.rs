@@ -494,7 +494,7 @@ impl Primary {
         self.recover_connections(id);
         let Some(slot) = self.slots.remove(&id) else { return };
         if let Some(pidfd) = &slot.pidfd {
-            self.reactor.remove(std::os::fd::AsRawFd::as_raw_fd(pidfd));
+            self.reactor.remove(pidfd);
         }
         self.shared.remove(id);
         self.unlisten_all(id, slot.slot);

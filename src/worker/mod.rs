@@ -117,14 +117,14 @@ fn open_listeners(accept: &AcceptFrom, reactor: &Reactor<Timer>) -> Result<Vec<(
                 // (inherited across exec, or dup'd after fork); only this Worker owns it.
                 let owned = unsafe { OwnedFd::from_raw_fd(fd) };
                 sys::set_cloexec(&owned, true).map_err(|e| Error::sys("fcntl(shared listener)", e))?;
-                reactor.add_exclusive(fd, Source::Listener(index))?;
+                reactor.add_exclusive(&owned, Source::Listener(index))?;
                 out.push((index, owned));
             }
         }
         AcceptFrom::ReusePort(list) => {
             for &(index, addr) in list {
                 let fd = listener::bind_reuseport(&addr, libc::SOMAXCONN)?;
-                reactor.add(std::os::fd::AsRawFd::as_raw_fd(&fd), Source::Listener(index), true, false)?;
+                reactor.add(&fd, Source::Listener(index), true, false)?;
                 out.push((index, fd));
             }
         }
@@ -141,7 +141,7 @@ impl Worker {
         let channel = unsafe { OwnedFd::from_raw_fd(env.channel) };
         sys::set_nonblocking(&channel, true).map_err(|e| Error::sys("fcntl(channel, O_NONBLOCK)", e))?;
         let reactor = Reactor::new()?;
-        reactor.add(env.channel, Source::Channel(0), true, false)?;
+        reactor.add(&channel, Source::Channel(0), true, false)?;
         let signals = if env.signals { Some(SignalPipe::install(&WORKER_SIGNALS)?) } else { None };
         if let Some(s) = &signals {
             reactor.add(s.fd(), Source::Signals, true, false)?;
@@ -190,7 +190,7 @@ impl Worker {
     }
 
     /// The pollable fd of the loop.
-    pub fn poll_fd(&self) -> i32 {
+    pub fn poll_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.reactor.fd()
     }
 
@@ -446,7 +446,7 @@ impl Worker {
     fn close_listeners(&mut self) {
         for (index, fd) in std::mem::take(&mut self.listeners) {
             self.drain_own_queue(index, &fd);
-            self.reactor.remove(std::os::fd::AsRawFd::as_raw_fd(&fd));
+            self.reactor.remove(&fd);
         }
     }
 
@@ -727,14 +727,14 @@ impl Worker {
         let reuseport = answer.flags & ANSWER_BIND_REUSEPORT != 0;
         if !self.listeners.iter().any(|(i, _)| *i == index) {
             if let Some(fd) = fds.pop() {
-                self.reactor.add_exclusive(fd.as_raw_fd(), Source::Listener(index))?;
+                self.reactor.add_exclusive(&fd, Source::Listener(index))?;
                 self.listeners.push((index, fd));
             } else if reuseport {
                 let addr: std::net::SocketAddr = answer.text.parse().map_err(|_| {
                     Error::new(Code::Sys, format!("listen: the primary answered with a bad address {:?}", answer.text))
                 })?;
                 let fd = listener::bind_reuseport(&addr, libc::SOMAXCONN)?;
-                self.reactor.add(fd.as_raw_fd(), Source::Listener(index), true, false)?;
+                self.reactor.add(&fd, Source::Listener(index), true, false)?;
                 self.listeners.push((index, fd));
             } else if matches!(self.env.accept, AcceptFrom::Shared(_)) {
                 return fail(Code::Sys, format!("listen {}: the listening socket did not arrive", answer.text));
@@ -768,7 +768,7 @@ impl Worker {
             if self.phase == Phase::Running {
                 self.drain_own_queue(index, &fd);
             }
-            self.reactor.remove(fd.as_raw_fd());
+            self.reactor.remove(&fd);
         }
         self.opened.remove(&index);
         self.unlistened.insert(index);
@@ -809,7 +809,7 @@ impl Worker {
             log::debug!("worker {}: channel to the primary closed", self.env.id);
             self.phase = Phase::Disconnected;
             self.outbox.close();
-            self.reactor.remove(self.env.channel);
+            self.reactor.remove(self.outbox.fd());
             self.events.push(Event::new(EventKind::Disconnect, 0));
         }
     }

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use super::stream::{self, Recv};
 use super::Serialization;
@@ -59,7 +59,7 @@ impl NodeReader {
     }
 
     /// Receives once from `fd`.
-    pub fn read(&mut self, fd: RawFd) -> io::Result<std::result::Result<Read, Violation>> {
+    pub fn read(&mut self, fd: impl AsFd) -> io::Result<std::result::Result<Read, Violation>> {
         if self.start > 0 && self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
@@ -162,12 +162,11 @@ mod tests {
         let mut r = NodeReader::new(Serialization::Json, 1 << 20);
         let ev = crate::sys::eventfd().unwrap();
         // The fd rides on an earlier chunk than the end of its NODE_HANDLE line.
-        stream::send(a.as_raw_fd(), b"{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",", &[ev.as_raw_fd()]).unwrap();
-        assert_eq!(r.read(b.as_raw_fd()).unwrap(), Ok(Read::Data));
+        stream::send(&a, b"{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",", &[ev.as_raw_fd()]).unwrap();
+        assert_eq!(r.read(&b).unwrap(), Ok(Read::Data));
         assert_eq!(r.next_message(), Ok(None));
-        stream::send(a.as_raw_fd(), b"\"msg\":{}}\n{\"cmd\":\"NODE_CLUSTER\",\"act\":\"online\"}\n{\"a\"", &[])
-            .unwrap();
-        assert_eq!(r.read(b.as_raw_fd()).unwrap(), Ok(Read::Data));
+        stream::send(&a, b"\"msg\":{}}\n{\"cmd\":\"NODE_CLUSTER\",\"act\":\"online\"}\n{\"a\"", &[]).unwrap();
+        assert_eq!(r.read(&b).unwrap(), Ok(Read::Data));
         let first = r.next_message().unwrap().unwrap();
         let v = Serialization::Json.decode(&first).unwrap();
         assert_eq!(v["cmd"], "NODE_HANDLE");
@@ -176,21 +175,21 @@ mod tests {
         assert_eq!(Serialization::Json.decode(&r.next_message().unwrap().unwrap()).unwrap()["act"], "online");
         assert_eq!(r.next_message(), Ok(None), "half a line waits");
         drop(a);
-        assert_eq!(r.read(b.as_raw_fd()).unwrap(), Ok(Read::Closed));
+        assert_eq!(r.read(&b).unwrap(), Ok(Read::Closed));
     }
 
     #[test]
     fn endless_lines_huge_prefixes_and_fd_floods_are_violations() {
         let (a, b) = pair();
         let mut r = NodeReader::new(Serialization::Json, 100);
-        stream::send(a.as_raw_fd(), &[b'x'; 150], &[]).unwrap();
-        r.read(b.as_raw_fd()).unwrap().unwrap();
+        stream::send(&a, &[b'x'; 150], &[]).unwrap();
+        r.read(&b).unwrap().unwrap();
         assert!(r.next_message().is_err());
 
         let (a, b) = pair();
         let mut r = NodeReader::new(Serialization::Advanced, 100);
-        stream::send(a.as_raw_fd(), &[0xff, 0xff, 0xff, 0xff, 1], &[]).unwrap();
-        r.read(b.as_raw_fd()).unwrap().unwrap();
+        stream::send(&a, &[0xff, 0xff, 0xff, 0xff, 1], &[]).unwrap();
+        r.read(&b).unwrap().unwrap();
         assert!(r.next_message().is_err());
 
         let (a, b) = pair();
@@ -198,8 +197,8 @@ mod tests {
         let ev = crate::sys::eventfd().unwrap();
         let mut flooded = false;
         for _ in 0..MAX_FDS_WAITING + 2 {
-            stream::send(a.as_raw_fd(), b" ", &[ev.as_raw_fd()]).unwrap();
-            match r.read(b.as_raw_fd()).unwrap() {
+            stream::send(&a, b" ", &[ev.as_raw_fd()]).unwrap();
+            match r.read(&b).unwrap() {
                 Ok(_) => {}
                 Err(_) => {
                     flooded = true;
@@ -216,11 +215,11 @@ mod tests {
         let mut r = NodeReader::new(Serialization::Advanced, 1 << 20);
         let v = serde_json::json!({"cmd": "NODE_CLUSTER", "act": "online", "seq": 0});
         let wire = Serialization::Advanced.frame(&Serialization::Advanced.encode(&v));
-        stream::send(a.as_raw_fd(), &wire[..3], &[]).unwrap();
-        r.read(b.as_raw_fd()).unwrap().unwrap();
+        stream::send(&a, &wire[..3], &[]).unwrap();
+        r.read(&b).unwrap().unwrap();
         assert_eq!(r.next_message(), Ok(None));
-        stream::send(a.as_raw_fd(), &wire[3..], &[]).unwrap();
-        r.read(b.as_raw_fd()).unwrap().unwrap();
+        stream::send(&a, &wire[3..], &[]).unwrap();
+        r.read(&b).unwrap().unwrap();
         assert_eq!(Serialization::Advanced.decode(&r.next_message().unwrap().unwrap()).unwrap(), v);
     }
 }

@@ -8,12 +8,19 @@
 //!   (SIGRTMIN+n): its `waitpid` reaps such a child and then returns EINVAL, losing the
 //!   status, and its `kill` cannot send one, while `cluster_worker_kill` takes any number.
 //! - `dup_above_stdio`: nix's `fcntl(F_DUPFD_CLOEXEC)` hands back a bare integer.
+//! - `child`: the new worker's process between its start and exec (the CLONE_VFORK spawn,
+//!   with only system calls on data prepared before it; sched_setscheduler).
+//! - `atfork_child` (pthread_atfork): not in nix.
 //! - `owned`: adopting a descriptor a raw call returned; `timerfd_above_stdio`: nix's
 //!   `TimerFd` is made from a descriptor only through an unsafe constructor.
 //! - `accept_with_peer`, `peer_address`: the peer address is carried as the kernel's sockaddr
 //!   bytes (to workers, and to check a connection a worker gives back); nix's `accept4` gives
 //!   no address (a second call, getpeername, per connection on the handoff path otherwise),
 //!   and its typed addresses give no bytes back.
+//! - `signal_safe_write`: a signal handler writes to a descriptor number it found in an
+//!   atomic (no borrow can live there), and must keep errno as it was.
+//! - `epoll_wait`: the loop waits on its epoll number without holding the reactor (whose
+//!   lock a dispatch must not hold while it blocks); nix waits only through an `Epoll` value.
 //! - `hung_up`: nix's `PollFlags` has no POLLRDHUP, and its `revents` is None when the
 //!   kernel reports it.
 //! - `recv_with_fds`: recvmsg with SCM_RIGHTS. When a peer sends more fds than the control
@@ -21,6 +28,8 @@
 //!   then refuses to walk the control messages, and they would leak (a hostile worker could
 //!   fill the primary's fd table). It also fills the spare capacity of the caller's buffer,
 //!   where nix needs an initialized slice (a 68 KiB memset per read).
+
+pub mod child;
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -155,20 +164,22 @@ pub fn timerfd_above_stdio(timer: nix::sys::timerfd::TimerFd) -> nix::Result<nix
     Ok(unsafe { nix::sys::timerfd::TimerFd::from_owned_fd(moved) })
 }
 
-/// recvmsg(MSG_CMSG_CLOEXEC | MSG_DONTWAIT) of one datagram into the capacity of `buf` (its
-/// length is set to what arrived), with every fd of its SCM_RIGHTS messages pushed to `fds`,
-/// owned, even when the control data was truncated. `cmsg_len` bounds the control buffer (at
-/// most 1024 bytes). Returns the datagram's full length (more than `buf` holds under
-/// MSG_TRUNC) and the message flags.
+/// recvmsg(MSG_CMSG_CLOEXEC | MSG_DONTWAIT) of up to `max` bytes appended to `buf` (into its
+/// spare capacity: its length grows by what arrived), with every fd of the SCM_RIGHTS
+/// messages pushed to `fds`, owned, even when the control data was truncated. `cmsg_len`
+/// bounds the control buffer (at most 1024 bytes). Returns what recvmsg returned (on a
+/// datagram socket, with MSG_TRUNC, more than `max`) and the message flags.
 pub fn recv_with_fds(
     fd: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
+    max: usize,
     cmsg_len: usize,
     fds: &mut Vec<OwnedFd>,
 ) -> nix::Result<(usize, nix::sys::socket::MsgFlags)> {
-    buf.clear();
-    let cap = buf.capacity();
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: cap };
+    buf.reserve(max);
+    let start = buf.len();
+    // SAFETY: `reserve` made room for `max` bytes past `start`, inside the allocation.
+    let mut iov = libc::iovec { iov_base: unsafe { buf.as_mut_ptr().add(start) }.cast(), iov_len: max };
     let mut cmsg_buf = [0u64; 1024 / 8];
     // SAFETY: an all-zero msghdr is valid; we fill in the iov and control buffer below.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -176,7 +187,7 @@ pub fn recv_with_fds(
     msg.msg_iovlen = 1;
     msg.msg_control = cmsg_buf.as_mut_ptr().cast();
     msg.msg_controllen = cmsg_len.min(1024);
-    // SAFETY: the iov covers `cap` writable bytes of `buf`; the control buffer is
+    // SAFETY: the iov covers `max` writable bytes of `buf`; the control buffer is
     // `msg_controllen` writable, 8-aligned bytes; both outlive the call; the borrow keeps the
     // socket open.
     let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
@@ -199,8 +210,8 @@ pub fn recv_with_fds(
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    // SAFETY: the kernel wrote min(n, cap) bytes into the buffer.
-    unsafe { buf.set_len(n.min(cap)) };
+    // SAFETY: the kernel wrote min(n, max) bytes past `start`, inside the capacity.
+    unsafe { buf.set_len(start + n.min(max)) };
     Ok((n, nix::sys::socket::MsgFlags::from_bits_retain(msg.msg_flags)))
 }
 
@@ -211,4 +222,40 @@ pub fn hung_up(fd: BorrowedFd<'_>) -> bool {
     // SAFETY: one valid pollfd, no wait; the borrow keeps the fd open.
     let n = unsafe { libc::poll(&mut p, 1, 0) };
     n < 0 || (n == 1 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0)
+}
+
+/// epoll_wait(2) on `epfd` into `events`; the number of events ready.
+pub fn epoll_wait(
+    epfd: BorrowedFd<'_>,
+    events: &mut [nix::sys::epoll::EpollEvent],
+    timeout_ms: i32,
+) -> nix::Result<usize> {
+    let len = events.len().min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: nix's EpollEvent is a transparent wrapper of libc's epoll_event, and `events` is
+    // writable for `len` of them; the borrow keeps the fd open.
+    let n = unsafe { libc::epoll_wait(epfd.as_raw_fd(), events.as_mut_ptr().cast(), len, timeout_ms) };
+    Errno::result(n).map(|n| n as usize)
+}
+
+/// write(2) of `bytes` to descriptor number `fd`, from a signal handler: async-signal-safe
+/// (one system call, no allocation, no lock), errno saved and restored around it. A short or
+/// failed write is ignored (a full pipe or eventfd already wakes its reader).
+///
+/// # Safety
+/// `fd` is open, and is the descriptor the caller means (it stays open until the call returns).
+pub unsafe fn signal_safe_write(fd: RawFd, bytes: &[u8]) {
+    let errno = Errno::last_raw();
+    // SAFETY: `bytes` is valid for reads of its length; the caller vouches for `fd`.
+    unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    Errno::set_raw(errno);
+}
+
+/// Registers `child` to run in the child of every fork(2) of this process.
+///
+/// # Safety
+/// `child` runs in a child forked from a process that may have threads: it may only do what
+/// is async-signal-safe.
+pub unsafe fn atfork_child(child: extern "C" fn()) -> nix::Result<()> {
+    // SAFETY: a plain function, registered for the child side only; the caller vouches for it.
+    Errno::result(unsafe { libc::pthread_atfork(None, None, Some(child)) }).map(drop)
 }
