@@ -8,7 +8,7 @@ CFLAGS ?= -std=gnu11 -O2 -g -Wall -Wextra -Werror
 PORT ?= 8080
 LIB := target/release/librcluster.so
 
-.PHONY: all lib demo test test-rust test-sanitize test-valgrind test-python test-node test-fuzz test-multihost lint header examples bench bench-full bench-python install doc clean
+.PHONY: unsafe-count all lib demo test test-rust test-sanitize test-valgrind test-python test-node test-fuzz test-multihost lint header examples bench bench-full bench-python install doc clean
 
 all: lib examples
 
@@ -61,6 +61,15 @@ test-multihost:
 # 600` fuzzes one target for 10 minutes).
 test-fuzz:
 	fuzz/run.sh
+
+# Lines of code (not comments) with `unsafe`, and raw libc calls, outside src/ffi/ and outside
+# the libc shim src/sys/raw/ too (the README's dependency section reports them).
+unsafe-count:
+	@code() { grep -rn --include=*.rs "$$1" src | grep -vE '^[^:]+:[0-9]+:[[:space:]]*//'; }; \
+	echo "lines with unsafe outside src/ffi/: $$(code unsafe | grep -v '^src/ffi/' | wc -l)"; \
+	echo "lines with unsafe outside src/ffi/ and src/sys/raw/: $$(code unsafe | grep -v '^src/ffi/' | grep -v '^src/sys/raw/' | wc -l)"; \
+	echo "raw libc calls outside src/ffi/: $$(grep -rnoE --include=*.rs 'libc::[a-z_0-9]+\(' src | grep -v '^src/ffi/' | wc -l)"; \
+	echo "raw libc calls outside src/ffi/ and src/sys/raw/: $$(grep -rnoE --include=*.rs 'libc::[a-z_0-9]+\(' src | grep -v '^src/ffi/' | grep -v '^src/sys/raw/' | wc -l)"
 
 lint:
 	$(CARGO) fmt --check
