@@ -30,6 +30,7 @@ ${CC:-cc} -std=gnu11 -O2 -Wall -Wextra -Werror -Iinclude examples/c/http_server.
   -L"$PWD/target/debug" -Wl,-rpath,"$PWD/target/debug" -lrcluster
 pids=()
 cleanup() {
+  exec 2>/dev/null # no "Killed" job notices for what is stopped here on purpose
   for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
   for n in "$lb" rc-h1-$tag rc-h2-$tag rc-h3-$tag; do
     # Whatever still runs inside goes with it.
