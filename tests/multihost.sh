@@ -2,8 +2,9 @@
 # Past one machine: three "hosts", each a network namespace running one rcluster server
 # (examples/c/http_server, 2 FORK workers, /healthz on its metrics port), behind HAProxy in a
 # fourth namespace with HTTP health checks on /healthz. Under wrk load, three full rolling
-# deploys, host by host: SIGTERM (the host's /healthz says 503 from that moment and the primary
-# drains), wait for it to exit, start the new version, wait until HAProxy sees it UP, next
+# deploys, host by host: SIGTERM (the host's /healthz says 503 from that moment; it serves on
+# for its 600 ms drain delay, so HAProxy takes it out before its listeners close, then drains),
+# wait for it to exit, start the new version, wait until HAProxy sees it UP, next
 # host. Asserted: no failed request (no socket error, no non-2xx answer) over all of them, and
 # every phase bounded. Prints what each phase took.
 #   tests/multihost.sh [rounds]   (default 3)
@@ -62,7 +63,7 @@ done
 declare -A spid
 start_host() {
   local i=$1
-  ip netns exec "rc-h$i-$tag" env HOST="198.18.$i.2" METRICS="198.18.$i.2:9100" HEALTHY_WORKERS=2 \
+  ip netns exec "rc-h$i-$tag" env HOST="198.18.$i.2" METRICS="198.18.$i.2:9100" HEALTHY_WORKERS=2 DRAIN_DELAY_MS=600 \
     "$server" 8080 2 fork rr >> "$work/h$i.log" 2>&1 &
   spid[$i]=$!
   pids+=("$!")
@@ -78,6 +79,7 @@ defaults
     timeout server 10s
     retries 3
     option redispatch 1
+    retry-on conn-failure empty-response response-timeout
 frontend web
     bind 127.0.0.1:8000
     default_backend hosts
@@ -149,7 +151,9 @@ wait "$wrk_pid" || true
 cat "$work/wrk.txt" | grep -E "requests in|Requests/sec|Socket errors|Non-2xx" | sed 's/^/  wrk: /'
 requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
 if grep -qE "Socket errors|Non-2xx" "$work/wrk.txt"; then
-  echo "multihost: FAILED: requests failed during the rolling deploys"; exit 1
+  echo "multihost: FAILED: requests failed during the rolling deploys; HAProxy's log:"
+  tail -20 "$work/haproxy.log"
+  exit 1
 fi
 [ "${requests:-0}" -gt 100 ] || { echo "multihost: FAILED: only ${requests:-0} requests made"; exit 1; }
 echo "multihost: ok: $rounds rolling deploys of 3 hosts, $requests requests, 0 failed"

@@ -12,7 +12,8 @@
  * Try it: curl http://127.0.0.1:8080/   (RCLUSTER_LOG=debug shows the library's view)
  * Environment: HOST (the address to bind, default 127.0.0.1); METRICS=host:port serves
  * /metrics and /healthz there (a load balancer's health check; see docs/GUIDE.md "Past one
- * machine"), with HEALTHY_WORKERS (default 1) READY workers for /healthz to say 200.
+ * machine"), with HEALTHY_WORKERS (default 1) READY workers for /healthz to say 200;
+ * DRAIN_DELAY_MS: on SIGTERM, /healthz says 503 and the server goes on serving that long first.
  *
  * A connection arrives as a blocking socket, and this worker serves one at a time: a client
  * that sends nothing, or reads nothing, holds the worker for as long as a read or a write
@@ -149,9 +150,11 @@ int main(int argc, char **argv) {
     const char *host = getenv("HOST") ? getenv("HOST") : "127.0.0.1";
     const char *metrics = getenv("METRICS");
     const char *healthy = getenv("HEALTHY_WORKERS");
+    const char *drain = getenv("DRAIN_DELAY_MS");
     if ((inherited <= 0 && cluster_config_listen_tcp(cfg, host, (uint16_t)port) < 0) ||
         (metrics && cluster_config_set_metrics(cfg, metrics) < 0) ||
         (healthy && cluster_config_set_healthy_workers(cfg, (uint32_t)atoi(healthy)) < 0) ||
+        (drain && cluster_config_set_drain_delay(cfg, (uint32_t)atoi(drain)) < 0) ||
         cluster_primary_start(cfg, on_primary, NULL) < 0) {
         fprintf(stderr, "http_server: %s\n", cluster_last_error());
         cluster_config_free(cfg);
