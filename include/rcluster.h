@@ -87,6 +87,111 @@
 typedef struct cluster_config cluster_config;
 
 /**
+ * How a child's environment is made: `CLUSTER_ENV_*`.
+ */
+typedef uint32_t cluster_env_mode;
+
+/**
+ * What a child's stdin, stdout or stderr is: `CLUSTER_STDIO_*`.
+ */
+typedef uint32_t cluster_stdio_mode;
+
+/**
+ * One stream of a child.
+ */
+typedef struct cluster_stdio {
+  /**
+   * `CLUSTER_STDIO_*`.
+   */
+  cluster_stdio_mode mode;
+  /**
+   * CLUSTER_STDIO_FD: the descriptor.
+   */
+  int32_t fd;
+} cluster_stdio;
+
+/**
+ * How to start a child process (`cluster_spawn`). Zero it (`= {0}`) and set what you need:
+ * every zero is Node's default (pipes, inherited environment, no timeout, SIGTERM). The
+ * strings and arrays are read during the call only.
+ */
+typedef struct cluster_spawn_options {
+  /**
+   * The program: a path, or a name looked up on PATH (the child's PATH when `env` sets
+   * one) as execvp(3) does. With `shell`, the command line instead.
+   */
+  const char *file;
+  /**
+   * Its arguments after the program name, NULL-terminated (NULL: none). argv[0] is `file`.
+   * Passed as they are, never through a shell (no quoting needed, no injection) unless
+   * `shell` is set; then they are appended to the command line, separated by spaces, as
+   * Node does.
+   */
+  const char *const *args;
+  /**
+   * `NAME=value` entries, NULL-terminated (NULL: none); see `env_mode`.
+   */
+  const char *const *env;
+  /**
+   * `CLUSTER_ENV_*`.
+   */
+  cluster_env_mode env_mode;
+  /**
+   * Run `file` as a command line with `/bin/sh -c` (Node's `shell: true`).
+   */
+  bool shell;
+  /**
+   * The directory to start in (NULL: this process's).
+   */
+  const char *cwd;
+  /**
+   * setuid to `uid` (and drop the supplementary groups).
+   */
+  bool set_uid;
+  /**
+   * The user id (with `set_uid`).
+   */
+  uint32_t uid;
+  /**
+   * setgid to `gid` (and drop the supplementary groups).
+   */
+  bool set_gid;
+  /**
+   * The group id (with `set_gid`).
+   */
+  uint32_t gid;
+  /**
+   * stdin, stdout, stderr.
+   */
+  struct cluster_stdio stdio[3];
+  /**
+   * Kill the child with `kill_signal` after this many milliseconds (0: never); a
+   * CHILD_ERROR event says so.
+   */
+  uint32_t timeout_ms;
+  /**
+   * The signal of the timeout and of `max_buffer` (0: SIGTERM).
+   */
+  int32_t kill_signal;
+  /**
+   * Let the child outlive this process, in a session of its own (setsid). Otherwise it is
+   * killed (SIGKILL, PR_SET_PDEATHSIG) when this process dies, and when the runtime stops.
+   */
+  bool detached;
+  /**
+   * Reserved for an IPC channel to a child that uses rcluster (Node's `fork`): not
+   * supported yet (CLUSTER_E_INVAL when set).
+   */
+  bool ipc;
+  /**
+   * `cluster_exec`/`cluster_exec_file` only: the most bytes kept of each of stdout and
+   * stderr (0: 1 MiB, Node's default). Past it the child is killed with `kill_signal`, a
+   * CHILD_ERROR says so, and CHILD_EXIT carries the output up to the limit.
+   */
+  size_t max_buffer;
+} cluster_spawn_options;
+
+/**
  * How workers are started: `CLUSTER_MODE_*`.
  */
 typedef uint32_t cluster_mode;
@@ -242,6 +347,12 @@ struct cluster_worker_info {
 typedef void (*cluster_batch_cb)(void *userdata, const struct cluster_event *events, size_t n);
 
 /**
+ * A thread's function (`cluster_thread_start`): `data` as given (Node's `workerData`); its
+ * return value comes in the THREAD_EXIT event.
+ */
+typedef int (*cluster_thread_fn)(void *data);
+
+/**
  * fork(2); the child runs the worker main. Refused (CLUSTER_E_THREADS) in a multi-threaded process.
  */
 #define CLUSTER_MODE_FORK 0
@@ -361,6 +472,84 @@ typedef void (*cluster_batch_cb)(void *userdata, const struct cluster_event *eve
 #define CLUSTER_EVENT_LISTENING 12
 
 /**
+ * both: a chunk of a child process's stdout (`cluster_spawn` with a pipe): `worker_id` is the
+ * child's id (child ids are their own series, not worker ids), `pid` its pid, `data`/`len`
+ * the bytes (at most 64 KiB per event; valid during the callback only).
+ */
+#define CLUSTER_EVENT_CHILD_STDOUT 13
+
+/**
+ * both: a chunk of a child's stderr, as CLUSTER_EVENT_CHILD_STDOUT.
+ */
+#define CLUSTER_EVENT_CHILD_STDERR 14
+
+/**
+ * both: a child process ended, and its stdout and stderr pipes reached their end (every
+ * CHILD_STDOUT/CHILD_STDERR came before; a grandchild keeping them open delays this).
+ * `worker_id`: its id, `pid`, `exit_code` (-1 when killed by a signal), `signal` (0 when it
+ * exited), `exited_after_disconnect`: this process signalled it (timeout, maxBuffer,
+ * `cluster_child_kill`). For `cluster_exec`/`cluster_exec_file`: `data`/`len` hold its
+ * stdout followed by its stderr, `listener` is the stdout's length (so stderr is
+ * `data + listener`, `len - listener` bytes). The id is free after this event.
+ */
+#define CLUSTER_EVENT_CHILD_EXIT 15
+
+/**
+ * both: a child was killed (with its `kill_signal`) because its timeout ran out or an exec's
+ * output went past `max_buffer`: `worker_id` is its id, `data`/`len` the sentence. Its
+ * CHILD_EXIT follows.
+ */
+#define CLUSTER_EVENT_CHILD_ERROR 16
+
+/**
+ * both: a thread posted a message (`cluster_thread_post`): `worker_id` is the thread's id
+ * (their own series), `data`/`len` the message (valid during the callback only). Messages
+ * of one thread come in the order it posted them.
+ */
+#define CLUSTER_EVENT_THREAD_MESSAGE 17
+
+/**
+ * both: a thread's function returned: `worker_id` is its id, `exit_code` the value it
+ * returned; after every message it posted. A thread whose function panicked (a Rust
+ * function, through the Rust API) has `exit_code` -1 and the panic's sentence in
+ * `data`/`len`. The id is free after this event.
+ */
+#define CLUSTER_EVENT_THREAD_EXIT 18
+
+/**
+ * A pipe to this process (the default, as Node's `'pipe'`): output comes as CHILD_STDOUT /
+ * CHILD_STDERR events, stdin is written with `cluster_child_write`.
+ */
+#define CLUSTER_STDIO_PIPE 0
+
+/**
+ * This process's own stream (`'inherit'`).
+ */
+#define CLUSTER_STDIO_INHERIT 1
+
+/**
+ * /dev/null (`'ignore'`).
+ */
+#define CLUSTER_STDIO_IGNORE 2
+
+/**
+ * The descriptor in `fd` (duplicated at the start: the caller keeps and closes its own).
+ */
+#define CLUSTER_STDIO_FD 3
+
+/**
+ * This process's environment with the `env` entries added, replacing variables of the same
+ * names (the default). rcluster's own worker variables (`RCLUSTER_*`, `NODE_CHANNEL_FD`,
+ * `LISTEN_FDS`...) are never passed on: a worker's child is not a worker.
+ */
+#define CLUSTER_ENV_INHERIT 0
+
+/**
+ * Exactly the `env` entries.
+ */
+#define CLUSTER_ENV_REPLACE 1
+
+/**
  * Started, its runtime not up yet.
  */
 #define CLUSTER_WORKER_STARTING 0
@@ -388,6 +577,70 @@ typedef void (*cluster_batch_cb)(void *userdata, const struct cluster_event *eve
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Starts a child process (Node's `child_process.spawn`); returns its id (>= 1, its own
+ * series, never reused), or a CLUSTER_E_* code: a program that is missing or not executable,
+ * or a setup step that fails (cwd, uid...), is CLUSTER_E_SYS with a sentence naming it.
+ * Its output (pipes), its timeout and its end come as CLUSTER_EVENT_CHILD_* events on this
+ * loop. It has exited only once CLUSTER_EVENT_CHILD_EXIT came; its exit is watched through a
+ * pidfd (no SIGCHLD handler, no waitpid(-1): other children of this process are not touched).
+ * Started on the loop thread (the one dispatching, or before any dispatch the one that
+ * started the runtime), unless `detached`: a child dies with this process (and when the
+ * runtime stops), and PR_SET_PDEATHSIG follows the thread that started it.
+ *
+ * # Safety
+ * `opts` is a valid `cluster_spawn_options` (see its fields' contracts).
+ */
+int32_t cluster_spawn(const struct cluster_spawn_options *opts);
+
+/**
+ * Runs `command` with `/bin/sh -c` (Node's `child_process.exec`), its stdin /dev/null, its
+ * stdout and stderr collected (up to `max_buffer` each): one CLUSTER_EVENT_CHILD_EXIT brings
+ * both (see that event). Returns the child's id. From `opts` (NULL: defaults): env,
+ * env_mode, cwd, uid/gid, timeout_ms, kill_signal, detached, max_buffer; its file, args,
+ * shell and stdio are this call's.
+ *
+ * # Safety
+ * `command` is a NUL-terminated string; `opts` is NULL or a valid `cluster_spawn_options`.
+ */
+int32_t cluster_exec(const char *command, const struct cluster_spawn_options *opts);
+
+/**
+ * Runs `file` with the arguments `args` (NULL-terminated, after the program name; NULL:
+ * none), no shell (Node's `child_process.execFile`): the arguments reach the program as they
+ * are, whatever they hold. Otherwise as `cluster_exec`.
+ *
+ * # Safety
+ * `file` is a NUL-terminated string; `args` is NULL or a NULL-terminated array of them;
+ * `opts` is NULL or a valid `cluster_spawn_options`.
+ */
+int32_t cluster_exec_file(const char *file,
+                          const char *const *args,
+                          const struct cluster_spawn_options *opts);
+
+/**
+ * Writes `len` bytes to child `id`'s stdin (a pipe): what it cannot take now is queued and
+ * written as it reads (up to 64 MiB waiting; past that CLUSTER_E_AGAIN, try again later).
+ * CLUSTER_E_CLOSED when its stdin is not a pipe or was closed. What is queued when the child
+ * exits or closes its stdin is dropped. Any thread.
+ *
+ * # Safety
+ * `data` is valid for reads of `len` bytes (NULL is fine when `len` is 0).
+ */
+int32_t cluster_child_write(uint32_t id, const uint8_t *data, size_t len);
+
+/**
+ * Closes child `id`'s stdin once what was written is through: it reads the end of its input.
+ */
+int32_t cluster_child_close_stdin(uint32_t id);
+
+/**
+ * Sends `signal` to child `id` (through its pidfd: never to another process that took its
+ * pid). 0 only checks that it runs. CLUSTER_E_CLOSED once it has exited, CLUSTER_E_INVAL for
+ * an unknown id.
+ */
+int32_t cluster_child_kill(uint32_t id, int32_t signal);
 
 /**
  * A new configuration with the defaults: one worker per CPU, FORK mode, round-robin, 64 MiB
@@ -1007,6 +1260,63 @@ const char *cluster_strerror(int32_t code);
  * denied (os error 13)". Never NULL; valid until the next failing call on this thread.
  */
 const char *cluster_last_error(void);
+
+/**
+ * Runs `f(data)` on a new thread (or on the pool, `cluster_threads_set_pool`); returns the
+ * thread's id (>= 1, its own series). On that thread `cluster_thread_post` sends messages to
+ * this loop (CLUSTER_EVENT_THREAD_MESSAGE) and `cluster_thread_recv` reads what
+ * `cluster_thread_send` sent it; `f`'s return value comes as CLUSTER_EVENT_THREAD_EXIT,
+ * after its messages. A running thread makes FORK mode refuse to start workers
+ * (CLUSTER_E_THREADS), as any other thread does; so does the pool's, as long as it exists.
+ *
+ * # Safety
+ * `f` is a valid function; `data` is whatever it expects, usable from another thread.
+ */
+int32_t cluster_thread_start(cluster_thread_fn f, void *data);
+
+/**
+ * From now on thread functions run on a fixed pool of `n` threads (libuv's threadpool); 0
+ * (the default) runs each on a thread of its own. A previous pool's threads finish what was
+ * queued for them, then end. Queued functions wait for a free pool thread.
+ */
+int32_t cluster_threads_set_pool(uint32_t n);
+
+/**
+ * On a thread started by `cluster_thread_start`: posts `len` bytes to the loop that started
+ * it (Node's `parentPort.postMessage`), a CLUSTER_EVENT_THREAD_MESSAGE there. Never blocks
+ * (the queue is unbounded: a thread posting faster than the loop handles grows it).
+ * CLUSTER_E_ROLE on any other thread, CLUSTER_E_CLOSED once that runtime has stopped.
+ *
+ * # Safety
+ * `data` is valid for reads of `len` bytes (NULL is fine when `len` is 0).
+ */
+int32_t cluster_thread_post(const uint8_t *data, size_t len);
+
+/**
+ * Sends `len` bytes to thread `id` (Node's `worker.postMessage`), read there with
+ * `cluster_thread_recv`. CLUSTER_E_INVAL for an unknown id (or one whose THREAD_EXIT came).
+ *
+ * # Safety
+ * `data` is valid for reads of `len` bytes (NULL is fine when `len` is 0).
+ */
+int32_t cluster_thread_send(uint32_t id, const uint8_t *data, size_t len);
+
+/**
+ * On a thread started by `cluster_thread_start`: waits up to `timeout_ms` (-1: forever) for
+ * the next message its owner sent (`cluster_thread_send`). On success `*data` points at a
+ * copy the caller owns and frees with free(3) (NULL when the message is empty) and `*len` is
+ * its size. CLUSTER_E_TIMEOUT when none came in time, CLUSTER_E_CLOSED once the owning
+ * runtime has stopped, CLUSTER_E_ROLE on any other thread.
+ *
+ * # Safety
+ * `data` and `len` are valid for writes.
+ */
+int32_t cluster_thread_recv(uint8_t **data, size_t *len, int32_t timeout_ms);
+
+/**
+ * On a thread started by `cluster_thread_start`: its id; CLUSTER_E_ROLE on any other thread.
+ */
+int32_t cluster_thread_self(void);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -38,6 +38,23 @@ pub enum EventKind {
     /// is the index, `data` the bound address as text (`127.0.0.1:34567`, `[::1]:8080`,
     /// `/run/app.sock`). Node's `'listening'`.
     Listening = 12,
+    /// both: output of a child process (`worker_id`: the child's id, `pid`, `data`: a chunk
+    /// of its stdout).
+    ChildStdout = 13,
+    /// both: a chunk of a child's stderr (as `ChildStdout`).
+    ChildStderr = 14,
+    /// both: a child process ended and its output pipes are at their end (`worker_id`: its
+    /// id, `exit_code`, `signal`, `exited_after_disconnect`: this process signalled it; an
+    /// exec's: `data` its stdout then its stderr, `listener` the stdout's length).
+    ChildExit = 15,
+    /// both: a child was killed for its timeout or an exec's maxBuffer (`worker_id`: its id,
+    /// `data`: why); its CHILD_EXIT follows.
+    ChildError = 16,
+    /// both: a thread posted a message (`worker_id`: the thread's id, `data`).
+    ThreadMessage = 17,
+    /// both: a thread's function returned (`worker_id`: its id, `exit_code`: the value), or
+    /// panicked (`exit_code` -1, `data`: the sentence).
+    ThreadExit = 18,
 }
 
 /// One event, owning what it carries until it is delivered.

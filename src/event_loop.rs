@@ -30,6 +30,12 @@ pub enum Source {
     Listener(u32),
     /// The primary's metrics endpoint: its listener (0) or a scrape (by id).
     Metrics(u32),
+    /// The side loop's epoll fd (child processes, threads), nested in the runtime's: the
+    /// runtime turns it (`sideloop`), the primary and the worker never see it.
+    Side,
+    /// A child process's stdio stream, in the side loop: `child id << 2 | stream` (0 stdin,
+    /// 1 stdout, 2 stderr).
+    Stdio(u32),
 }
 
 impl Source {
@@ -42,6 +48,8 @@ impl Source {
             Source::Child(id) => (5, id),
             Source::Listener(id) => (6, id),
             Source::Metrics(id) => (7, id),
+            Source::Side => (8, 0),
+            Source::Stdio(id) => (9, id),
         };
         tag << 32 | u64::from(id)
     }
@@ -56,6 +64,8 @@ impl Source {
             5 => Source::Child(id),
             6 => Source::Listener(id),
             7 => Source::Metrics(id),
+            8 => Source::Side,
+            9 => Source::Stdio(id),
             _ => return None,
         })
     }
@@ -221,6 +231,18 @@ fn new_epoll() -> nix::Result<Epoll> {
     Ok(Epoll(sys::above_stdio(epoll.0)?))
 }
 
+/// Watches `inner` (another loop's epoll fd) from the loop whose epoll fd is `outer`, as
+/// `Source::Side`: `outer` becomes readable whenever `inner` has something to report. For the
+/// side loop, which the runtime nests in the primary's or the worker's without holding their
+/// reactor.
+pub fn nest(outer: BorrowedFd<'_>, inner: BorrowedFd<'_>) -> Result<()> {
+    // A duplicate names the same epoll instance: registering through it registers in `outer`,
+    // and closing it leaves the registration (which follows the instance and `inner`).
+    let outer = Epoll(sys::dup_cloexec(outer).map_err(|e| Error::sys("dup of the loop's epoll fd", e))?);
+    let ev = EpollEvent::new(EpollFlags::EPOLLIN, Source::Side.token());
+    outer.add(inner, ev).map_err(|e| Error::sys("epoll_ctl(ADD, Side)", e))
+}
+
 /// Waits on the loop's epoll fd without holding the reactor (the caller may not hold the
 /// runtime lock while it blocks; the number stays an epoll instance for as long as the host
 /// may poll it, see `Reactor::into_silent_fd`). `timeout_ms` < 0 waits forever.
@@ -259,6 +281,8 @@ mod tests {
             Source::Channel(7),
             Source::Child(u32::MAX),
             Source::Listener(0),
+            Source::Side,
+            Source::Stdio(9 << 2 | 1),
         ] {
             assert_eq!(Source::from_token(s.token()), Some(s));
         }

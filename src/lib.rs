@@ -12,6 +12,8 @@
 //! - [`net`] has the listeners.
 //! - [`event_loop`] is epoll, timers and cross-thread wakeups; [`signals`] the signal self-pipe;
 //!   [`requests`] what a host's signal handler may ask (`cluster_shutdown`).
+//! - [`child`] runs child processes on the loop, [`threads`] threads that post to it, both in
+//!   the [`sideloop`] nested in the runtime's.
 //! - [`ffi`] is the C ABI, a thin layer over the above.
 //! - [`fuzzing`] holds the fuzz entry points (and [`primary::harness`] the primary they drive).
 //!
@@ -21,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+pub mod child;
 pub mod config;
 pub mod error;
 pub mod event;
@@ -34,9 +37,11 @@ pub mod primary;
 pub mod requests;
 pub mod runtime;
 pub mod shared;
+pub mod sideloop;
 pub mod signals;
 mod sync;
 pub mod sys;
+pub mod threads;
 pub mod worker;
 
 pub use config::{Config, ListenSpec, Mode, Policy};

@@ -14,13 +14,14 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use crate::config::Config;
 use crate::error::{fail, Code, Error, Result};
 use crate::event::{BatchHandler, Delivery, Event, Handler};
-use crate::event_loop::{self, Ready};
+use crate::event_loop::{self, Ready, Source};
 use crate::ipc::frame::BROADCAST;
 use crate::ipc::outbox::Frame;
 use crate::primary::workers::WorkerInfo;
 use crate::primary::Primary;
 use crate::requests;
 use crate::shared::{self, Shared};
+use crate::sideloop;
 use crate::sync;
 use crate::sys;
 use crate::worker::env::{AcceptFrom, WorkerEnv};
@@ -314,6 +315,7 @@ fn become_worker(mut rt: Rt, mut env: WorkerEnv) -> ! {
     // The parent's loop (its thread, its eventfd, its requests) stays the parent's; this
     // child's own loop thread is whichever runs its worker runtime.
     requests::forget();
+    sideloop::forget();
     DISPATCHING.store(0, Ordering::SeqCst);
     LOOP_THREAD.store(0, Ordering::SeqCst);
     let main = match &mut *rt {
@@ -505,7 +507,17 @@ pub fn dispatch(timeout_ms: i32) -> Result<usize> {
     // that finishes meanwhile keeps its number open, silent (`Runtime::Finished`).
     let epfd = unsafe { BorrowedFd::borrow_raw(epfd) };
     event_loop::wait(epfd, timeout, &mut ready).map_err(|e| Error::sys("epoll_wait", e))?;
-    let events = {
+    // The side loop (children, threads) is turned here: the primary and the worker never see it.
+    // It is turned with `RUNTIME` held, as the runtime's own turn is: a log callback calling
+    // back into rcluster from there gets `State` instead of waiting on the side loop's lock.
+    let side_events = if ready.iter().any(|r| r.source == Source::Side) {
+        ready.retain(|r| r.source != Source::Side);
+        let _rt = runtime()?;
+        sideloop::turn()
+    } else {
+        Vec::new()
+    };
+    let mut events = {
         let mut rt = runtime()?;
         match &mut *rt {
             Runtime::Primary(p) => {
@@ -529,6 +541,7 @@ pub fn dispatch(timeout_ms: i32) -> Result<usize> {
             _ => Vec::new(),
         }
     };
+    events.extend(side_events);
     let n = deliver(events);
     if n > 0 {
         // The callbacks may have used up fds: the primary must know before it hands over more.
@@ -551,6 +564,7 @@ fn finish_if_done(rt: &mut Runtime) -> Result<()> {
         return Ok(());
     }
     requests::withdraw();
+    sideloop::end();
     let keep = match std::mem::replace(rt, Runtime::Idle) {
         Runtime::Primary(p) => Some(p.into_poll_fd()),
         Runtime::Worker(w) => Some(w.into_poll_fd()),
@@ -949,4 +963,70 @@ pub fn unlisten(listener: u32) -> Result<()> {
         w.shared().wake();
         Ok(())
     })
+}
+
+/// Runs `f` on the side loop (children, threads) of the running runtime, made on first use.
+fn with_side<T>(f: impl FnOnce(&mut sideloop::SideLoop) -> Result<T>) -> Result<T> {
+    let rt = runtime()?;
+    let outer = match &*rt {
+        Runtime::Primary(p) => p.poll_fd(),
+        Runtime::Worker(w) => w.poll_fd(),
+        Runtime::Finished(_) => return fail(Code::Closed, "the runtime has stopped"),
+        Runtime::Idle => {
+            return fail(
+                Code::State,
+                "not started: children and threads report on the loop (call cluster_primary_start or \
+                 cluster_worker_start first)",
+            )
+        }
+    };
+    sideloop::with(outer, f)
+}
+
+/// Starts a child process (Node's `child_process.spawn`, or with `max_buffer` its `exec`);
+/// returns its id. Its output, its end and its errors come as CHILD_* events on this loop.
+/// A child that dies with this process (not detached) is started on the loop thread only:
+/// PR_SET_PDEATHSIG follows the thread that starts it, and a short-lived thread would take
+/// the child with it.
+pub fn spawn(opts: &crate::child::Options) -> Result<u32> {
+    if !opts.detached && !on_loop_thread() {
+        return fail(
+            Code::State,
+            "a child that dies with this process is started on the loop thread (the one that dispatches): \
+             PR_SET_PDEATHSIG follows the thread that starts it; start it from an event callback, or detached",
+        );
+    }
+    let sched = crate::primary::sched::before();
+    with_side(|side| side.spawn(opts, sched))
+}
+
+/// Writes to a child's stdin (queued; written as it reads). Any thread.
+pub fn child_write(id: u32, data: &[u8]) -> Result<()> {
+    with_side(|side| side.child_write(id, data))
+}
+
+/// Closes a child's stdin once what was written is through.
+pub fn child_close_stdin(id: u32) -> Result<()> {
+    with_side(|side| side.child_close_stdin(id))
+}
+
+/// Signals a child.
+pub fn child_kill(id: u32, signal: i32) -> Result<()> {
+    with_side(|side| side.child_kill(id, signal))
+}
+
+/// Runs `job` on a thread (or the pool); returns its id. Its posts come as THREAD_MESSAGE
+/// events on this loop, its end as THREAD_EXIT.
+pub fn thread_start(job: crate::threads::Job) -> Result<u32> {
+    with_side(|side| side.thread_start(job))
+}
+
+/// Sends a message to thread `id`.
+pub fn thread_send(id: u32, data: &[u8]) -> Result<()> {
+    with_side(|side| side.thread_send(id, data))
+}
+
+/// Thread functions run on a pool of `n` threads from now on (0: a thread each).
+pub fn threads_set_pool(n: usize) -> Result<()> {
+    with_side(|side| side.set_pool(n))
 }

@@ -717,3 +717,76 @@ fn node_channel_protocol_spoken_to_a_worker_that_is_not_node() {
 fn node_channel_fd_floods_endless_lines_and_garbage_from_a_worker() {
     run_c("node_channel", &["hostile"], Duration::from_secs(60));
 }
+
+/// Child processes on the loop (issue 18): output, stdin, quoting, timeout, maxBuffer,
+/// signals, missing programs, 1,000 children without growth, orphans, children of a worker.
+#[test]
+fn children_output_of_several_mib_on_both_streams_without_deadlock() {
+    run_c("children", &["output"], Duration::from_secs(120));
+}
+
+#[test]
+fn children_stdin_streams_through_cat() {
+    run_c("children", &["stdin"], Duration::from_secs(120));
+}
+
+#[test]
+fn children_exec_file_arguments_are_not_a_shell_line_and_exec_is() {
+    run_c("children", &["quoting"], Duration::from_secs(120));
+}
+
+#[test]
+fn children_past_their_timeout_are_killed() {
+    run_c("children", &["timeout"], Duration::from_secs(120));
+}
+
+#[test]
+fn children_exec_past_max_buffer_is_an_error_and_killed() {
+    run_c("children", &["maxbuffer"], Duration::from_secs(120));
+}
+
+#[test]
+fn children_exit_by_signal() {
+    run_c("children", &["signal"], Duration::from_secs(120));
+}
+
+#[test]
+fn children_missing_programs_are_named() {
+    run_c("children", &["missing"], Duration::from_secs(120));
+}
+
+#[test]
+fn children_a_thousand_in_a_row_leave_no_fd_or_zombie() {
+    run_c("children", &["many"], Duration::from_secs(120));
+}
+
+#[test]
+fn children_die_with_a_sigkilled_primary_unless_detached() {
+    run_c("children", &["orphan"], Duration::from_secs(120));
+}
+
+#[test]
+fn children_of_a_worker_report_on_its_loop() {
+    run_c("children", &["worker"], Duration::from_secs(120));
+}
+
+/// Threads that report to the loop (issue 18).
+#[test]
+fn loop_threads_post_a_million_messages_in_order() {
+    run_c("loop_threads", &["million"], Duration::from_secs(120));
+}
+
+#[test]
+fn loop_threads_echo_round_trips_and_recv_times_out() {
+    run_c("loop_threads", &["echo"], Duration::from_secs(120));
+}
+
+#[test]
+fn loop_threads_pool_and_refusals() {
+    run_c("loop_threads", &["pool"], Duration::from_secs(120));
+}
+
+#[test]
+fn loop_threads_running_make_fork_mode_refuse() {
+    run_c("loop_threads", &["fork"], Duration::from_secs(120));
+}

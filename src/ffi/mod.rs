@@ -8,7 +8,9 @@
 #![allow(non_camel_case_types)]
 
 pub mod boundary;
+pub mod child;
 pub mod config;
 pub mod logging;
 pub mod runtime;
+pub mod threads;
 pub mod types;

@@ -93,6 +93,116 @@ pub const CLUSTER_EVENT_RELOADED: cluster_event_kind = 11;
 /// index, `data`/`len` the bound address as text (`127.0.0.1:34567`, `[::1]:8080`,
 /// `/run/app.sock`, not NUL-terminated). A replacement that listens again raises it again.
 pub const CLUSTER_EVENT_LISTENING: cluster_event_kind = 12;
+/// both: a chunk of a child process's stdout (`cluster_spawn` with a pipe): `worker_id` is the
+/// child's id (child ids are their own series, not worker ids), `pid` its pid, `data`/`len`
+/// the bytes (at most 64 KiB per event; valid during the callback only).
+pub const CLUSTER_EVENT_CHILD_STDOUT: cluster_event_kind = 13;
+/// both: a chunk of a child's stderr, as CLUSTER_EVENT_CHILD_STDOUT.
+pub const CLUSTER_EVENT_CHILD_STDERR: cluster_event_kind = 14;
+/// both: a child process ended, and its stdout and stderr pipes reached their end (every
+/// CHILD_STDOUT/CHILD_STDERR came before; a grandchild keeping them open delays this).
+/// `worker_id`: its id, `pid`, `exit_code` (-1 when killed by a signal), `signal` (0 when it
+/// exited), `exited_after_disconnect`: this process signalled it (timeout, maxBuffer,
+/// `cluster_child_kill`). For `cluster_exec`/`cluster_exec_file`: `data`/`len` hold its
+/// stdout followed by its stderr, `listener` is the stdout's length (so stderr is
+/// `data + listener`, `len - listener` bytes). The id is free after this event.
+pub const CLUSTER_EVENT_CHILD_EXIT: cluster_event_kind = 15;
+/// both: a child was killed (with its `kill_signal`) because its timeout ran out or an exec's
+/// output went past `max_buffer`: `worker_id` is its id, `data`/`len` the sentence. Its
+/// CHILD_EXIT follows.
+pub const CLUSTER_EVENT_CHILD_ERROR: cluster_event_kind = 16;
+/// both: a thread posted a message (`cluster_thread_post`): `worker_id` is the thread's id
+/// (their own series), `data`/`len` the message (valid during the callback only). Messages
+/// of one thread come in the order it posted them.
+pub const CLUSTER_EVENT_THREAD_MESSAGE: cluster_event_kind = 17;
+/// both: a thread's function returned: `worker_id` is its id, `exit_code` the value it
+/// returned; after every message it posted. A thread whose function panicked (a Rust
+/// function, through the Rust API) has `exit_code` -1 and the panic's sentence in
+/// `data`/`len`. The id is free after this event.
+pub const CLUSTER_EVENT_THREAD_EXIT: cluster_event_kind = 18;
+
+/// What a child's stdin, stdout or stderr is: `CLUSTER_STDIO_*`.
+pub type cluster_stdio_mode = u32;
+/// A pipe to this process (the default, as Node's `'pipe'`): output comes as CHILD_STDOUT /
+/// CHILD_STDERR events, stdin is written with `cluster_child_write`.
+pub const CLUSTER_STDIO_PIPE: cluster_stdio_mode = 0;
+/// This process's own stream (`'inherit'`).
+pub const CLUSTER_STDIO_INHERIT: cluster_stdio_mode = 1;
+/// /dev/null (`'ignore'`).
+pub const CLUSTER_STDIO_IGNORE: cluster_stdio_mode = 2;
+/// The descriptor in `fd` (duplicated at the start: the caller keeps and closes its own).
+pub const CLUSTER_STDIO_FD: cluster_stdio_mode = 3;
+
+/// How a child's environment is made: `CLUSTER_ENV_*`.
+pub type cluster_env_mode = u32;
+/// This process's environment with the `env` entries added, replacing variables of the same
+/// names (the default). rcluster's own worker variables (`RCLUSTER_*`, `NODE_CHANNEL_FD`,
+/// `LISTEN_FDS`...) are never passed on: a worker's child is not a worker.
+pub const CLUSTER_ENV_INHERIT: cluster_env_mode = 0;
+/// Exactly the `env` entries.
+pub const CLUSTER_ENV_REPLACE: cluster_env_mode = 1;
+
+/// One stream of a child.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct cluster_stdio {
+    /// `CLUSTER_STDIO_*`.
+    pub mode: cluster_stdio_mode,
+    /// CLUSTER_STDIO_FD: the descriptor.
+    pub fd: i32,
+}
+
+/// How to start a child process (`cluster_spawn`). Zero it (`= {0}`) and set what you need:
+/// every zero is Node's default (pipes, inherited environment, no timeout, SIGTERM). The
+/// strings and arrays are read during the call only.
+#[repr(C)]
+pub struct cluster_spawn_options {
+    /// The program: a path, or a name looked up on PATH (the child's PATH when `env` sets
+    /// one) as execvp(3) does. With `shell`, the command line instead.
+    pub file: *const libc::c_char,
+    /// Its arguments after the program name, NULL-terminated (NULL: none). argv[0] is `file`.
+    /// Passed as they are, never through a shell (no quoting needed, no injection) unless
+    /// `shell` is set; then they are appended to the command line, separated by spaces, as
+    /// Node does.
+    pub args: *const *const libc::c_char,
+    /// `NAME=value` entries, NULL-terminated (NULL: none); see `env_mode`.
+    pub env: *const *const libc::c_char,
+    /// `CLUSTER_ENV_*`.
+    pub env_mode: cluster_env_mode,
+    /// Run `file` as a command line with `/bin/sh -c` (Node's `shell: true`).
+    pub shell: bool,
+    /// The directory to start in (NULL: this process's).
+    pub cwd: *const libc::c_char,
+    /// setuid to `uid` (and drop the supplementary groups).
+    pub set_uid: bool,
+    /// The user id (with `set_uid`).
+    pub uid: u32,
+    /// setgid to `gid` (and drop the supplementary groups).
+    pub set_gid: bool,
+    /// The group id (with `set_gid`).
+    pub gid: u32,
+    /// stdin, stdout, stderr.
+    pub stdio: [cluster_stdio; 3],
+    /// Kill the child with `kill_signal` after this many milliseconds (0: never); a
+    /// CHILD_ERROR event says so.
+    pub timeout_ms: u32,
+    /// The signal of the timeout and of `max_buffer` (0: SIGTERM).
+    pub kill_signal: i32,
+    /// Let the child outlive this process, in a session of its own (setsid). Otherwise it is
+    /// killed (SIGKILL, PR_SET_PDEATHSIG) when this process dies, and when the runtime stops.
+    pub detached: bool,
+    /// Reserved for an IPC channel to a child that uses rcluster (Node's `fork`): not
+    /// supported yet (CLUSTER_E_INVAL when set).
+    pub ipc: bool,
+    /// `cluster_exec`/`cluster_exec_file` only: the most bytes kept of each of stdout and
+    /// stderr (0: 1 MiB, Node's default). Past it the child is killed with `kill_signal`, a
+    /// CHILD_ERROR says so, and CHILD_EXIT carries the output up to the limit.
+    pub max_buffer: usize,
+}
+
+/// A thread's function (`cluster_thread_start`): `data` as given (Node's `workerData`); its
+/// return value comes in the THREAD_EXIT event.
+pub type cluster_thread_fn = Option<unsafe extern "C" fn(data: *mut c_void) -> libc::c_int>;
 
 /// A worker's state: `CLUSTER_WORKER_*`.
 pub type cluster_worker_state = u32;

@@ -180,8 +180,11 @@ pub fn exec_worker(
     // A silent Node worker's stdio goes to pipes the host reads (node:cluster's
     // `worker.process.stdout`), not to /dev/null.
     let piped = node.is_some() && process.silent;
-    let setup = if piped { setup(&WorkerProcess { silent: false, ..process.clone() })? } else { setup(process)? };
+    let mut setup = if piped { setup(&WorkerProcess { silent: false, ..process.clone() })? } else { setup(process)? };
     let pipes = if piped { Some(stdio_pipes()?) } else { None };
+    if let Some(p) = &pipes {
+        setup.stdio = [Some(p[0].0.as_raw_fd()), Some(p[1].0.as_raw_fd()), Some(p[2].0.as_raw_fd())];
+    }
     let (ours, theirs) = match node {
         Some(_) => crate::ipc::nodechan::stream::pair()?,
         None => sys::seqpacket_pair()?,
@@ -232,7 +235,6 @@ pub fn exec_worker(
         argv: &argv_ptrs,
         envp: &env_ptrs,
         die_with_parent: node.is_none(),
-        stdio: pipes.as_ref().map(|p| [p[0].0.as_raw_fd(), p[1].0.as_raw_fd(), p[2].0.as_raw_fd()]),
     };
     sys::flush_stdio();
     match child::clone_exec(&start) {
@@ -272,7 +274,7 @@ fn setup(p: &WorkerProcess) -> Result<child::Setup> {
     };
     // Dropping to a user without naming groups drops the supplementary groups too.
     let groups = p.groups.clone().or_else(|| (p.uid.is_some() || p.gid.is_some()).then(Vec::new));
-    Ok(child::Setup { cwd: p.cwd.clone(), groups, gid: p.gid, uid: p.uid, devnull })
+    Ok(child::Setup { cwd: p.cwd.clone(), groups, gid: p.gid, uid: p.uid, devnull, ..Default::default() })
 }
 
 #[cfg(test)]

@@ -55,6 +55,8 @@ impl Primary {
                 Source::Child(id) => self.reap(id),
                 Source::Listener(index) => self.accept_from(index),
                 Source::Metrics(id) => self.on_metrics(id),
+                // The side loop's (children, threads): the runtime turns it.
+                Source::Side | Source::Stdio(_) => {}
             }
         }
         self.after_turn();

@@ -305,7 +305,8 @@ impl Worker {
                     }
                 }
                 Source::Listener(index) => self.accept_from(index),
-                Source::Child(_) | Source::Metrics(_) => {}
+                // Not the worker's: the side loop's (children, threads), which the runtime turns.
+                Source::Child(_) | Source::Metrics(_) | Source::Side | Source::Stdio(_) => {}
             }
         }
         if !self.inbox.is_empty() && self.phase != Phase::Disconnected {

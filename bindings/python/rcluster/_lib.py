@@ -101,6 +101,20 @@ CLUSTER_EVENT_ERROR = 9
 CLUSTER_EVENT_SLOT_FAILED = 10
 CLUSTER_EVENT_RELOADED = 11
 CLUSTER_EVENT_LISTENING = 12
+CLUSTER_EVENT_CHILD_STDOUT = 13
+CLUSTER_EVENT_CHILD_STDERR = 14
+CLUSTER_EVENT_CHILD_EXIT = 15
+CLUSTER_EVENT_CHILD_ERROR = 16
+CLUSTER_EVENT_THREAD_MESSAGE = 17
+CLUSTER_EVENT_THREAD_EXIT = 18
+
+# Child processes and threads (C programs; declared here for completeness).
+CLUSTER_STDIO_PIPE = 0
+CLUSTER_STDIO_INHERIT = 1
+CLUSTER_STDIO_IGNORE = 2
+CLUSTER_STDIO_FD = 3
+CLUSTER_ENV_INHERIT = 0
+CLUSTER_ENV_REPLACE = 1
 
 CLUSTER_WORKER_STARTING = 0
 CLUSTER_WORKER_ONLINE = 1
@@ -173,6 +187,7 @@ EVENT_CB = CFUNCTYPE(None, c_void_p, POINTER(cluster_event))
 BATCH_CB = CFUNCTYPE(None, c_void_p, c_void_p, c_size_t)
 WORKER_MAIN = CFUNCTYPE(c_int, c_void_p)
 LOG_CB = CFUNCTYPE(None, c_void_p, c_int32, c_char_p, c_char_p)
+THREAD_FN = CFUNCTYPE(c_int, c_void_p)
 
 I32 = c_int32
 CFG = cluster_config_p
@@ -255,6 +270,19 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "cluster_set_batching": (I32, [c_int32]),
     "cluster_set_batch_handler": (I32, [BATCH_CB, c_void_p]),
     "cluster_shutdown": (I32, [c_uint32]),
+    # child processes and threads (C programs; declared for completeness: Python has its own)
+    "cluster_spawn": (I32, [c_void_p]),
+    "cluster_exec": (I32, [c_char_p, c_void_p]),
+    "cluster_exec_file": (I32, [c_char_p, POINTER(c_char_p), c_void_p]),
+    "cluster_child_write": (I32, [c_uint32, c_char_p, c_size_t]),
+    "cluster_child_close_stdin": (I32, [c_uint32]),
+    "cluster_child_kill": (I32, [c_uint32, c_int32]),
+    "cluster_thread_start": (I32, [THREAD_FN, c_void_p]),
+    "cluster_threads_set_pool": (I32, [c_uint32]),
+    "cluster_thread_post": (I32, [c_char_p, c_size_t]),
+    "cluster_thread_send": (I32, [c_uint32, c_char_p, c_size_t]),
+    "cluster_thread_recv": (I32, [POINTER(c_void_p), POINTER(c_size_t), c_int32]),
+    "cluster_thread_self": (I32, []),
     # errors
     "cluster_strerror": (c_char_p, [c_int32]),
     "cluster_version": (c_char_p, []),

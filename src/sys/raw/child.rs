@@ -26,10 +26,12 @@ pub enum Stage {
     Setgid = 3,
     /// setuid(2).
     Setuid = 4,
-    /// dup2(2) of /dev/null onto stdio.
+    /// dup2(2) of /dev/null (or of a child's pipe, socket or given fd) onto stdio.
     Stdio = 5,
     /// execve(2).
     Exec = 6,
+    /// setsid(2) (a detached child).
+    Setsid = 7,
 }
 
 impl Stage {
@@ -40,6 +42,7 @@ impl Stage {
             3 => Stage::Setgid,
             4 => Stage::Setuid,
             5 => Stage::Stdio,
+            7 => Stage::Setsid,
             _ => Stage::Exec,
         }
     }
@@ -52,14 +55,16 @@ impl std::fmt::Display for Stage {
             Stage::Setgroups => "setgroups",
             Stage::Setgid => "setgid",
             Stage::Setuid => "setuid",
-            Stage::Stdio => "redirecting stdio to /dev/null",
+            Stage::Stdio => "redirecting stdio",
             Stage::Exec => "exec",
+            Stage::Setsid => "setsid",
         })
     }
 }
 
-/// A worker's process settings, prepared before the start so the child applies them with
-/// system calls only.
+/// A worker's (or a child process's) settings, prepared before the start so the child applies
+/// them with system calls only.
+#[derive(Default)]
 pub struct Setup {
     /// chdir here.
     pub cwd: Option<CString>,
@@ -71,11 +76,18 @@ pub struct Setup {
     pub uid: Option<libc::uid_t>,
     /// /dev/null, opened read-write, for a silent worker's stdio.
     pub devnull: Option<OwnedFd>,
+    /// Per stream (stdin, stdout, stderr): a descriptor to dup2 onto it (a silent Node
+    /// worker's pipe end; a child process's pipe end, socket end, /dev/null or a descriptor its
+    /// parent gave), numbered above 2 so no dup2 overwrites a later one's source; None leaves
+    /// the stream as inherited.
+    pub stdio: [Option<RawFd>; 3],
+    /// setsid(2) first: a detached child leads a session (and process group) of its own.
+    pub new_session: bool,
 }
 
 impl Setup {
-    /// Applies the settings in a freshly started child: directory, groups, gid, uid (in that
-    /// order: the uid last, while we may still change groups), stdio.
+    /// Applies the settings in a freshly started child: session, directory, groups, gid, uid
+    /// (in that order: the uid last, while we may still change groups), stdio.
     ///
     /// # Safety
     /// Call it only in a child between its start and exec (or its worker main): it changes
@@ -84,6 +96,9 @@ impl Setup {
         // SAFETY: system calls on integers, and on a CString and a Vec prepared before the start
         // and alive until the child execs or exits.
         unsafe {
+            if self.new_session && libc::setsid() < 0 {
+                return Err((Stage::Setsid, Errno::last()));
+            }
             if let Some(cwd) = &self.cwd {
                 if libc::chdir(cwd.as_ptr()) != 0 {
                     return Err((Stage::Chdir, Errno::last()));
@@ -109,6 +124,14 @@ impl Setup {
             if let Some(null) = &self.devnull {
                 for fd in 0..3 {
                     if libc::dup2(null.as_raw_fd(), fd) < 0 {
+                        return Err((Stage::Stdio, Errno::last()));
+                    }
+                }
+            }
+            // dup2 clears FD_CLOEXEC on the copy: the stream survives exec, the source not.
+            for (target, source) in (0..).zip(self.stdio) {
+                if let Some(source) = source {
+                    if libc::dup2(source, target) < 0 {
                         return Err((Stage::Stdio, Errno::last()));
                     }
                 }
@@ -156,8 +179,6 @@ pub struct ExecChild<'a> {
     pub envp: &'a [*const libc::c_char],
     /// Set PR_SET_PDEATHSIG (rcluster workers; Node workers leave when their channel closes).
     pub die_with_parent: bool,
-    /// The child's ends of a silent Node worker's stdio pipes, for 0, 1 and 2.
-    pub stdio: Option<[RawFd; 3]>,
 }
 
 /// How an EXEC-mode start failed.
@@ -249,12 +270,6 @@ extern "C" fn exec_child(arg: *mut libc::c_void) -> libc::c_int {
             // Changing the uid or gid clears the parent-death signal: set it again.
             if c.die_with_parent {
                 die_with_parent(c.parent);
-            }
-            if let Some(pipes) = c.stdio {
-                for (target, fd) in pipes.into_iter().enumerate() {
-                    // SAFETY: dup2 on integers; the copy on 0-2 is not close-on-exec.
-                    unsafe { libc::dup2(fd, target as RawFd) };
-                }
             }
             // SAFETY: NUL-terminated arrays of NUL-terminated strings prepared before the
             // clone, which the suspended parent keeps alive.
