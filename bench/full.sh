@@ -16,6 +16,10 @@
 #               'online' (bench/node_startup.js); median of 5 runs
 #   balance     10,000 connections (16 client threads) over 8 workers: max/min per-worker count
 #   memory      VmRSS of the primary and of one worker, 8 idle workers (from the startup runs)
+#   children    bench/child_c.c: spawn-and-wait of /bin/true in a row (cluster_spawn) vs Node's
+#               child_process.spawn (bench/child_node.js) and a posix_spawn + waitpid loop in C;
+#               loop <-> thread message round trips vs Node's worker_threads postMessage echo;
+#               median of 3 runs
 # Usage: bench/full.sh [seconds] [workers] [connections]     (defaults 3 2 32: about 2 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +41,7 @@ if [ $have_node = 1 ]; then
 fi
 CFLAGS=(-std=gnu11 -O2 -Wall -Wextra -Werror -Iinclude)
 LINK=(-Ltarget/release -Wl,-rpath,"$PWD/target/release" -lrcluster)
-for p in rcluster_server ipc_c startup_c; do cc "${CFLAGS[@]}" bench/$p.c -o $out/$p "${LINK[@]}"; done
+for p in rcluster_server ipc_c startup_c child_c; do cc "${CFLAGS[@]}" bench/$p.c -o $out/$p "${LINK[@]}"; done
 cc "${CFLAGS[@]}" bench/reuseport_server.c -o $out/reuseport_server
 cc "${CFLAGS[@]}" -pthread bench/balance_client.c -o $out/balance_client
 
@@ -163,6 +167,23 @@ balance rcluster-least c_least
 balance rcluster-shared c_shared
 balance rcluster-reuseport c_reuseport
 
+echo "[children, threads]" >&2
+# children NAME COMMAND...: the median of 3 runs' rates into v[children/NAME]
+children() {
+  local name=$1; shift
+  : > "$out/children-$name.txt"
+  for _ in 1 2 3; do timeout 120 "$@" >> "$out/children-$name.txt" || true; done
+  v[children/$name]=$(awk '{print $2}' "$out/children-$name.txt" | median)
+  echo "  $name: $(awk '{printf "%s/s  ", $2}' "$out/children-$name.txt")" >&2
+}
+children spawn "$out/child_c" spawn 2000
+children posix "$out/child_c" posix 2000
+children threads "$out/child_c" threads 200000
+if [ $have_node = 1 ]; then
+  children node-spawn node bench/child_node.js spawn 2000
+  children node-threads node bench/child_node.js threads 200000
+fi
+
 # ---- the table ----
 # row NAME VALUE PEER_NAME PEER_VALUE TARGET_TEXT CHECK   (CHECK: awk on r=ratio, x=value; "" = none)
 rows=()
@@ -224,6 +245,9 @@ done
 row "memory primary RSS KiB (8 idle w, FORK)" "${v[rss/fork/primary]:-}" "node:cluster primary" "${v[rss/node/primary]:-}" "< 8192 KiB" "x < 8192"
 row "memory worker RSS KiB (FORK)" "${v[rss/fork/worker]:-}" "node:cluster worker" "${v[rss/node/worker]:-}" "(info)" ""
 row "memory worker RSS KiB (EXEC, C)" "${v[rss/exec/worker]:-}" "node:cluster worker" "${v[rss/node/worker]:-}" "(info)" ""
+row "spawn+wait /bin/true children/s" "${v[children/spawn]:-}" "node child_process.spawn" "${v[children/node-spawn]:-}" ">= 1.5x" "r >= 1.5"
+row "spawn+wait /bin/true children/s" "${v[children/spawn]:-}" "posix_spawn+waitpid (C)" "${v[children/posix]:-}" ">= 0.9x" "r >= 0.9"
+row "thread message round trips/s" "${v[children/threads]:-}" "node worker_threads echo" "${v[children/node-threads]:-}" ">= 2x" "r >= 2"
 
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
