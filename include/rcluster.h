@@ -240,10 +240,11 @@ typedef struct cluster_event {
   cluster_event_kind kind;
   /**
    * primary: the worker concerned; worker MESSAGE: the sender (0 = the primary).
+   * CHILD_*: the child's id; THREAD_*: the thread's id (each a series of its own).
    */
   uint32_t worker_id;
   /**
-   * primary: the worker's pid.
+   * primary: the worker's pid. CHILD_*: the child's pid.
    */
   int32_t pid;
   /**
@@ -258,7 +259,9 @@ typedef struct cluster_event {
    */
   int32_t fd;
   /**
-   * MESSAGE: the payload; ERROR: the sentence (not NUL-terminated).
+   * MESSAGE: the payload; ERROR: the sentence (not NUL-terminated). CHILD_STDOUT /
+   * CHILD_STDERR: the output; CHILD_EXIT of an exec: stdout then stderr; CHILD_ERROR: the
+   * sentence; THREAD_MESSAGE: the message; THREAD_EXIT: a panic's sentence, or nothing.
    */
   const uint8_t *data;
   /**
@@ -266,19 +269,22 @@ typedef struct cluster_event {
    */
   size_t len;
   /**
-   * EXIT: the exit code, -1 when killed by a signal.
+   * EXIT, CHILD_EXIT: the exit code, -1 when killed by a signal. THREAD_EXIT: the
+   * function's return value.
    */
   int32_t exit_code;
   /**
-   * EXIT: the signal that killed the worker, 0 when it exited.
+   * EXIT, CHILD_EXIT: the signal that killed the process, 0 when it exited.
    */
   int32_t signal;
   /**
    * EXIT: the worker was asked to stop (disconnect, kill, shutdown) rather than dying.
+   * CHILD_EXIT: this process signalled the child (timeout, max_buffer, cluster_child_kill).
    */
   bool exited_after_disconnect;
   /**
-   * CONNECTION: the index of the listener that accepted it.
+   * CONNECTION: the index of the listener that accepted it. CHILD_EXIT of an exec: the
+   * length of its stdout at the start of `data` (its stderr follows).
    */
   uint32_t listener;
   /**

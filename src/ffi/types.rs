@@ -228,8 +228,9 @@ pub struct cluster_event {
     /// What happened (`CLUSTER_EVENT_*`).
     pub kind: cluster_event_kind,
     /// primary: the worker concerned; worker MESSAGE: the sender (0 = the primary).
+    /// CHILD_*: the child's id; THREAD_*: the thread's id (each a series of its own).
     pub worker_id: u32,
-    /// primary: the worker's pid.
+    /// primary: the worker's pid. CHILD_*: the child's pid.
     pub pid: i32,
     /// CONNECTION: the connection, owned by the callee, blocking, FD_CLOEXEC, as accept(2)
     /// gives it. Blocking: a read waits for as long as the client sends nothing and a write
@@ -240,17 +241,22 @@ pub struct cluster_event {
     /// write to a client that has left raises it, and it kills the worker.
     /// MESSAGE: a passed fd, owned by the callee, or -1.
     pub fd: i32,
-    /// MESSAGE: the payload; ERROR: the sentence (not NUL-terminated).
+    /// MESSAGE: the payload; ERROR: the sentence (not NUL-terminated). CHILD_STDOUT /
+    /// CHILD_STDERR: the output; CHILD_EXIT of an exec: stdout then stderr; CHILD_ERROR: the
+    /// sentence; THREAD_MESSAGE: the message; THREAD_EXIT: a panic's sentence, or nothing.
     pub data: *const u8,
     /// Bytes at `data`.
     pub len: usize,
-    /// EXIT: the exit code, -1 when killed by a signal.
+    /// EXIT, CHILD_EXIT: the exit code, -1 when killed by a signal. THREAD_EXIT: the
+    /// function's return value.
     pub exit_code: i32,
-    /// EXIT: the signal that killed the worker, 0 when it exited.
+    /// EXIT, CHILD_EXIT: the signal that killed the process, 0 when it exited.
     pub signal: i32,
     /// EXIT: the worker was asked to stop (disconnect, kill, shutdown) rather than dying.
+    /// CHILD_EXIT: this process signalled the child (timeout, max_buffer, cluster_child_kill).
     pub exited_after_disconnect: bool,
-    /// CONNECTION: the index of the listener that accepted it.
+    /// CONNECTION: the index of the listener that accepted it. CHILD_EXIT of an exec: the
+    /// length of its stdout at the start of `data` (its stderr follows).
     pub listener: u32,
     /// CONNECTION: the peer address.
     pub peer: *const libc::sockaddr,
