@@ -17,6 +17,7 @@
  *   children orphan    a primary SIGKILLed takes its children along (PR_SET_PDEATHSIG); a
  *                      detached one survives it
  *   children worker    a worker (EXEC mode) runs a child on its own loop
+ *   children stop      the runtime's end kills and reaps its children (not the detached)
  *
  * The primary runs one idle worker besides (a primary has at least one). */
 #include "harness.h"
@@ -493,6 +494,33 @@ static void test_worker(void) {
     }
 }
 
+/* ---- stop ---- */
+
+static void test_stop(void) {
+    cluster_spawn_options o = {0};
+    o.file = "echo $$; exec sleep 30";
+    o.shell = true;
+    uint32_t a = (uint32_t)OK(cluster_spawn(&o));
+    o.detached = true;
+    uint32_t b = (uint32_t)OK(cluster_spawn(&o));
+    long long end = now_ms() + 10000;
+    while (!memchr(kids[a].out.p ? kids[a].out.p : "", '\n', kids[a].out.len) ||
+           !memchr(kids[b].out.p ? kids[b].out.p : "", '\n', kids[b].out.len)) {
+        CHECK(now_ms() < end, "the children's pids within 10 s");
+        OK(cluster_dispatch(50));
+    }
+    pid_t pa = (pid_t)atoi(text(&kids[a].out)), pb = (pid_t)atoi(text(&kids[b].out));
+    CHECK(pa > 0 && pb > 0 && kill(pa, 0) == 0 && kill(pb, 0) == 0, "both run");
+    OK(cluster_shutdown(0));
+    while (cluster_dispatch(100) >= 0) {
+    }
+    /* Killed and reaped by the runtime's end: the pid is gone, not a zombie. */
+    CHECK(kill(pa, 0) == -1 && errno == ESRCH, "the child outlived the runtime");
+    CHECK(kill(pb, 0) == 0, "the detached child was left running");
+    kill(pb, SIGKILL);
+    CHECK(waitpid(pb, NULL, 0) == pb, "reap the detached child");
+}
+
 int main(int argc, char **argv) {
     test_deadline(110);
     if (cluster_is_worker()) {
@@ -528,6 +556,10 @@ int main(int argc, char **argv) {
     else if (strcmp(what, "signal") == 0) test_signal();
     else if (strcmp(what, "missing") == 0) test_missing();
     else if (strcmp(what, "many") == 0) test_many();
+    else if (strcmp(what, "stop") == 0) {
+        test_stop();
+        return 0;
+    }
     else FAIL("unknown test %s", what);
     CHECK(count_zombies() == 0, "zombies left");
     OK(cluster_shutdown(0));

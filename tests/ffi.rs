@@ -766,6 +766,11 @@ fn children_die_with_a_sigkilled_primary_unless_detached() {
 }
 
 #[test]
+fn children_are_killed_and_reaped_when_the_runtime_stops_unless_detached() {
+    run_c("children", &["stop"], Duration::from_secs(120));
+}
+
+#[test]
 fn children_of_a_worker_report_on_its_loop() {
     run_c("children", &["worker"], Duration::from_secs(120));
 }

@@ -398,14 +398,19 @@ impl Children {
     /// This process's runtime ends: children that are not detached are killed (SIGKILL) and
     /// reaped, detached ones left running; nothing is watched any more.
     pub fn end(&mut self, reactor: &mut Reactor<u32>) {
+        let mut dying = Vec::new();
         for (_, mut child) in self.table.drain() {
             child.unwatch(reactor);
             if child.status.is_none() && !child.detached {
                 if let Some(pidfd) = &child.pidfd {
                     sys::pidfd_send_signal(pidfd, libc::SIGKILL).ok();
                 }
-                reap_now(child.pid, child.pidfd.as_ref());
+                dying.push(child);
             }
+        }
+        // All signalled first, then reaped: they die together, not one wait after another.
+        for child in dying {
+            reap_now(child.pid, child.pidfd.as_ref());
         }
     }
 }
