@@ -7,6 +7,7 @@
  *   loop_threads pool     a pool of 2 runs 6 functions; thread_self; the calls of a thread are
  *                         refused (CLUSTER_E_ROLE) on the loop thread; bad arguments
  *   loop_threads fork     a FORK-mode primary with a thread running refuses to start workers
+ *   loop_threads worker   a worker's thread posts to the worker's loop, which passes it on
  *
  * The primary runs one idle worker (a primary has at least one). */
 #include "harness.h"
@@ -183,18 +184,70 @@ static void test_fork(void) {
     CHECK(exit_code[0] == 0, "the blocked thread's recv returned %d", exit_code[0]);
 }
 
+static int greeter(void *data) {
+    (void)data;
+    OK(cluster_thread_post((const uint8_t *)"from a thread", 13));
+    return 5;
+}
+
+/* In a worker (loop_threads worker): the thread's message and exit go to the primary. */
+static void on_worker_event(void *ud, const cluster_event *ev) {
+    (void)ud;
+    if (ev->kind == CLUSTER_EVENT_THREAD_MESSAGE) {
+        OK(cluster_send(0, ev->data, ev->len));
+    } else if (ev->kind == CLUSTER_EVENT_THREAD_EXIT) {
+        char exit_text[32];
+        int n = snprintf(exit_text, sizeof exit_text, "exit %d", ev->exit_code);
+        OK(cluster_send(0, (const uint8_t *)exit_text, (size_t)n));
+    }
+}
+
 static int worker_main(void *ud) {
     (void)ud;
-    OK(cluster_worker_start(on_event, NULL));
+    int threads = getenv("RCT_WORKER_THREAD") != NULL;
+    OK(cluster_worker_start(threads ? on_worker_event : on_event, NULL));
+    if (threads) OK(cluster_thread_start(greeter, NULL));
     return cluster_run() == 0 ? 0 : 3;
+}
+
+static volatile int worker_heard;
+
+static void on_primary_for_worker(void *ud, const cluster_event *ev) {
+    (void)ud;
+    if (ev->kind != CLUSTER_EVENT_MESSAGE) return;
+    if (worker_heard == 0) {
+        CHECK(ev->len == 13 && memcmp(ev->data, "from a thread", 13) == 0, "first [%.*s]", (int)ev->len,
+              (const char *)ev->data);
+        worker_heard = 1;
+    } else {
+        CHECK(ev->len == 6 && memcmp(ev->data, "exit 5", 6) == 0, "then [%.*s]", (int)ev->len,
+              (const char *)ev->data);
+        worker_heard = 2;
+    }
+}
+
+static void test_worker(void) {
+    setenv("RCT_WORKER_THREAD", "1", 1);
+    struct cluster_config *cfg = cluster_config_new();
+    OK(cluster_config_set_mode(cfg, CLUSTER_MODE_EXEC));
+    OK(cluster_config_set_workers(cfg, 1));
+    OK(cluster_primary_start(cfg, on_primary_for_worker, NULL));
+    cluster_config_free(cfg);
+    long long end = now_ms() + 30000;
+    while (worker_heard < 2) {
+        CHECK(now_ms() < end, "the worker's thread's message and exit within 30 s");
+        cluster_dispatch(50);
+    }
 }
 
 int main(int argc, char **argv) {
     test_deadline(110);
     if (cluster_is_worker()) return worker_main(NULL);
-    CHECK(argc == 2, "usage: loop_threads million|echo|pool|fork");
+    CHECK(argc == 2, "usage: loop_threads million|echo|pool|fork|worker");
     EXPECT_ERR(cluster_thread_start(poster, NULL), CLUSTER_E_STATE);
-    if (strcmp(argv[1], "fork") == 0) {
+    if (strcmp(argv[1], "worker") == 0) {
+        test_worker();
+    } else if (strcmp(argv[1], "fork") == 0) {
         struct cluster_config *cfg = cluster_config_new();
         OK(cluster_config_set_mode(cfg, CLUSTER_MODE_FORK));
         OK(cluster_config_set_workers(cfg, 1));

@@ -792,6 +792,11 @@ fn loop_threads_pool_and_refusals() {
 }
 
 #[test]
+fn loop_threads_of_a_worker_post_to_its_loop() {
+    run_c("loop_threads", &["worker"], Duration::from_secs(120));
+}
+
+#[test]
 fn loop_threads_running_make_fork_mode_refuse() {
     run_c("loop_threads", &["fork"], Duration::from_secs(120));
 }
