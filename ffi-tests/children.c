@@ -21,6 +21,8 @@
  *
  * The primary runs one idle worker besides (a primary has at least one). */
 #include "harness.h"
+#include <fcntl.h>
+#include <sys/stat.h>
 
 #define MAXC 1100
 
@@ -42,7 +44,7 @@ static void buf_add(struct buf *b, const uint8_t *data, size_t len) {
 
 static struct child {
     struct buf out, err, exec_out, exec_err, error;
-    int exited, exit_code, signal, killed, errors;
+    int exited, exit_code, signal, killed, errors, drains;
     pid_t pid;
 } kids[MAXC];
 
@@ -51,6 +53,11 @@ static void (*on_out_hook)(uint32_t id, size_t len);
 
 static void on_event(void *ud, const cluster_event *ev) {
     (void)ud;
+    if (ev->kind == CLUSTER_EVENT_CHILD_STDIN_DRAIN) {
+        CHECK(ev->worker_id >= 1 && ev->worker_id < MAXC, "child id %u in range", ev->worker_id);
+        kids[ev->worker_id].drains++;
+        return;
+    }
     if (ev->kind < CLUSTER_EVENT_CHILD_STDOUT || ev->kind > CLUSTER_EVENT_CHILD_ERROR) return;
     CHECK(ev->worker_id >= 1 && ev->worker_id < MAXC, "child id %u in range", ev->worker_id);
     struct child *c = &kids[ev->worker_id];
@@ -166,6 +173,39 @@ static void test_stdin(void) {
         fill(want, off, sizeof want);
         CHECK(memcmp(c->out.p + off, want, sizeof want) == 0, "echoed bytes at %zu", off);
     }
+    CHECK(c->drains == 0, "no write was refused, no drain");
+    /* A queue past 64 MiB refuses (AGAIN), and says when it has been written out: wc -c counts
+     * every byte accepted. */
+    /* It reads nothing until told through a FIFO, so the queue is sure to be full. */
+    char fifo[64], line[160];
+    snprintf(fifo, sizeof fifo, "/tmp/rct-children-%d.fifo", (int)getpid());
+    unlink(fifo);
+    CHECK(mkfifo(fifo, 0600) == 0, "mkfifo");
+    snprintf(line, sizeof line, "read go < %s; exec wc -c", fifo);
+    o.file = line;
+    o.shell = true;
+    uint32_t wc = (uint32_t)OK(cluster_spawn(&o));
+    o.shell = false;
+    size_t big = 60u << 20, more = 8u << 20;
+    uint8_t *block = calloc(1, big);
+    CHECK(block, "calloc");
+    OK(cluster_child_write(wc, block, big));
+    EXPECT_ERR(cluster_child_write(wc, block, more), CLUSTER_E_AGAIN);
+    int go = open(fifo, O_WRONLY); /* waits for the child to open it */
+    CHECK(go >= 0 && write(go, "go\n", 3) == 3, "tell the child to read");
+    close(go);
+    unlink(fifo);
+    long long end = now_ms() + 60000;
+    while (kids[wc].drains == 0) {
+        CHECK(now_ms() < end, "CHILD_STDIN_DRAIN within 60 s");
+        OK(cluster_dispatch(50));
+    }
+    OK(cluster_child_write(wc, block, more));
+    free(block);
+    OK(cluster_child_close_stdin(wc));
+    wait_exit(wc, 60000);
+    CHECK(kids[wc].drains == 1, "%d drains", kids[wc].drains);
+    CHECK(strtoull(text(&kids[wc].out), NULL, 10) == big + more, "wc counted [%s]", text(&kids[wc].out));
     /* Gone: unknown id. A child whose stdin was closed: CLOSED. */
     EXPECT_ERR(cluster_child_write(stdin_id, (const uint8_t *)"x", 1), CLUSTER_E_INVAL);
     o.file = "sleep";

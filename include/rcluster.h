@@ -523,6 +523,12 @@ typedef int (*cluster_thread_fn)(void *data);
 #define CLUSTER_EVENT_THREAD_EXIT 18
 
 /**
+ * both: the stdin queue of a child (`worker_id`: its id) that refused a `cluster_child_write`
+ * with CLUSTER_E_AGAIN has been written out: write again.
+ */
+#define CLUSTER_EVENT_CHILD_STDIN_DRAIN 19
+
+/**
  * A pipe to this process (the default, as Node's `'pipe'`): output comes as CHILD_STDOUT /
  * CHILD_STDERR events, stdin is written with `cluster_child_write`.
  */
@@ -627,7 +633,8 @@ int32_t cluster_exec_file(const char *file,
 
 /**
  * Writes `len` bytes to child `id`'s stdin (a pipe): what it cannot take now is queued and
- * written as it reads (up to 64 MiB waiting; past that CLUSTER_E_AGAIN, try again later).
+ * written as it reads (up to 64 MiB waiting; past that CLUSTER_E_AGAIN, and a
+ * CLUSTER_EVENT_CHILD_STDIN_DRAIN once what waits is written).
  * CLUSTER_E_CLOSED when its stdin is not a pipe or was closed. What is queued when the child
  * exits or closes its stdin is dropped. Any thread.
  *

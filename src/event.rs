@@ -55,6 +55,9 @@ pub enum EventKind {
     /// both: a thread's function returned (`worker_id`: its id, `exit_code`: the value), or
     /// panicked (`exit_code` -1, `data`: the sentence).
     ThreadExit = 18,
+    /// both: a child's stdin queue, which refused a write (`Again`), has been written out
+    /// (`worker_id`: the child's id).
+    ChildStdinDrain = 19,
 }
 
 /// One event, owning what it carries until it is delivered.

@@ -63,6 +63,8 @@ struct Stdin {
     closing: bool,
     /// Watched for writability (the queue is not empty).
     watching: bool,
+    /// A write was refused (`Again`) since the queue last emptied: its emptying is an event.
+    refused: bool,
 }
 
 /// An exec's stdout and stderr, each up to `max` bytes.
@@ -124,7 +126,13 @@ impl Children {
             reap_now(child.pid, child.pidfd.as_ref());
             return Err(e);
         }
-        child.stdin = started.stdin.map(|fd| Stdin { fd, queue: VecDeque::new(), closing: false, watching: false });
+        child.stdin = started.stdin.map(|fd| Stdin {
+            fd,
+            queue: VecDeque::new(),
+            closing: false,
+            watching: false,
+            refused: false,
+        });
         if opts.timeout_ms > 0 {
             child.timer = Some(reactor.add_timer(sys::monotonic_ms() + u64::from(opts.timeout_ms), id));
         }
@@ -166,6 +174,7 @@ impl Children {
             return fail(Code::Closed, format!("child {id}: its stdin is being closed"));
         }
         if stdin.queue.len() + data.len() > STDIN_QUEUE_MAX {
+            stdin.refused = true;
             return fail(
                 Code::Again,
                 format!(
@@ -254,6 +263,12 @@ impl Children {
             }
         }
         let want = !stdin.queue.is_empty() && !broken;
+        if stdin.queue.is_empty() && stdin.refused && !broken {
+            stdin.refused = false;
+            let mut ev = Event::new(EventKind::ChildStdinDrain, id);
+            ev.pid = child.pid;
+            self.events.push(ev);
+        }
         if broken || (stdin.closing && stdin.queue.is_empty()) {
             if stdin.watching {
                 reactor.remove(&stdin.fd);

@@ -174,7 +174,8 @@ fn exec(mut o: Options) -> Result<i32> {
 }
 
 /// Writes `len` bytes to child `id`'s stdin (a pipe): what it cannot take now is queued and
-/// written as it reads (up to 64 MiB waiting; past that CLUSTER_E_AGAIN, try again later).
+/// written as it reads (up to 64 MiB waiting; past that CLUSTER_E_AGAIN, and a
+/// CLUSTER_EVENT_CHILD_STDIN_DRAIN once what waits is written).
 /// CLUSTER_E_CLOSED when its stdin is not a pipe or was closed. What is queued when the child
 /// exits or closes its stdin is dropped. Any thread.
 ///

@@ -120,6 +120,9 @@ pub const CLUSTER_EVENT_THREAD_MESSAGE: cluster_event_kind = 17;
 /// function, through the Rust API) has `exit_code` -1 and the panic's sentence in
 /// `data`/`len`. The id is free after this event.
 pub const CLUSTER_EVENT_THREAD_EXIT: cluster_event_kind = 18;
+/// both: the stdin queue of a child (`worker_id`: its id) that refused a `cluster_child_write`
+/// with CLUSTER_E_AGAIN has been written out: write again.
+pub const CLUSTER_EVENT_CHILD_STDIN_DRAIN: cluster_event_kind = 19;
 
 /// What a child's stdin, stdout or stderr is: `CLUSTER_STDIO_*`.
 pub type cluster_stdio_mode = u32;
