@@ -67,27 +67,24 @@ impl Primary {
     /// The waiting connections that take room of the workers' windows: all of those any worker
     /// may take, and those of a listener of workers that listen up to what its workers have.
     fn waiting_with_room(&self) -> usize {
-        let waiting = &self.handoff.waiting;
-        if waiting.is_empty() {
-            return 0;
-        }
-        let mut per_listener: BTreeMap<u32, usize> = BTreeMap::new();
-        let mut any = 0;
-        for c in waiting {
-            match self.listeners.members(c.listener) {
-                Members::All => any += 1,
-                Members::Some(_) => *per_listener.entry(c.listener).or_default() += 1,
-                Members::Gone => {}
-            }
-        }
         let window = self.cfg.window;
-        any + per_listener
+        self.waiting_per_listener()
             .into_iter()
             .map(|(index, n)| match self.listeners.members(index) {
+                Members::All => n,
                 Members::Some(m) => n.min(Self::members_room(&self.slots, m, window)),
-                _ => 0,
+                Members::Gone => 0,
             })
-            .sum::<usize>()
+            .sum()
+    }
+
+    /// The connections waiting for a worker, counted by the listener they came from.
+    fn waiting_per_listener(&self) -> BTreeMap<u32, usize> {
+        let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+        for c in &self.handoff.waiting {
+            *counts.entry(c.listener).or_default() += 1;
+        }
+        counts
     }
 
     /// Free window slots of the workers listening on a listener of workers that listen.
@@ -350,12 +347,11 @@ impl Primary {
         let room = if running && !self.listeners.is_empty() { self.capacity() } else { 0 };
         let window = self.cfg.window;
         // Connections already waiting for the workers of one listener take their room first.
-        let mut queued: BTreeMap<u32, usize> = BTreeMap::new();
-        if room > 0 && self.listeners.iter().any(|(_, e)| e.members.is_some()) {
-            for c in &self.handoff.waiting {
-                *queued.entry(c.listener).or_default() += 1;
-            }
-        }
+        let queued = if room > 0 && self.listeners.iter().any(|(_, e)| e.members.is_some()) {
+            self.waiting_per_listener()
+        } else {
+            BTreeMap::new()
+        };
         for (index, e) in self.listeners.iter_mut() {
             // A listener of workers that listen: only while they have room for more than what
             // already waits for them (as `accept_from` counts: otherwise the loop would wake for
